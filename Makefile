@@ -1,0 +1,34 @@
+# Every target sets itself up on first use: a .venv with the project and its test tools,
+# and (when root) the Debian packages the tests need. Re-running is quick once set up.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+APT_PKGS := libportaudio2 libgl1 libglib2.0-0
+
+.PHONY: demo test bench lint setup sysdeps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: sysdeps $(STAMP)
+
+sysdeps:
+	@./scripts/ensure-sysdeps $(APT_PKGS)
+
+demo: setup
+	@$(PY) -m callclient.apps.demo
+
+test: setup
+	@$(PY) -m pytest -q
+
+bench: setup
+	@$(PY) -m bench
+
+lint: setup
+	@.venv/bin/ruff check callclient signaling_server tests bench
+	@.venv/bin/mypy callclient signaling_server
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache out

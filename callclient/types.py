@@ -1,0 +1,275 @@
+"""Enums and records of the call SDK, with exactly the reference's values.
+
+Every enum here mirrors ``reference/types.txt``: the integer values are part of the
+wire protocol and of the public API, so they never change.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "AudioPlaybackDevice",
+    "CallMediaType",
+    "CallRecord",
+    "CallRole",
+    "CallParams",
+    "CallResultType",
+    "CallScene",
+    "CallStatus",
+    "Camera",
+    "FillMode",
+    "NetworkQuality",
+    "NetworkQualityInfo",
+    "OfflinePushInfo",
+    "RecentCallsFilter",
+    "Resolution",
+    "ResolutionMode",
+    "RoomId",
+    "Rotation",
+    "VideoEncoderParams",
+    "VideoRenderParams",
+    "resolution_bitrate_kbps",
+    "resolution_size",
+]
+
+
+class CallMediaType(enum.IntEnum):
+    """TUICallMediaType."""
+
+    NONE = 0
+    AUDIO = 1
+    VIDEO = 2
+
+
+class CallRole(enum.IntEnum):
+    """TUICallRole."""
+
+    NONE = 0
+    CALLER = 1
+    CALLED = 2
+
+
+class CallStatus(enum.IntEnum):
+    """TUICallStatus."""
+
+    NONE = 0
+    WAITING = 1
+    ACCEPT = 2
+
+
+class CallScene(enum.IntEnum):
+    """TUICallScene."""
+
+    GROUP_CALL = 0
+    MULTI_CALL = 1
+    SINGLE_CALL = 2
+
+
+class NetworkQuality(enum.IntEnum):
+    """TUINetworkQuality: UNKNOWN until there is data, DOWN when nothing arrives."""
+
+    UNKNOWN = 0
+    EXCELLENT = 1
+    GOOD = 2
+    POOR = 3
+    BAD = 4
+    VBAD = 5
+    DOWN = 6
+
+
+class FillMode(enum.IntEnum):
+    """FillMode: FILL covers the view and crops; FIT shows everything with black bars."""
+
+    FILL = 0
+    FIT = 1
+
+
+class Rotation(enum.IntEnum):
+    """Rotation, clockwise."""
+
+    ROTATION_0 = 0
+    ROTATION_90 = 1
+    ROTATION_180 = 2
+    ROTATION_270 = 3
+
+    @property
+    def degrees(self) -> int:
+        """The clockwise angle in degrees."""
+        return int(self) * 90
+
+
+class ResolutionMode(enum.IntEnum):
+    """ResolutionMode: landscape is w x h, portrait is h x w."""
+
+    LANDSCAPE = 0
+    PORTRAIT = 1
+
+
+class Resolution(enum.IntEnum):
+    """Resolution presets; see :func:`resolution_size` and :func:`resolution_bitrate_kbps`."""
+
+    RESOLUTION_640_360 = 0
+    RESOLUTION_640_480 = 1
+    RESOLUTION_960_540 = 2
+    RESOLUTION_960_720 = 3
+    RESOLUTION_1280_720 = 4
+    RESOLUTION_1920_1080 = 5
+
+
+_PRESETS: dict[Resolution, tuple[int, int, int]] = {
+    Resolution.RESOLUTION_640_360: (640, 360, 500),
+    Resolution.RESOLUTION_640_480: (640, 480, 600),
+    Resolution.RESOLUTION_960_540: (960, 540, 850),
+    Resolution.RESOLUTION_960_720: (960, 720, 1000),
+    Resolution.RESOLUTION_1280_720: (1280, 720, 1200),
+    Resolution.RESOLUTION_1920_1080: (1920, 1080, 2000),
+}
+
+
+def resolution_size(
+    resolution: Resolution, mode: ResolutionMode = ResolutionMode.LANDSCAPE
+) -> tuple[int, int]:
+    """Frame (width, height) of a preset: landscape is w x h, portrait h x w."""
+    width, height, _ = _PRESETS[Resolution(resolution)]
+    if ResolutionMode(mode) is ResolutionMode.PORTRAIT:
+        return height, width
+    return width, height
+
+
+def resolution_bitrate_kbps(resolution: Resolution) -> int:
+    """The preset's recommended bitrate in kbit/s."""
+    return _PRESETS[Resolution(resolution)][2]
+
+
+class CallIOSOfflinePushType(enum.IntEnum):
+    """TUICallIOSOfflinePushType."""
+
+    APNS = 0
+    VOIP = 1
+
+
+class Camera(enum.IntEnum):
+    """TUICamera."""
+
+    FRONT = 0
+    BACK = 1
+
+
+class AudioPlaybackDevice(enum.IntEnum):
+    """TUIAudioPlaybackDevice."""
+
+    SPEAKERPHONE = 0
+    EARPIECE = 1
+
+
+class CallResultType(enum.IntEnum):
+    """TUICallResultType: the kind of a call record for one user."""
+
+    UNKNOWN = 0
+    MISSED = 1
+    INCOMING = 2
+    OUTGOING = 3
+
+
+@dataclass(frozen=True)
+class RoomId:
+    """TUIRoomId: an int and a string room id are distinct; int wins when both are set.
+
+    ``RoomId(int_room_id=123)`` and ``RoomId(str_room_id="123")`` are different rooms.
+    """
+
+    int_room_id: int = 0
+    str_room_id: str = ""
+
+    @property
+    def value(self) -> int | str:
+        """The effective room id: the int id when non-zero, else the string id."""
+        if self.int_room_id:
+            return self.int_room_id
+        return self.str_room_id
+
+    @property
+    def is_set(self) -> bool:
+        """Whether either id is set."""
+        return bool(self.int_room_id) or bool(self.str_room_id)
+
+    @classmethod
+    def from_value(cls, value: int | str | None) -> RoomId:
+        """Build from a wire value: an int is an int room id, a string a string room id."""
+        if value is None or value == "" or value == 0:
+            return cls()
+        if isinstance(value, bool):
+            raise TypeError("room id must be int or str, not bool")
+        if isinstance(value, int):
+            return cls(int_room_id=value)
+        return cls(str_room_id=str(value))
+
+
+@dataclass(frozen=True)
+class VideoRenderParams:
+    """How one user's video is drawn into a view."""
+
+    fill_mode: FillMode = FillMode.FILL
+    rotation: Rotation = Rotation.ROTATION_0
+
+
+@dataclass(frozen=True)
+class VideoEncoderParams:
+    """The local video's encoding preset."""
+
+    resolution: Resolution = Resolution.RESOLUTION_640_360
+    resolution_mode: ResolutionMode = ResolutionMode.LANDSCAPE
+
+
+@dataclass(frozen=True)
+class OfflinePushInfo:
+    """TUIOfflinePushInfo: carried for compatibility; this system has no push vendor."""
+
+    title: str = ""
+    desc: str = ""
+    is_disable_push: bool = False
+
+
+@dataclass(frozen=True)
+class CallParams:
+    """TUICallParams: room id, ring timeout in seconds (default 30) and user data."""
+
+    room_id: RoomId = field(default_factory=RoomId)
+    timeout: int = 30
+    user_data: str = ""
+    offline_push_info: OfflinePushInfo | None = None
+
+
+@dataclass(frozen=True)
+class RecentCallsFilter:
+    """TUICallRecentCallsFilter: begin/end are Unix seconds; None means unbounded."""
+
+    begin: float | None = None
+    end: float | None = None
+    result_type: CallResultType | None = None
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """TUICallRecords: one call as seen by the querying user."""
+
+    call_id: str
+    inviter: str
+    invite_list: list[str]
+    scene: CallScene
+    media_type: CallMediaType
+    group_id: str
+    role: CallRole
+    result: CallResultType
+    begin_time: int
+    total_time: int
+
+
+@dataclass(frozen=True)
+class NetworkQualityInfo:
+    """One user's network quality."""
+
+    user_id: str
+    quality: NetworkQuality

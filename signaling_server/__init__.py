@@ -1,0 +1,1 @@
+"""signaling_server: the websocket server carrying the call event protocol."""

@@ -1,0 +1,1324 @@
+"""The call state machine: frames and clock ticks in, outputs out. No I/O.
+
+The websocket layer (:mod:`signaling_server.server`) feeds :class:`CallCore` with what each
+connection sends (:meth:`CallCore.receive`), connection openings and closings, and the clock
+(:meth:`CallCore.tick` whenever :meth:`CallCore.next_deadline` passes). The core answers with a
+list of outputs: frames to send, connections to close, call records to persist, record queries
+to run, and webhook notices. Tests drive it the same way, with no sockets and a fake clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from callclient import protocol
+from callclient.errors import ErrorCode
+from callclient.protocol import ProtocolViolation, Request
+from callclient.types import CallResultType, CallRole, CallScene
+from signaling_server.store import ParticipantOutcome, StoredCall
+
+__all__ = [
+    "CallCore",
+    "Close",
+    "CoreConfig",
+    "Notice",
+    "Output",
+    "SaveCall",
+    "Send",
+    "SigVerifier",
+    "StoreRequest",
+]
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``text`` on connection ``conn``."""
+
+    conn: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close connection ``conn`` with a websocket close code and reason."""
+
+    conn: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SaveCall:
+    """Persist the current state of a call record."""
+
+    call: StoredCall
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """Run a record query for a user and send the reply to ``request_id`` on ``conn``."""
+
+    conn: int
+    request_id: int | str
+    sdk_app_id: int
+    user_id: str
+    op: str  # "recent_calls" | "delete_calls"
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A call event for the business backend (webhook), in the reference's vocabulary."""
+
+    event: str  # start_call, call_accepted, receive_call, ...
+    user_id: str
+    role: str  # "caller" | "called"
+    call: StoredCall
+    event_time: float
+    client_ip: str
+    platform: str
+
+
+Output = Send | Close | SaveCall | StoreRequest | Notice
+
+SigVerifier = Callable[[str, str, float], float]
+"""``verify(user_sig, user_id, now) -> expires_at``; raises an exception with ``code`` and
+``message`` attributes (see :mod:`signaling_server.auth`) when the userSig is refused."""
+
+# websocket close codes (4000-4999 are free for applications)
+CLOSE_KICKED: Final = 4001
+CLOSE_SIG_EXPIRED: Final = 4003
+CLOSE_RATE_LIMITED: Final = 4008
+CLOSE_GOING_AWAY: Final = 1001
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Tunables of the call state machine."""
+
+    default_timeout_s: int = 30
+    reconnect_grace_s: float = 3.0
+    """How long a joined member whose connection dropped stays in the call."""
+    rate_per_s: float = 200.0
+    rate_burst: float = 400.0
+    """Token bucket per connection; a connection that runs it dry is closed."""
+    max_invalid_frames: int = 100
+    """Consecutive malformed frames before the connection is closed."""
+
+
+# --------------------------------------------------------------------------- state
+
+RINGING: Final = "ringing"
+JOINED: Final = "joined"
+LEFT: Final = "left"
+REJECTED: Final = "rejected"
+TIMEOUT: Final = "timeout"
+BUSY: Final = "busy"
+IGNORED: Final = "ignored"
+CANCELED: Final = "canceled"
+
+
+@dataclass
+class Session:
+    conn: int
+    client_ip: str
+    tokens: float
+    last_refill: float
+    user_id: str | None = None
+    sig_expires_at: float = 0.0
+    platform: str = ""
+    invalid_frames: int = 0
+
+
+@dataclass
+class Presence:
+    user_id: str
+    conns: list[int] = field(default_factory=list)
+    multi_device: bool = False
+    nickname: str = ""
+    avatar: str = ""
+    call_id: str | None = None
+
+
+@dataclass
+class Member:
+    user_id: str
+    role: CallRole
+    state: str
+    deadline: float = 0.0  # ring deadline while ringing, grace deadline while detached
+    conn: int | None = None  # the connection bound to this call once joined
+    ever_joined: bool = False
+    camera: bool | None = None
+    microphone: bool | None = None
+
+
+@dataclass
+class Call:
+    call_id: str
+    sdk_app_id: int
+    caller: str
+    media_type: int
+    room_id: int | str
+    group_id: str
+    user_data: str
+    scene: CallScene
+    start_ts: float
+    members: dict[str, Member]
+    accept_ts: float | None = None
+    canceled: bool = False
+    interrupted: bool = False
+
+
+# ON_CALL_CANCELED "reason" for the caller when a call ends unanswered, by record result.
+_CANCEL_REASON: Final = {
+    "not_answer": "timeout",
+    "reject": "reject",
+    "call_busy": "busy",
+    "cancel": "cancel",
+    "interrupt": "interrupted",
+}
+
+
+def _call_role_name(role: CallRole) -> str:
+    return "caller" if role is CallRole.CALLER else "called"
+
+
+class _Refused(Exception):
+    """A request refused with an error code; becomes an error reply."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = int(code)
+        self.message = message
+
+
+# --------------------------------------------------------------------------- the core
+
+
+class CallCore:
+    """Every call of one sdkappid: presence, invitations, the call state, relay, records."""
+
+    def __init__(
+        self,
+        sdk_app_id: int,
+        verify_sig: SigVerifier,
+        config: CoreConfig | None = None,
+    ) -> None:
+        self.sdk_app_id = sdk_app_id
+        self.config = config or CoreConfig()
+        self._verify_sig = verify_sig
+        self._sessions: dict[int, Session] = {}
+        self._users: dict[str, Presence] = {}
+        self._calls: dict[str, Call] = {}
+        self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
+        self._timer_seq = 0
+        self._out: list[Output] = []
+        self._handlers: dict[str, Callable[[Session, Request, float], dict[str, Any] | None]] = {
+            "login": self._login,
+            "logout": self._logout,
+            "ping": self._ping,
+            "calls": self._calls_request,
+            "accept": self._accept,
+            "reject": self._reject,
+            "ignore": self._ignore,
+            "hangup": self._hangup,
+            "invite": self._invite,
+            "join": self._join,
+            "switch_media_type": self._switch_media_type,
+            "media_state": self._media_state,
+            "network_quality": self._network_quality,
+            "self_info": self._self_info,
+            "multi_device": self._multi_device,
+            "relay": self._relay,
+            "query_recent_calls": self._query_recent_calls,
+            "delete_record_calls": self._delete_record_calls,
+        }
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections."""
+        return len(self._sessions)
+
+    @property
+    def active_calls(self) -> Mapping[str, Call]:
+        """Calls in progress (ringing or connected), by call id. Read-only use."""
+        return self._calls
+
+    def user_call(self, user_id: str) -> str | None:
+        """The call a user is in (ringing or joined), if any."""
+        presence = self._users.get(user_id)
+        return presence.call_id if presence else None
+
+    def is_online(self, user_id: str) -> bool:
+        """Whether the user has at least one logged-in connection."""
+        presence = self._users.get(user_id)
+        return bool(presence and presence.conns)
+
+    # ------------------------------------------------------------------ inputs
+
+    def open(self, conn: int, now: float, client_ip: str = "") -> list[Output]:
+        """A new connection; it must log in before anything but ``ping``."""
+        self._sessions[conn] = Session(
+            conn, client_ip, tokens=self.config.rate_burst, last_refill=now
+        )
+        return []
+
+    def receive(self, conn: int, raw: str | bytes, now: float) -> list[Output]:
+        """One frame from a connection."""
+        session = self._sessions.get(conn)
+        if session is None:
+            return []
+        if not self._take_token(session, now):
+            self._send_error_event(
+                conn, ErrorCode.TOO_MANY_MESSAGES, "too many messages: connection closed"
+            )
+            self._out.append(Close(conn, CLOSE_RATE_LIMITED, "rate limit exceeded"))
+            self._drop_session(session, now, graceful=False)
+            return self._flush()
+        try:
+            request = protocol.parse_request(raw)
+        except ProtocolViolation as exc:
+            session.invalid_frames += 1
+            self._send(conn, protocol.encode_reply_error(exc.request_id, exc.code, exc.message))
+            if session.invalid_frames > self.config.max_invalid_frames:
+                self._out.append(Close(conn, 1008, "too many invalid frames"))
+                self._drop_session(session, now, graceful=False)
+            return self._flush()
+        session.invalid_frames = 0
+        if request.type not in ("login", "ping") and session.user_id is None:
+            self._send(
+                conn,
+                protocol.encode_reply_error(
+                    request.id,
+                    ErrorCode.INIT_FAIL,
+                    f"{request.type}: not logged in; send a login request first",
+                ),
+            )
+            return self._flush()
+        handler = self._handlers[request.type]
+        # The reply must precede the events the request causes, so events produced by the
+        # handler are queued after it.
+        mark = len(self._out)
+        try:
+            data = handler(session, request, now)
+        except _Refused as exc:
+            del self._out[mark:]
+            self._send(conn, protocol.encode_reply_error(request.id, exc.code, exc.message))
+            return self._flush()
+        if data is not None:
+            self._out.insert(mark, Send(conn, protocol.encode_reply_ok(request.id, data)))
+        return self._flush()
+
+    def closed(self, conn: int, now: float) -> list[Output]:
+        """The connection is gone (closed by either side)."""
+        session = self._sessions.get(conn)
+        if session is not None:
+            self._drop_session(session, now, graceful=False)
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has work, or None."""
+        return self._timers[0][0] if self._timers else None
+
+    def tick(self, now: float) -> list[Output]:
+        """Advance the clock: ring timeouts, reconnect grace, userSig expiry."""
+        due: dict[str, list[str]] = {}
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, key = heapq.heappop(self._timers)
+            if kind == "ring":
+                call_id, user_id = key.split("\0", 1)
+                due.setdefault(call_id, []).append(user_id)
+            elif kind == "grace":
+                call_id, user_id = key.split("\0", 1)
+                self._grace_expired(call_id, user_id, now)
+            elif kind == "sig":
+                self._check_sig(int(key), now)
+        for call_id, user_ids in due.items():
+            self._ring_timeouts(call_id, user_ids, now)
+        return self._flush()
+
+    def shutdown(self, now: float) -> list[Output]:
+        """Server stopping: every call in progress ends as interrupted; connections close."""
+        for call in list(self._calls.values()):
+            call.interrupted = True
+            for member in call.members.values():
+                if member.state in (RINGING, JOINED):
+                    self._notice(call, member, "call_interrupted", now)
+            self._finish(call, now, notify=False)
+        for conn in list(self._sessions):
+            self._send_error_event(
+                conn, ErrorCode.SERVER_SHUTTING_DOWN, "server is shutting down; reconnect later"
+            )
+            self._out.append(Close(conn, CLOSE_GOING_AWAY, "server shutting down"))
+        self._sessions.clear()
+        self._users.clear()
+        return self._flush()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _flush(self) -> list[Output]:
+        out, self._out = self._out, []
+        return out
+
+    def _send(self, conn: int, text: str) -> None:
+        self._out.append(Send(conn, text))
+
+    def _send_error_event(self, conn: int, code: int, message: str) -> None:
+        self._send(conn, protocol.encode_event("ERROR", {"code": int(code), "msg": message}))
+
+    def _take_token(self, session: Session, now: float) -> bool:
+        cfg = self.config
+        elapsed = max(0.0, now - session.last_refill)
+        session.tokens = min(cfg.rate_burst, session.tokens + elapsed * cfg.rate_per_s)
+        session.last_refill = now
+        if session.tokens < 1.0:
+            return False
+        session.tokens -= 1.0
+        return True
+
+    def _schedule(self, when: float, kind: str, key: str) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, kind, key))
+
+    def _user(self, session: Session) -> Presence:
+        assert session.user_id is not None
+        return self._users[session.user_id]
+
+    def _conns_for(self, call: Call, member: Member) -> list[int]:
+        if member.conn is not None:
+            return [member.conn]
+        if member.state == JOINED:
+            return []  # detached: waiting for the user to reconnect
+        presence = self._users.get(member.user_id)
+        return list(presence.conns) if presence else []
+
+    def _emit(self, call: Call, member: Member, name: str, data: dict[str, Any]) -> None:
+        conns = self._conns_for(call, member)
+        if not conns:
+            return
+        payload = {"callId": call.call_id, **data}
+        text = protocol.encode_event(name, payload)
+        for conn in conns:
+            self._send(conn, text)
+
+    def _emit_many(
+        self, call: Call, members: Iterable[Member], name: str, data: dict[str, Any]
+    ) -> None:
+        text = protocol.encode_event(name, {"callId": call.call_id, **data})
+        for member in members:
+            for conn in self._conns_for(call, member):
+                self._send(conn, text)
+
+    def _others(self, call: Call, user_id: str, states: tuple[str, ...]) -> list[Member]:
+        return [m for m in call.members.values() if m.user_id != user_id and m.state in states]
+
+    def _call_info(self, call: Call, member: Member) -> dict[str, Any]:
+        return {
+            "roomID": call.room_id,
+            "callMediaType": call.media_type,
+            "callRole": _call_role_name(member.role),
+        }
+
+    def _find_call(self, session: Session, call_id: str) -> tuple[Call, Member]:
+        call = self._calls.get(call_id)
+        user_id = session.user_id
+        assert user_id is not None
+        if call is None:
+            raise _Refused(
+                ErrorCode.CALL_NOT_FOUND, f"call {call_id!r} does not exist or has ended"
+            )
+        member = call.members.get(user_id)
+        if member is None:
+            raise _Refused(
+                ErrorCode.PERMISSION_DENIED, f"you are not a participant of call {call_id!r}"
+            )
+        return call, member
+
+    @staticmethod
+    def _require_state(member: Member, action: str, *states: str) -> None:
+        if member.state not in states:
+            raise _Refused(
+                ErrorCode.REQUEST_REFUSED,
+                f'cannot {action}: your state in this call is "{member.state}"',
+            )
+
+    def _snapshot(self, call: Call) -> StoredCall:
+        participants: dict[str, ParticipantOutcome] = {}
+        for member in call.members.values():
+            if member.role is CallRole.CALLER:
+                result = CallResultType.OUTGOING
+            elif member.ever_joined:
+                result = CallResultType.INCOMING
+            else:
+                result = CallResultType.MISSED
+            participants[member.user_id] = ParticipantOutcome(int(member.role), int(result))
+        return StoredCall(
+            call_id=call.call_id,
+            sdk_app_id=call.sdk_app_id,
+            caller=call.caller,
+            callees=[u for u in call.members if u != call.caller],
+            scene=int(call.scene),
+            media_type=call.media_type,
+            room_id=call.room_id,
+            group_id=call.group_id,
+            start_ts=call.start_ts,
+            accept_ts=call.accept_ts,
+            end_ts=None,
+            result="",
+            participants=participants,
+            user_data=call.user_data,
+        )
+
+    def _save(self, call: Call) -> None:
+        self._out.append(SaveCall(self._snapshot(call)))
+
+    def _notice(
+        self,
+        call: Call,
+        member: Member,
+        event: str,
+        now: float,
+        record: StoredCall | None = None,
+    ) -> None:
+        presence = self._users.get(member.user_id)
+        conn = member.conn if member.conn is not None else (
+            presence.conns[0] if presence and presence.conns else None
+        )
+        session = self._sessions.get(conn) if conn is not None else None
+        self._out.append(
+            Notice(
+                event=event,
+                user_id=member.user_id,
+                role=_call_role_name(member.role),
+                call=record or self._snapshot(call),
+                event_time=now,
+                client_ip=session.client_ip if session else "",
+                platform=session.platform if session else "",
+            )
+        )
+
+    # ------------------------------------------------------------------ session requests
+
+    def _login(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        data = request.data
+        if session.user_id is not None:
+            raise _Refused(
+                ErrorCode.REQUEST_REPEATED,
+                f"this connection is already logged in as {session.user_id!r}",
+            )
+        if not protocol.is_compatible_version(data["protocolVersion"]):
+            raise _Refused(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {data['protocolVersion']} is not supported; "
+                f"this server speaks {protocol.PROTOCOL_VERSION}",
+            )
+        if data["sdkAppId"] != self.sdk_app_id:
+            raise _Refused(
+                ErrorCode.USER_SIG_INVALID,
+                f"sdkAppId {data['sdkAppId']} is not served here; this server serves "
+                f"{self.sdk_app_id}",
+            )
+        user_id: str = data["userID"]
+        try:
+            expires_at = self._verify_sig(data["userSig"], user_id, now)
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if code is None:
+                raise
+            raise _Refused(int(code), str(getattr(exc, "message", exc))) from exc
+        if expires_at <= now:
+            raise _Refused(ErrorCode.USER_SIG_EXPIRED, "userSig has expired; make a new one")
+
+        presence = self._users.setdefault(user_id, Presence(user_id))
+        # A second login kicks the older connections unless the user enabled multi-device.
+        if presence.conns and not (presence.multi_device or data.get("multiDevice", False)):
+            for old in list(presence.conns):
+                old_session = self._sessions.get(old)
+                self._send(
+                    old,
+                    protocol.encode_event(
+                        "KICKED_OUT",
+                        {"userID": user_id, "reason": "logged in from another connection"},
+                    ),
+                )
+                self._out.append(Close(old, CLOSE_KICKED, "logged in elsewhere"))
+                if old_session is not None:
+                    self._detach(old_session, now, kicked=True)
+                    del self._sessions[old]
+        session.user_id = user_id
+        session.sig_expires_at = expires_at
+        session.platform = data.get("platform", "")
+        presence.conns.append(session.conn)
+        if "multiDevice" in data:
+            presence.multi_device = data["multiDevice"]
+        if "nickname" in data:
+            presence.nickname = data["nickname"]
+        if "avatar" in data:
+            presence.avatar = data["avatar"]
+        self._schedule(expires_at, "sig", str(session.conn))
+
+        reply: dict[str, Any] = {
+            "userID": user_id,
+            "protocolVersion": protocol.PROTOCOL_VERSION,
+            "serverTime": now,
+            "userSigExpiresAt": expires_at,
+        }
+        active = self._resume(presence, session, now)
+        if active is not None:
+            reply["activeCall"] = active
+        self._out.append(
+            Send(
+                session.conn,
+                protocol.encode_event("SDK_READY", {"userID": user_id, "serverTime": now}),
+            )
+        )
+        self._redeliver_invitation(presence, session)
+        return reply
+
+    def _resume(self, presence: Presence, session: Session, now: float) -> dict[str, Any] | None:
+        """Rebind a joined member whose connection dropped to this new login."""
+        if presence.call_id is None:
+            return None
+        call = self._calls.get(presence.call_id)
+        if call is None:
+            return None
+        member = call.members[presence.user_id]
+        if member.state != JOINED:
+            return None
+        if member.conn is not None and member.conn in self._sessions:
+            return None  # still bound to another live device (multi-device)
+        member.conn = session.conn
+        member.deadline = 0.0
+        return {
+            "callId": call.call_id,
+            "roomID": call.room_id,
+            "callMediaType": call.media_type,
+            "callRole": _call_role_name(member.role),
+            "userIDList": [m.user_id for m in call.members.values() if m.state == JOINED],
+            "startTime": call.accept_ts or call.start_ts,
+        }
+
+    def _redeliver_invitation(self, presence: Presence, session: Session) -> None:
+        if presence.call_id is None:
+            return
+        call = self._calls.get(presence.call_id)
+        if call is None:
+            return
+        member = call.members[presence.user_id]
+        if member.state == RINGING:
+            self._send(session.conn, self._invitation_text(call, member))
+
+    def _logout(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        user_id = session.user_id
+        self._detach(session, now, kicked=False, leave=True)
+        session.user_id = None
+        return {"userID": user_id}
+
+    def _ping(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        return {"serverTime": now}
+
+    def _multi_device(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        self._user(session).multi_device = request.data["enable"]
+        return {"enabled": request.data["enable"]}
+
+    def _self_info(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        presence = self._user(session)
+        presence.nickname = request.data["nickname"]
+        presence.avatar = request.data.get("avatar", presence.avatar)
+        if presence.call_id is not None:
+            call = self._calls.get(presence.call_id)
+            if call is not None:
+                self._emit_many(
+                    call,
+                    self._others(call, presence.user_id, (RINGING, JOINED)),
+                    "USER_INFO_CHANGED",
+                    {
+                        "userID": presence.user_id,
+                        "nickname": presence.nickname,
+                        "avatar": presence.avatar,
+                    },
+                )
+        return {"nickname": presence.nickname, "avatar": presence.avatar}
+
+    def _drop_session(self, session: Session, now: float, graceful: bool) -> None:
+        self._detach(session, now, kicked=False, leave=graceful)
+        self._sessions.pop(session.conn, None)
+
+    def _detach(self, session: Session, now: float, kicked: bool, leave: bool = False) -> None:
+        """Unbind a connection from its user; a joined call gets a reconnect grace period."""
+        user_id = session.user_id
+        if user_id is None:
+            return
+        presence = self._users.get(user_id)
+        if presence is None:
+            return
+        if session.conn in presence.conns:
+            presence.conns.remove(session.conn)
+        call = self._calls.get(presence.call_id) if presence.call_id else None
+        if call is not None:
+            member = call.members[user_id]
+            if member.conn == session.conn:
+                member.conn = None
+                if member.state == JOINED:
+                    if leave:
+                        self._hang_up_member(call, member, now)
+                    elif not kicked:
+                        member.deadline = now + self.config.reconnect_grace_s
+                        self._schedule(member.deadline, "grace", f"{call.call_id}\0{user_id}")
+        if not presence.conns and presence.call_id is None:
+            del self._users[user_id]
+
+    def _check_sig(self, conn: int, now: float) -> None:
+        session = self._sessions.get(conn)
+        if session is None or session.user_id is None or session.sig_expires_at > now:
+            return
+        self._send(
+            conn,
+            protocol.encode_event(
+                "USER_SIG_EXPIRED",
+                {"userID": session.user_id, "msg": "userSig expired; log in with a new one"},
+            ),
+        )
+        self._out.append(Close(conn, CLOSE_SIG_EXPIRED, "userSig expired"))
+        self._drop_session(session, now, graceful=False)
+
+    # ------------------------------------------------------------------ call requests
+
+    def _invitation_text(self, call: Call, member: Member) -> str:
+        presence = self._users.get(call.caller)
+        return protocol.encode_event(
+            "ON_CALL_RECEIVED",
+            {
+                "callId": call.call_id,
+                "inviteID": call.call_id,
+                "sponsor": call.caller,
+                "userIDList": [
+                    m.user_id
+                    for m in call.members.values()
+                    if m.role is CallRole.CALLED and m.state in (RINGING, JOINED)
+                ],
+                "isFromGroup": call.scene is CallScene.GROUP_CALL,
+                "groupID": call.group_id,
+                "userData": call.user_data,
+                "inviteData": {"callType": call.media_type, "roomID": call.room_id},
+                "timeout": max(0, round(member.deadline - call.start_ts)),
+                "sponsorNickname": presence.nickname if presence else "",
+                "sponsorAvatar": presence.avatar if presence else "",
+                **self._call_info(call, member),
+            },
+        )
+
+    def _ring(self, call: Call, user_ids: list[str], timeout: int, now: float) -> list[str]:
+        """Add invitees; busy ones get LINE_BUSY. Returns the users now ringing."""
+        ringing: list[str] = []
+        busy: list[str] = []
+        for user_id in user_ids:
+            presence = self._users.get(user_id)
+            if presence is not None and presence.call_id not in (None, call.call_id):
+                call.members[user_id] = Member(user_id, CallRole.CALLED, BUSY)
+                busy.append(user_id)
+                continue
+            member = Member(user_id, CallRole.CALLED, RINGING, deadline=now + timeout)
+            call.members[user_id] = member
+            presence = self._users.setdefault(user_id, Presence(user_id))
+            presence.call_id = call.call_id
+            self._schedule(member.deadline, "ring", f"{call.call_id}\0{user_id}")
+            ringing.append(user_id)
+        for user_id in ringing:
+            member = call.members[user_id]
+            text = self._invitation_text(call, member)
+            for conn in self._conns_for(call, member):
+                self._send(conn, text)
+            self._notice(call, member, "receive_call", now)
+        for user_id in busy:
+            self._emit_many(
+                call,
+                self._others(call, user_id, (RINGING, JOINED)),
+                "LINE_BUSY",
+                {"userID": user_id},
+            )
+            self._notice(call, call.members[call.caller], "call_busy", now)
+        return ringing
+
+    def _calls_request(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        data = request.data
+        presence = self._user(session)
+        user_id = presence.user_id
+        if presence.call_id is not None:
+            raise _Refused(
+                ErrorCode.REQUEST_REFUSED,
+                f"cannot call: you are already in call {presence.call_id!r}",
+            )
+        invitees: list[str] = data["userIDList"]
+        if user_id in invitees:
+            raise _Refused(ErrorCode.PARAM_INVALID, "calls: you cannot call yourself")
+        room = data.get("roomId") or {}
+        room_id: int | str = room.get("intRoomId") or room.get("strRoomId") or (
+            secrets.randbelow(2**31 - 2) + 1
+        )
+        group_id: str = data.get("groupId", "")
+        scene = (
+            CallScene.SINGLE_CALL
+            if len(invitees) == 1 and not group_id
+            else CallScene.GROUP_CALL
+        )
+        call = Call(
+            call_id=str(uuid.uuid4()),
+            sdk_app_id=self.sdk_app_id,
+            caller=user_id,
+            media_type=data["mediaType"],
+            room_id=room_id,
+            group_id=group_id,
+            user_data=data.get("userData", ""),
+            scene=scene,
+            start_ts=now,
+            members={
+                user_id: Member(
+                    user_id, CallRole.CALLER, JOINED, conn=session.conn, ever_joined=True
+                )
+            },
+        )
+        self._calls[call.call_id] = call
+        presence.call_id = call.call_id
+        self._notice(call, call.members[user_id], "start_call", now)
+        timeout = data.get("timeout", self.config.default_timeout_s)
+        self._ring(call, invitees, timeout, now)
+        self._save(call)
+        self._settle(call, now)
+        return {
+            "callId": call.call_id,
+            "roomID": room_id,
+            "userIDList": invitees,
+            "busyUserIDList": [u for u in invitees if call.members[u].state == BUSY],
+        }
+
+    def _enter(self, call: Call, member: Member, session: Session, now: float) -> None:
+        """Member becomes joined on this connection: events for the call beginning."""
+        first = call.accept_ts is None and member.role is not CallRole.CALLER
+        member.state = JOINED
+        member.ever_joined = True
+        member.conn = session.conn
+        member.deadline = 0.0
+        if first:
+            call.accept_ts = now
+        presence = self._users[member.user_id]
+        presence.call_id = call.call_id
+        for other_conn in presence.conns:
+            if other_conn != session.conn:
+                self._send(
+                    other_conn,
+                    protocol.encode_event(
+                        "ON_CALL_CANCELED",
+                        {
+                            "callId": call.call_id,
+                            "userID": member.user_id,
+                            "sponsor": call.caller,
+                            "reason": "answered_elsewhere",
+                            **self._call_info(call, member),
+                        },
+                    ),
+                )
+        joined_others = self._others(call, member.user_id, (JOINED,))
+        enter = {"userID": member.user_id, "nickname": presence.nickname,
+                 "avatar": presence.avatar}
+        for other in joined_others:
+            if first and other.role is CallRole.CALLER:
+                self._emit(call, other, "ON_CALL_BEGIN", self._call_info(call, other))
+            self._emit(call, other, "USER_ENTER", enter)
+        self._emit(call, member, "ON_CALL_BEGIN", self._call_info(call, member))
+        for other in joined_others:
+            other_presence = self._users.get(other.user_id)
+            self._emit(
+                call,
+                member,
+                "USER_ENTER",
+                {
+                    "userID": other.user_id,
+                    "nickname": other_presence.nickname if other_presence else "",
+                    "avatar": other_presence.avatar if other_presence else "",
+                },
+            )
+            if other.camera is not None:
+                self._emit(
+                    call,
+                    member,
+                    "USER_VIDEO_AVAILABLE",
+                    {"userID": other.user_id, "isVideoAvailable": other.camera},
+                )
+            if other.microphone is not None:
+                self._emit(
+                    call,
+                    member,
+                    "USER_AUDIO_AVAILABLE",
+                    {"userID": other.user_id, "isAudioAvailable": other.microphone},
+                )
+
+    def _accept(self, session: Session, request: Request, now: float) -> dict[str, Any] | None:
+        call, member = self._find_call(session, request.data["callId"])
+        if member.state == JOINED:
+            raise _Refused(ErrorCode.REQUEST_REPEATED, "cannot accept: you already joined")
+        self._require_state(member, "accept", RINGING)
+        self._emit_many(
+            call,
+            self._others(call, member.user_id, (RINGING, JOINED)),
+            "USER_ACCEPT",
+            {"userID": member.user_id},
+        )
+        first = call.accept_ts is None
+        self._enter(call, member, session, now)
+        self._notice(call, member, "accept_call", now)
+        if first:
+            self._notice(call, call.members[call.caller], "call_accepted", now)
+        self._save(call)
+        return self._join_reply(call)
+
+    def _join_reply(self, call: Call) -> dict[str, Any]:
+        return {
+            "callId": call.call_id,
+            "roomID": call.room_id,
+            "callMediaType": call.media_type,
+            "userIDList": [m.user_id for m in call.members.values() if m.state == JOINED],
+        }
+
+    def _decline(
+        self, session: Session, request: Request, now: float, how: str
+    ) -> dict[str, Any]:
+        call, member = self._find_call(session, request.data["callId"])
+        self._require_state(member, how, RINGING)
+        member.state = REJECTED if how == "reject" else IGNORED
+        member.deadline = 0.0
+        self._users[member.user_id].call_id = None
+        others = self._others(call, member.user_id, (RINGING, JOINED))
+        self._emit_many(
+            call, others, "REJECT" if how == "reject" else "LINE_BUSY", {"userID": member.user_id}
+        )
+        self._emit(
+            call,
+            member,
+            "ON_CALL_CANCELED",
+            {
+                "userID": member.user_id,
+                "sponsor": call.caller,
+                "reason": how,
+                **self._call_info(call, member),
+            },
+        )
+        self._notice(call, member, "reject_call" if how == "reject" else "ignore_call", now)
+        self._notice(
+            call,
+            call.members[call.caller],
+            "call_rejected" if how == "reject" else "call_busy",
+            now,
+        )
+        self._settle(call, now)
+        self._release_if_idle(member.user_id)
+        return {"callId": call.call_id}
+
+    def _reject(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        return self._decline(session, request, now, "reject")
+
+    def _ignore(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        return self._decline(session, request, now, "ignore")
+
+    def _hangup(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        call, member = self._find_call(session, request.data["callId"])
+        if member.state == RINGING:
+            return self._decline(session, request, now, "reject")
+        self._require_state(member, "hang up", JOINED)
+        self._hang_up_member(call, member, now)
+        return {"callId": call.call_id}
+
+    def _hang_up_member(self, call: Call, member: Member, now: float) -> None:
+        """A joined member ends their part: the caller before any answer cancels the call."""
+        if member.role is CallRole.CALLER and call.accept_ts is None:
+            self._cancel(call, now, reason="cancel")
+        else:
+            self._leave(call, member, now, reason="hangup")
+
+    def _invite(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        call, member = self._find_call(session, request.data["callId"])
+        self._require_state(member, "invite", JOINED)
+        wanted: list[str] = request.data["userIDList"]
+        repeated = [
+            u for u in wanted if u in call.members and call.members[u].state in (RINGING, JOINED)
+        ]
+        if repeated:
+            raise _Refused(
+                ErrorCode.REQUEST_REPEATED,
+                f"invite: {', '.join(repeated)} already in the call or ringing",
+            )
+        active = sum(1 for m in call.members.values() if m.state in (RINGING, JOINED))
+        if active + len(wanted) > protocol.MAX_PARTICIPANTS:
+            raise _Refused(
+                ErrorCode.CALL_FULL,
+                f"invite: a call holds at most {protocol.MAX_PARTICIPANTS} users; "
+                f"{active} are in it or ringing",
+            )
+        for user_id in wanted:
+            call.members.pop(user_id, None)  # re-invite after an earlier outcome
+        call.scene = CallScene.GROUP_CALL
+        timeout = request.data.get("timeout", self.config.default_timeout_s)
+        existing = self._others(call, "", (RINGING, JOINED))
+        ringing = self._ring(call, wanted, timeout, now)
+        for user_id in ringing:
+            self._notice(call, call.members[user_id], "invite_user", now)
+        invitees = [
+            m.user_id
+            for m in call.members.values()
+            if m.role is CallRole.CALLED and m.state in (RINGING, JOINED)
+        ]
+        self._emit_many(
+            call,
+            [m for m in existing if m.user_id not in ringing],
+            "GROUP_CALL_INVITEE_LIST_UPDATE",
+            {"userIDList": invitees},
+        )
+        self._save(call)
+        self._settle(call, now)
+        return {
+            "callId": call.call_id,
+            "userIDList": ringing,
+            "busyUserIDList": [u for u in wanted if u not in ringing],
+        }
+
+    def _join(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        call_id = request.data["callId"]
+        presence = self._user(session)
+        if presence.call_id not in (None, call_id):
+            raise _Refused(
+                ErrorCode.REQUEST_REFUSED,
+                f"cannot join: you are already in call {presence.call_id!r}",
+            )
+        call, member = self._find_call(session, call_id)
+        if member.state == JOINED:
+            raise _Refused(ErrorCode.REQUEST_REPEATED, "cannot join: you already joined")
+        if member.state == RINGING:
+            return self._accept(session, request, now) or {}
+        active = sum(1 for m in call.members.values() if m.state in (RINGING, JOINED))
+        if active + 1 > protocol.MAX_PARTICIPANTS:
+            raise _Refused(ErrorCode.CALL_FULL, "cannot join: the call is full")
+        first = call.accept_ts is None
+        self._enter(call, member, session, now)
+        self._notice(call, member, "join_in_group_call", now)
+        if first:
+            self._notice(call, call.members[call.caller], "call_accepted", now)
+        self._save(call)
+        return self._join_reply(call)
+
+    def _switch_media_type(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        call, member = self._find_call(session, request.data["callId"])
+        self._require_state(member, "switch media type", JOINED)
+        new = request.data["mediaType"]
+        old = call.media_type
+        if new == old:
+            raise _Refused(
+                ErrorCode.REQUEST_REPEATED, f"switch media type: the call is already type {new}"
+            )
+        call.media_type = new
+        self._emit_many(
+            call,
+            self._others(call, "", (RINGING, JOINED)),
+            "CALL_TYPE_CHANGED",
+            {"oldCallType": old, "newCallType": new, "userID": member.user_id},
+        )
+        self._save(call)
+        return {"callId": call.call_id, "oldCallType": old, "newCallType": new}
+
+    def _media_state(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        call, member = self._find_call(session, request.data["callId"])
+        self._require_state(member, "report media state", JOINED)
+        others = self._others(call, member.user_id, (JOINED,))
+        camera = request.data.get("camera")
+        if camera is not None and camera != member.camera:
+            member.camera = camera
+            self._emit_many(
+                call,
+                others,
+                "USER_VIDEO_AVAILABLE",
+                {"userID": member.user_id, "isVideoAvailable": camera},
+            )
+        microphone = request.data.get("microphone")
+        if microphone is not None and microphone != member.microphone:
+            member.microphone = microphone
+            self._emit_many(
+                call,
+                others,
+                "USER_AUDIO_AVAILABLE",
+                {"userID": member.user_id, "isAudioAvailable": microphone},
+            )
+        return {"callId": call.call_id}
+
+    def _network_quality(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        call, member = self._find_call(session, request.data["callId"])
+        self._require_state(member, "report network quality", JOINED)
+        self._emit_many(
+            call,
+            self._others(call, member.user_id, (JOINED,)),
+            "ON_USER_NETWORK_QUALITY_CHANGED",
+            {"networkQualityList": [{"userID": member.user_id,
+                                     "quality": request.data["quality"]}]},
+        )
+        return {"callId": call.call_id}
+
+    def _relay(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        data = request.data
+        call, member = self._find_call(session, data["callId"])
+        self._require_state(member, "relay", JOINED)
+        target = call.members.get(data["to"])
+        if target is None or target.state != JOINED or target.user_id == member.user_id:
+            raise _Refused(
+                ErrorCode.PERMISSION_DENIED,
+                f"relay: {data['to']!r} is not another joined participant of this call",
+            )
+        if target.conn is None:
+            raise _Refused(
+                ErrorCode.USER_OFFLINE,
+                f"relay: {data['to']!r} is reconnecting; retry shortly",
+            )
+        self._send(
+            target.conn,
+            protocol.encode_relay(call.call_id, member.user_id, data["kind"], data["payload"]),
+        )
+        return {}
+
+    def _query_recent_calls(self, session: Session, request: Request, now: float) -> None:
+        assert session.user_id is not None
+        self._out.append(
+            StoreRequest(
+                session.conn, request.id, self.sdk_app_id, session.user_id, "recent_calls",
+                dict(request.data),
+            )
+        )
+        return None
+
+    def _delete_record_calls(self, session: Session, request: Request, now: float) -> None:
+        assert session.user_id is not None
+        self._out.append(
+            StoreRequest(
+                session.conn, request.id, self.sdk_app_id, session.user_id, "delete_calls",
+                dict(request.data),
+            )
+        )
+        return None
+
+    # ------------------------------------------------------------------ transitions
+
+    def _ring_timeouts(self, call_id: str, user_ids: list[str], now: float) -> None:
+        call = self._calls.get(call_id)
+        if call is None:
+            return
+        timed_out = []
+        for user_id in user_ids:
+            member = call.members.get(user_id)
+            if member is None or member.state != RINGING or member.deadline > now:
+                continue
+            member.state = TIMEOUT
+            member.deadline = 0.0
+            timed_out.append(member)
+        if not timed_out:
+            return
+        ids = [m.user_id for m in timed_out]
+        self._emit_many(
+            call,
+            [m for m in call.members.values() if m.state in (RINGING, JOINED)],
+            "NO_RESP",
+            {"sponsor": call.caller, "userIDList": ids},
+        )
+        for member in timed_out:
+            self._emit(
+                call,
+                member,
+                "ON_CALL_CANCELED",
+                {
+                    "userID": member.user_id,
+                    "sponsor": call.caller,
+                    "reason": "timeout",
+                    **self._call_info(call, member),
+                },
+            )
+            self._users[member.user_id].call_id = None
+            self._notice(call, member, "not_answer_call", now)
+            self._notice(call, call.members[call.caller], "call_missed", now)
+        self._settle(call, now)
+        for member in timed_out:
+            self._release_if_idle(member.user_id)
+
+    def _grace_expired(self, call_id: str, user_id: str, now: float) -> None:
+        call = self._calls.get(call_id)
+        if call is None:
+            return
+        member = call.members.get(user_id)
+        if member is None or member.state != JOINED or member.conn is not None:
+            return
+        if member.deadline > now:
+            return
+        if member.role is CallRole.CALLER and call.accept_ts is None:
+            call.interrupted = True
+            self._cancel(call, now, reason="interrupted")
+        else:
+            self._leave(call, member, now, reason="offline")
+
+    def _cancel(self, call: Call, now: float, reason: str) -> None:
+        """The caller gives up before anyone answered: every invitation is withdrawn."""
+        call.canceled = reason == "cancel"
+        caller = call.members[call.caller]
+        for member in self._others(call, call.caller, (RINGING,)):
+            member.state = CANCELED
+            member.deadline = 0.0
+            self._emit(
+                call,
+                member,
+                "ON_CALL_CANCELED",
+                {
+                    "userID": member.user_id,
+                    "sponsor": call.caller,
+                    "reason": reason,
+                    **self._call_info(call, member),
+                },
+            )
+            self._notice(call, member, "call_canceled", now)
+        self._notice(
+            call, caller, "cancel_call" if reason == "cancel" else "call_interrupted", now
+        )
+        self._emit(
+            call,
+            caller,
+            "ON_CALL_CANCELED",
+            {"userID": call.caller, "sponsor": call.caller, "reason": reason,
+             **self._call_info(call, caller)},
+        )
+        caller.state = LEFT
+        self._finish(call, now, notify=False)
+
+    def _leave(self, call: Call, member: Member, now: float, reason: str) -> None:
+        """A joined member leaves; the call ends when fewer than two could still talk."""
+        member.state = LEFT
+        member.deadline = 0.0
+        if reason == "offline":
+            call.interrupted = True
+        self._emit_many(
+            call,
+            self._others(call, member.user_id, (JOINED,)),
+            "USER_LEAVE",
+            {"userID": member.user_id, "reason": reason},
+        )
+        self._emit(call, member, "CALLING_END", self._end_data(call, member, member, now, reason))
+        self._notice(call, member, "call_end" if reason != "offline" else "call_interrupted", now)
+        member.conn = None
+        self._users[member.user_id].call_id = None
+        self._settle(call, now, ended_by=member)
+        self._release_if_idle(member.user_id)
+
+    def _end_data(
+        self, call: Call, member: Member, ended_by: Member, now: float, reason: str
+    ) -> dict[str, Any]:
+        total = round(now - call.accept_ts) if call.accept_ts is not None else 0
+        return {
+            "userID": ended_by.user_id,
+            "totalTime": total,
+            "callEnd": total,
+            "reason": reason,
+            **self._call_info(call, member),
+        }
+
+    def _settle(self, call: Call, now: float, ended_by: Member | None = None) -> None:
+        """End the call if nobody can talk any more."""
+        if call.call_id not in self._calls:
+            return
+        joined = [m for m in call.members.values() if m.state == JOINED]
+        ringing = [m for m in call.members.values() if m.state == RINGING]
+        if call.accept_ts is None:
+            if ringing:
+                return
+            caller = call.members[call.caller]
+            if caller.state == JOINED:
+                # Every invitee answered no: the caller's attempt is over.
+                self._emit(
+                    call,
+                    caller,
+                    "ON_CALL_CANCELED",
+                    {"userID": call.caller, "sponsor": call.caller,
+                     "reason": _CANCEL_REASON[self._unanswered_result(call)],
+                     **self._call_info(call, caller)},
+                )
+                caller.state = LEFT
+            self._finish(call, now, notify=False)
+            return
+        if len(joined) >= 2 or (joined and ringing):
+            return
+        for member in ringing:
+            member.state = CANCELED
+            self._emit(
+                call,
+                member,
+                "ON_CALL_CANCELED",
+                {"userID": member.user_id, "sponsor": call.caller, "reason": "cancel",
+                 **self._call_info(call, member)},
+            )
+            self._notice(call, member, "call_canceled", now)
+        reason = "interrupted" if call.interrupted else "hangup"
+        for member in joined:
+            self._emit(
+                call,
+                member,
+                "CALLING_END",
+                self._end_data(call, member, ended_by or member, now, reason),
+            )
+            self._notice(
+                call, member, "call_interrupted" if call.interrupted else "call_end", now
+            )
+            member.state = LEFT
+        self._finish(call, now, notify=False)
+
+    def _unanswered_result(self, call: Call) -> str:
+        if call.interrupted:
+            return "interrupt"
+        if call.canceled:
+            return "cancel"
+        outcomes = {m.state for m in call.members.values() if m.role is CallRole.CALLED}
+        if TIMEOUT in outcomes:
+            return "not_answer"
+        if REJECTED in outcomes:
+            return "reject"
+        return "call_busy"
+
+    def _finish(self, call: Call, now: float, notify: bool) -> None:
+        """Remove an ended call and persist its final record."""
+        del self._calls[call.call_id]
+        record = self._snapshot(call)
+        record.end_ts = now
+        if call.accept_ts is not None:
+            record.result = "interrupt" if call.interrupted else "normal_end"
+        else:
+            record.result = self._unanswered_result(call)
+        self._out.append(SaveCall(record))
+        for user_id in call.members:
+            presence = self._users.get(user_id)
+            if presence is not None and presence.call_id == call.call_id:
+                presence.call_id = None
+            self._release_if_idle(user_id)
+        # Webhook notices queued for this call carry the final record.
+        for index in range(len(self._out) - 1, -1, -1):
+            item = self._out[index]
+            if isinstance(item, Notice) and item.call.call_id == call.call_id:
+                self._out[index] = Notice(
+                    item.event, item.user_id, item.role, record, item.event_time,
+                    item.client_ip, item.platform,
+                )
+
+    def _release_if_idle(self, user_id: str) -> None:
+        presence = self._users.get(user_id)
+        if presence is not None and not presence.conns and presence.call_id is None:
+            del self._users[user_id]
