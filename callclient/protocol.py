@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from callclient.errors import ErrorCode
 
@@ -87,7 +87,7 @@ CALL_EVENTS: Final = (
 """Events about one call; each carries ``callId``."""
 
 EVENT_NAMES: Final = frozenset(
-    CALL_EVENTS + ("SDK_READY", "KICKED_OUT", "USER_SIG_EXPIRED", "ERROR")
+    (*CALL_EVENTS, "SDK_READY", "KICKED_OUT", "USER_SIG_EXPIRED", "ERROR")
 )
 
 _USER_ID_RE: Final = re.compile(r"^[A-Za-z0-9_@.\-]{1,64}$")
@@ -327,7 +327,7 @@ class Relay:
 ServerFrame = Reply | Event | Relay
 
 
-def _valid_request_id(value: Any) -> bool:
+def _valid_request_id(value: Any) -> TypeGuard[int | str]:
     if _is_int(value):
         return bool(-(2**53) <= value <= 2**53)
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH
@@ -368,7 +368,7 @@ def parse_request(raw: str | bytes) -> Request:
         )
     kind = frame.get("type")
     fields = REQUEST_TYPES.get(kind) if isinstance(kind, str) else None
-    if fields is None:
+    if fields is None or not isinstance(kind, str):
         raise ProtocolViolation(
             ErrorCode.UNKNOWN_TYPE,
             f"unknown request type {kind!r}; known types: {', '.join(sorted(REQUEST_TYPES))}",

@@ -1,0 +1,243 @@
+"""One RTCPeerConnection per remote participant: negotiation, remote tracks, liveness.
+
+The offer rule is deterministic: the user whose id sorts lower offers, the other answers, so
+two peers never offer to each other at once (docs/protocol.md, "Media negotiation"). aiortc
+gathers every ICE candidate before ``setLocalDescription`` returns, so the SDP sent is complete;
+candidates a remote client trickles are added as they come.
+
+aiortc has no transient "disconnected" state, so liveness is checked on a data channel: each
+side sends a small ping every second; silence for ``dead_after`` seconds reports the peer as
+unresponsive. Whether that means the user left is the engine's decision (the server knows
+better while signaling is up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.sdp import candidate_from_sdp
+
+__all__ = ["IceServer", "PeerConfig", "PeerLink", "is_offerer"]
+
+logger = logging.getLogger(__name__)
+
+KEEPALIVE_LABEL = "keepalive"
+
+
+def is_offerer(local_id: str, remote_id: str) -> bool:
+    """The side whose user id sorts lower sends the offer."""
+    return local_id < remote_id
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server."""
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """Media settings shared by every peer connection of an engine."""
+
+    ice_servers: list[IceServer] = field(default_factory=list)
+    video_codec: str = "VP8"
+    keepalive_interval: float = 1.0
+    dead_after: float = 4.0
+
+
+SendRelay = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class PeerLink:
+    """The media connection with one remote user of the current call."""
+
+    def __init__(
+        self,
+        local_id: str,
+        remote_id: str,
+        config: PeerConfig,
+        send_relay: SendRelay,
+        audio_track: MediaStreamTrack | None,
+        video_track: MediaStreamTrack | None,
+        on_track: Callable[[str, MediaStreamTrack], None],
+        on_unresponsive: Callable[[str], None],
+    ) -> None:
+        self.local_id = local_id
+        self.remote_id = remote_id
+        self.config = config
+        self._send_relay = send_relay
+        self._audio_track = audio_track
+        self._video_track = video_track
+        self._on_track = on_track
+        self._on_unresponsive = on_unresponsive
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=[
+                    RTCIceServer(s.urls, s.username, s.credential) for s in config.ice_servers
+                ]
+            )
+        )
+        self.pc.on("track", self._track)
+        self.pc.on("datachannel", self._datachannel)
+        self.pc.on("connectionstatechange", self._state_changed)
+        self._channel: RTCDataChannel | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._negotiating = asyncio.Lock()
+        self._closed = False
+        self.last_heard = time.monotonic()
+        self.created = time.monotonic()
+        self.connected = asyncio.Event()
+        self.unresponsive = False
+
+    @property
+    def offerer(self) -> bool:
+        """Whether this side sends the offer."""
+        return is_offerer(self.local_id, self.remote_id)
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{name} {self.local_id}->{self.remote_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("peer task %s failed: %r", task.get_name(), task.exception())
+
+    def _add_local_tracks(self) -> None:
+        for kind, track in (("audio", self._audio_track), ("video", self._video_track)):
+            if track is not None:
+                self.pc.addTrack(track)
+            elif not any(t.kind == kind for t in self.pc.getTransceivers()):
+                self.pc.addTransceiver(kind, direction="recvonly")
+        self._prefer_codec()
+
+    def _prefer_codec(self) -> None:
+        wanted = f"video/{self.config.video_codec}".lower()
+        codecs = RTCRtpSender.getCapabilities("video").codecs
+        preferred = [c for c in codecs if c.mimeType.lower() == wanted]
+        if not preferred:
+            return
+        # rtx must follow the codecs it repairs; keep it after the chosen codec.
+        preferred += [c for c in codecs if c.mimeType.lower() == "video/rtx"]
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                transceiver.setCodecPreferences(preferred)
+
+    async def start(self) -> None:
+        """Begin: the offerer sends an offer; the answerer waits for one."""
+        if self.offerer:
+            self._open_channel(self.pc.createDataChannel(KEEPALIVE_LABEL))
+            self._add_local_tracks()
+            async with self._negotiating:
+                await self.pc.setLocalDescription(await self.pc.createOffer())
+                await self._send_description()
+        self._spawn(self._keepalive_loop(), "keepalive")
+
+    async def _send_description(self) -> None:
+        description = self.pc.localDescription
+        await self._send_relay(description.type, {"sdp": description.sdp,
+                                                  "type": description.type})
+
+    async def handle_relay(self, kind: str, payload: dict[str, Any]) -> None:
+        """Apply an offer, answer or candidate relayed from the remote user."""
+        if self._closed:
+            return
+        if kind == "offer":
+            sdp = payload.get("sdp")
+            if not isinstance(sdp, str):
+                raise ValueError("offer without an sdp string")
+            async with self._negotiating:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+                if not self.pc.getSenders() or all(s.track is None for s in self.pc.getSenders()):
+                    self._add_local_tracks()
+                await self.pc.setLocalDescription(await self.pc.createAnswer())
+                await self._send_description()
+        elif kind == "answer":
+            sdp = payload.get("sdp")
+            if not isinstance(sdp, str):
+                raise ValueError("answer without an sdp string")
+            async with self._negotiating:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+        elif kind == "candidate":
+            text = payload.get("candidate")
+            if not text:
+                return  # end of candidates
+            candidate = candidate_from_sdp(str(text).removeprefix("candidate:"))
+            candidate.sdpMid = payload.get("sdpMid")
+            candidate.sdpMLineIndex = payload.get("sdpMLineIndex")
+            await self.pc.addIceCandidate(candidate)
+        elif kind == "keepalive":
+            self.last_heard = time.monotonic()
+
+    def _track(self, track: MediaStreamTrack) -> None:
+        self._on_track(self.remote_id, track)
+
+    def _datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label == KEEPALIVE_LABEL:
+            self._open_channel(channel)
+
+    def _open_channel(self, channel: RTCDataChannel) -> None:
+        self._channel = channel
+
+        @channel.on("message")
+        def heard(message: Any) -> None:
+            self.last_heard = time.monotonic()
+            if self.unresponsive:
+                self.unresponsive = False
+                logger.info("peer %s responsive again", self.remote_id)
+
+    def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        logger.debug("peer %s connection state %s", self.remote_id, state)
+        if state == "connected":
+            self.last_heard = time.monotonic()
+            self.connected.set()
+
+    async def _keepalive_loop(self) -> None:
+        interval = self.config.keepalive_interval
+        while not self._closed:
+            await asyncio.sleep(interval)
+            channel = self._channel
+            if channel is not None and channel.readyState == "open":
+                with contextlib.suppress(Exception):
+                    channel.send(b"p")
+            if not self.connected.is_set():
+                self.last_heard = max(self.last_heard, time.monotonic() - interval)
+                continue  # still connecting: negotiation has its own timeouts
+            silent = time.monotonic() - self.last_heard
+            if silent > self.config.dead_after and not self.unresponsive:
+                self.unresponsive = True
+                logger.info("peer %s silent for %.1f s", self.remote_id, silent)
+                self._on_unresponsive(self.remote_id)
+
+    async def close(self) -> None:
+        """Close the peer connection and cancel its tasks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.pc.close()
