@@ -333,11 +333,19 @@ def _valid_request_id(value: Any) -> TypeGuard[int | str]:
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH
 
 
+def _frame_bytes(raw: str | bytes) -> int:
+    # A str holds at most 4 UTF-8 bytes per character: encode only when it could matter.
+    if isinstance(raw, str) and len(raw) * 4 > MAX_FRAME_BYTES:
+        return len(raw.encode("utf-8", "surrogatepass"))
+    return len(raw)
+
+
 def _load_object(raw: str | bytes) -> dict[str, Any]:
-    if len(raw) > MAX_FRAME_BYTES:
+    size = _frame_bytes(raw)
+    if size > MAX_FRAME_BYTES:
         raise ProtocolViolation(
             ErrorCode.FRAME_TOO_LARGE,
-            f"frame of {len(raw)} bytes is larger than the {MAX_FRAME_BYTES}-byte limit",
+            f"frame of {size} bytes is larger than the {MAX_FRAME_BYTES}-byte limit",
         )
     try:
         value = json.loads(raw)

@@ -1,0 +1,201 @@
+"""``signaling-server``: run the signaling server, or print a userSig for a user.
+
+``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]``
+serves until SIGTERM or SIGINT, then ends the calls in progress as interrupted and closes the
+database. ``signaling-server usersig USER [--expire S]`` prints a userSig. Every option also
+has an environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
+``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it.
+With neither, the built-in development sdkappid and secret key are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import Sequence
+
+from signaling_server.auth import DEFAULT_EXPIRE_S, generate_user_sig
+from signaling_server.server import (
+    DEFAULT_DB_PATH,
+    DEFAULT_PORT,
+    DEV_SDK_APP_ID,
+    DEV_SECRET_KEY,
+    ServerConfig,
+    SignalingServer,
+)
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+PROG = "signaling-server"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0..65535)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _add_identity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sdkappid",
+        type=_positive_int,
+        default=_env("CALLSERVER_SDKAPPID", str(DEV_SDK_APP_ID)),
+        help="application id served (env CALLSERVER_SDKAPPID; default %(default)s)",
+    )
+    parser.add_argument(
+        "--secret-key",
+        default=_env("CALLSERVER_SECRET_KEY", DEV_SECRET_KEY),
+        help="key userSigs are signed with (env CALLSERVER_SECRET_KEY; default: the "
+        "built-in development key)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Signaling server for callclient: websocket call events."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{serve,usersig}")
+
+    serve = commands.add_parser("serve", help="run the server (the default command)")
+    serve.add_argument(
+        "--host",
+        default=_env("CALLSERVER_HOST", "127.0.0.1"),
+        help="interface to bind (env CALLSERVER_HOST; default %(default)s)",
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=_env("CALLSERVER_PORT", str(DEFAULT_PORT)),
+        help="TCP port, 0 for any free one (env CALLSERVER_PORT; default %(default)s)",
+    )
+    _add_identity(serve)
+    serve.add_argument(
+        "--db",
+        default=_env("CALLSERVER_DB", DEFAULT_DB_PATH),
+        help="SQLite file of call records, or :memory: (env CALLSERVER_DB; "
+        "default %(default)s, relative to the working directory)",
+    )
+    serve.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=_LOG_LEVELS,
+        default=_env("CALLSERVER_LOG_LEVEL", "WARNING").upper(),
+        help="logging threshold on stderr (env CALLSERVER_LOG_LEVEL; default %(default)s)",
+    )
+
+    usersig = commands.add_parser("usersig", help="print a userSig for USER")
+    usersig.add_argument("user", metavar="USER", help="user id the userSig is for")
+    usersig.add_argument(
+        "--expire",
+        type=_non_negative_int,
+        default=DEFAULT_EXPIRE_S,
+        help="validity in seconds (default %(default)s: 180 days)",
+    )
+    _add_identity(usersig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``signaling-server``; returns the process exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in ("serve", "usersig", "-h", "--help"):
+        args_list.insert(0, "serve")
+    args = _parser().parse_args(args_list)
+    if args.command == "usersig":
+        print(generate_user_sig(args.sdkappid, args.secret_key, args.user, args.expire))
+        return 0
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.secret_key == DEV_SECRET_KEY:
+        print(
+            f"{PROG}: warning: using the built-in development secret key; anyone can make "
+            "userSigs for it (set --secret-key or CALLSERVER_SECRET_KEY)",
+            file=sys.stderr,
+            flush=True,
+        )
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        sdk_app_id=args.sdkappid,
+        secret_key=args.secret_key,
+        db=args.db,
+    )
+    try:
+        return asyncio.run(_serve(config))
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        return 130
+
+
+async def _serve(config: ServerConfig) -> int:
+    server = SignalingServer(config)
+    try:
+        await server.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            message = f"cannot listen on {config.host}:{config.port}: address already in use"
+        else:
+            message = f"cannot start: {exc}"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
+    except (sqlite3.Error, RuntimeError) as exc:
+        print(f"{PROG}: error: cannot open the record database {config.db}: {exc}",
+              file=sys.stderr)
+        return 1
+    print(
+        f"{PROG} listening on {server.url} (sdkappid {config.sdk_app_id}, db {config.db})",
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+    try:
+        await stop.wait()
+        logger.info("signal received; stopping")
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        await server.stop()
+    return 0

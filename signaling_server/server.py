@@ -1,0 +1,437 @@
+"""The websocket layer: runs :class:`~signaling_server.core.CallCore` behind real sockets.
+
+Each accepted websocket gets an increasing connection id. Every frame it sends goes to
+:meth:`CallCore.receive`; the core's outputs are carried out in order: frames are queued on
+the target connection (each connection drains its own bounded queue, so a slow reader never
+stalls anyone else and is dropped once its queue overflows), records go to the
+:class:`~signaling_server.store.RecordWriter` thread, record queries run there too, and
+webhook notices go to an optional ``notice_sink``. One timer task calls :meth:`CallCore.tick`
+whenever :meth:`CallCore.next_deadline` passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from callclient import protocol
+from callclient.errors import ErrorCode
+from signaling_server.auth import verify_user_sig
+from signaling_server.core import (
+    CallCore,
+    Close,
+    CoreConfig,
+    Notice,
+    Output,
+    SaveCall,
+    Send,
+    StoreRequest,
+)
+from signaling_server.store import CallStore, RecordWriter
+
+__all__ = [
+    "DEFAULT_DB_PATH",
+    "DEFAULT_PORT",
+    "DEV_SDK_APP_ID",
+    "DEV_SECRET_KEY",
+    "NoticeSink",
+    "ServerConfig",
+    "SignalingServer",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT: Final = 8765
+DEV_SDK_APP_ID: Final = 1400000001
+DEV_SECRET_KEY: Final = "callclient-development-secret-key-do-not-use-in-production"
+"""Built-in key so the server runs with no setup; anyone can mint userSigs with it."""
+
+DEFAULT_DB_PATH: Final = os.path.join("data", "records.db")
+"""Relative to the working directory (``data/`` is git-ignored); ``":memory:"`` keeps nothing."""
+
+NoticeSink = Callable[[Notice], None]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where to listen, which sdkappid to serve, where to keep records, and resource bounds."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    """0 picks a free port; read it back from :attr:`SignalingServer.port`."""
+    sdk_app_id: int = DEV_SDK_APP_ID
+    secret_key: str = DEV_SECRET_KEY
+    db: str = DEFAULT_DB_PATH
+    """SQLite file of call records (its directory is created), or ``":memory:"``."""
+    core: CoreConfig = field(default_factory=CoreConfig)
+    max_size: int = 2**20
+    """Largest incoming message. Frames between the protocol's 64 KiB and this get the core's
+    FRAME_TOO_LARGE reply and the connection stays; larger ones close it with 1009."""
+    max_queue: int = 8
+    """Incoming frames buffered per connection before websockets stops reading its socket."""
+    write_limit: int = 32 * 1024
+    """High-water mark of each connection's transport write buffer, in bytes."""
+    send_queue_limit: int = 1024 * 1024
+    """Characters of outgoing frames queued for one connection before it is dropped."""
+    send_timeout: float = 30.0
+    """A single frame that cannot be written for this long drops the connection."""
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    close_timeout: float = 5.0
+    """How long a closing handshake (and the shutdown's final frames) may take."""
+
+
+class _Peer:
+    """One websocket: its bounded outgoing queue, drained by a writer task while non-empty.
+
+    The writer task exists only while there is something to send, so an idle connection
+    costs no task.
+    """
+
+    __slots__ = ("_close", "_queue", "_queued", "_server", "conn_id", "dropped", "writer", "ws")
+
+    def __init__(self, server: SignalingServer, conn_id: int, ws: ServerConnection) -> None:
+        self._server = server
+        self.conn_id = conn_id
+        self.ws = ws
+        self._queue: collections.deque[str] = collections.deque()
+        self._queued = 0
+        self._close: tuple[int, str] | None = None
+        self.writer: asyncio.Task[None] | None = None
+        self.dropped = False
+
+    def send(self, text: str) -> None:
+        """Queue a frame; overflowing the queue drops the connection."""
+        if self._close is not None or self.dropped:
+            return
+        self._queue.append(text)
+        self._queued += len(text)
+        if self._queued > self._server.config.send_queue_limit:
+            self.drop("its outgoing queue overflowed (it does not read)")
+            return
+        self._wake()
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after every frame queued so far has been sent."""
+        if self._close is not None or self.dropped:
+            return
+        self._close = (code, reason)
+        self._wake()
+
+    def drop(self, why: str) -> None:
+        """Abort the connection at once, discarding whatever is queued."""
+        if self.dropped:
+            return
+        self.dropped = True
+        logger.warning("connection %d dropped: %s", self.conn_id, why)
+        self._queue.clear()
+        self._queued = 0
+        if self.writer is not None and self.writer is not asyncio.current_task():
+            self.writer.cancel()
+        self.ws.transport.abort()
+
+    def _wake(self) -> None:
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(
+                self._write(), name=f"signaling-writer-{self.conn_id}"
+            )
+            self._server._tasks.add(self.writer)
+            self.writer.add_done_callback(self._server._tasks.discard)
+
+    async def _write(self) -> None:
+        timeout = self._server.config.send_timeout
+        try:
+            while self._queue:
+                text = self._queue.popleft()
+                self._queued -= len(text)
+                async with asyncio.timeout(timeout):
+                    await self.ws.send(text)
+            if self._close is not None:
+                await self.ws.close(*self._close)
+        except ConnectionClosed:
+            pass  # the connection handler sees the closing and tells the core
+        except TimeoutError:
+            self.drop(f"a frame could not be written within {timeout} s")
+        finally:
+            self.writer = None
+
+
+class SignalingServer:
+    """The signaling websocket server: ``await start()`` ... ``await stop()``, or ``async with``.
+
+    ``notice_sink`` receives every webhook :class:`~signaling_server.core.Notice` (on the event
+    loop; it must not block); without one, notices are dropped.
+    """
+
+    def __init__(self, config: ServerConfig, notice_sink: NoticeSink | None = None) -> None:
+        self.config = config
+        self.notice_sink = notice_sink
+        self.core = CallCore(config.sdk_app_id, self._verify_sig, config.core)
+        self._ws_server: Server | None = None
+        self._writer: RecordWriter | None = None
+        self._peers: dict[int, _Peer] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._rearm = asyncio.Event()
+        self._armed: float | None = None
+        self._port: int | None = None
+        self._started = False
+        self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when the config asked for 0)."""
+        if self._port is None:
+            raise RuntimeError("server is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` of the listening socket."""
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}"
+
+    @property
+    def connection_count(self) -> int:
+        """Open websocket connections."""
+        return len(self._peers)
+
+    async def start(self) -> None:
+        """Open the record store (ending calls a crash left open) and bind the socket."""
+        if self._started:
+            raise RuntimeError("server already started")
+        self._started = True
+        store = await asyncio.to_thread(CallStore, self.config.db)
+        self._writer = RecordWriter(store)
+        try:
+            interrupted = await self._writer.run_query(store.interrupt_open_calls, time.time())
+            if interrupted:
+                logger.info("%d call(s) left open by the last run interrupted", len(interrupted))
+            cfg = self.config
+            # No permessage-deflate: its per-connection zlib state costs far more memory
+            # (hundreds of KiB) than the small JSON frames would save; 10,000 idle
+            # connections should cost at most about 20 KiB each.
+            self._ws_server = await serve(
+                self._handle,
+                cfg.host,
+                cfg.port,
+                compression=None,
+                max_size=cfg.max_size,
+                max_queue=cfg.max_queue,
+                write_limit=cfg.write_limit,
+                ping_interval=cfg.ping_interval,
+                ping_timeout=cfg.ping_timeout,
+                close_timeout=cfg.close_timeout,
+                logger=logging.getLogger(f"{__name__}.ws"),
+            )
+        except BaseException:
+            await self._writer.close()
+            self._stopped.set()
+            raise
+        self._port = int(self._ws_server.sockets[0].getsockname()[1])
+        self._timer = asyncio.get_running_loop().create_task(
+            self._run_timer(), name="signaling-timer"
+        )
+        logger.info("listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """End calls as interrupted, close every connection, flush and close the records.
+
+        Idempotent; concurrent callers all wait for the same shutdown.
+        """
+        if self._stop_task is None:
+            self._stop_task = asyncio.get_running_loop().create_task(
+                self._stop(), name="signaling-stop"
+            )
+        await asyncio.shield(self._stop_task)
+
+    async def serve_forever(self) -> None:
+        """Start if needed and serve until :meth:`stop`; cancelling it stops the server."""
+        if not self._started:
+            await self.start()
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            await self.stop()
+            raise
+
+    async def __aenter__(self) -> SignalingServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ internals
+
+    def _verify_sig(self, user_sig: str, user_id: str, now: float) -> float:
+        cfg = self.config
+        return verify_user_sig(user_sig, cfg.sdk_app_id, cfg.secret_key, user_id, now).expires_at
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        try:
+            if self._ws_server is not None:
+                self._ws_server.server.close()  # stop accepting; connections stay for now
+                self._execute(self.core.shutdown(time.time()))
+                writers = [p.writer for p in self._peers.values() if p.writer is not None]
+                if writers:
+                    await asyncio.wait(writers, timeout=self.config.close_timeout)
+                self._ws_server.close()
+                await self._ws_server.wait_closed()
+            for peer in list(self._peers.values()):
+                peer.drop("server stopped")
+            tasks = [t for t in self._tasks if not t.done()]
+            if self._timer is not None:
+                tasks.append(self._timer)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if self._writer is not None:
+                await self._writer.close()
+            self._stopped.set()
+            logger.info("stopped")
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if self._stopping:
+            await ws.close(1001, "server shutting down")
+            return
+        conn_id = next(self._ids)
+        peer = _Peer(self, conn_id, ws)
+        self._peers[conn_id] = peer
+        address = ws.remote_address
+        client_ip = str(address[0]) if isinstance(address, tuple) and address else ""
+        self._execute(self.core.open(conn_id, time.time(), client_ip))
+        try:
+            async for message in ws:
+                # Binary frames go to the core as they are; its parser refuses anything
+                # that is not a JSON object (MALFORMED_FRAME).
+                self._execute(self.core.receive(conn_id, message, time.time()))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._peers.pop(conn_id, None)
+            if peer.writer is not None:
+                peer.writer.cancel()
+            self._execute(self.core.closed(conn_id, time.time()))
+
+    def _execute(self, outputs: list[Output]) -> None:
+        """Carry out the core's outputs in order, then re-arm the timer if needed."""
+        for out in outputs:
+            if isinstance(out, Send):
+                peer = self._peers.get(out.conn)
+                if peer is not None:
+                    peer.send(out.text)
+            elif isinstance(out, Close):
+                peer = self._peers.get(out.conn)
+                if peer is not None:
+                    peer.close(out.code, out.reason)
+            elif isinstance(out, SaveCall):
+                self._save(out)
+            elif isinstance(out, StoreRequest):
+                self._spawn(self._store_request(out), f"signaling-store-{out.conn}")
+            elif isinstance(out, Notice):
+                self._deliver_notice(out)
+        if self.core.next_deadline() != self._armed:
+            self._rearm.set()
+
+    def _save(self, out: SaveCall) -> None:
+        if self._writer is None or self._writer.closed:
+            logger.error("call %s not recorded: the record writer is closed", out.call.call_id)
+            return
+        self._writer.submit(out.call)
+
+    def _deliver_notice(self, notice: Notice) -> None:
+        if self.notice_sink is None:
+            return
+        try:
+            self.notice_sink(notice)
+        except Exception:
+            logger.exception("notice sink failed on %s for %s", notice.event, notice.user_id)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store_request(self, req: StoreRequest) -> None:
+        writer = self._writer
+        assert writer is not None
+        store = writer.store
+        params = req.params
+        try:
+            if req.op == "recent_calls":
+                records = await writer.run_query(
+                    store.recent_calls,
+                    req.sdk_app_id,
+                    req.user_id,
+                    params.get("begin"),
+                    params.get("end"),
+                    params.get("resultType"),
+                    params.get("limit", 100),
+                )
+                text = protocol.encode_reply_ok(req.request_id, {"records": records})
+            elif req.op == "delete_calls":
+                deleted = await writer.run_query(
+                    store.delete_calls, req.sdk_app_id, req.user_id, list(params["callIds"])
+                )
+                text = protocol.encode_reply_ok(req.request_id, {"deleted": deleted})
+            else:
+                raise ValueError(f"unknown store operation {req.op!r}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("record query %s for %s failed", req.op, req.user_id)
+            text = protocol.encode_reply_error(
+                req.request_id, ErrorCode.INTERNAL, f"{req.op}: the record store failed"
+            )
+        peer = self._peers.get(req.conn)
+        if peer is not None:
+            peer.send(text)
+
+    async def _run_timer(self) -> None:
+        """Sleep until the core's next deadline (re-armed by :meth:`_execute`), then tick."""
+        while True:
+            deadline = self.core.next_deadline()
+            self._armed = deadline
+            self._rearm.clear()
+            if deadline is None:
+                await self._rearm.wait()
+                continue
+            delay = deadline - time.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._rearm.wait()
+                        continue
+            try:
+                outputs = self.core.tick(time.time())
+            except Exception:  # a core bug must not stop every later timeout
+                logger.exception("call core tick failed")
+                continue
+            self._execute(outputs)
