@@ -9,6 +9,7 @@ to run, and webhook notices. Tests drive it the same way, with no sockets and a 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import secrets
@@ -288,6 +289,10 @@ class CallCore:
             self._drop_session(session, now, graceful=False)
             return self._flush()
         try:
+            if isinstance(raw, bytes | bytearray):
+                raise ProtocolViolation(
+                    ErrorCode.MALFORMED_FRAME, "binary frames are refused; send text frames"
+                )
             request = protocol.parse_request(raw)
         except ProtocolViolation as exc:
             session.invalid_frames += 1
@@ -457,13 +462,14 @@ class CallCore:
     def _snapshot(self, call: Call) -> StoredCall:
         participants: dict[str, ParticipantOutcome] = {}
         for member in call.members.values():
-            if member.role is CallRole.CALLER:
-                result = CallResultType.OUTGOING
+            # The caller stays the caller in the record even if re-invited after leaving.
+            if member.user_id == call.caller:
+                role, result = CallRole.CALLER, CallResultType.OUTGOING
             elif member.ever_joined:
-                result = CallResultType.INCOMING
+                role, result = CallRole.CALLED, CallResultType.INCOMING
             else:
-                result = CallResultType.MISSED
-            participants[member.user_id] = ParticipantOutcome(int(member.role), int(result))
+                role, result = CallRole.CALLED, CallResultType.MISSED
+            participants[member.user_id] = ParticipantOutcome(int(role), int(result))
         return StoredCall(
             call_id=call.call_id,
             sdk_app_id=call.sdk_app_id,
@@ -557,6 +563,8 @@ class CallCore:
                 if old_session is not None:
                     self._detach(old_session, now, kicked=True)
                     del self._sessions[old]
+            # Detaching the last old connection of an idle user released the presence.
+            self._users.setdefault(user_id, presence)
         session.user_id = user_id
         session.sig_expires_at = expires_at
         session.platform = data.get("platform", "")
@@ -670,15 +678,17 @@ class CallCore:
         if call is not None:
             member = call.members[user_id]
             if member.conn == session.conn:
-                member.conn = None
-                if member.state == JOINED:
-                    if leave:
-                        self._hang_up_member(call, member, now)
-                    elif not kicked:
+                if member.state == JOINED and leave:
+                    # As hangup: the leaving connection still gets its CALLING_END.
+                    self._hang_up_member(call, member, now)
+                    member.conn = None
+                else:
+                    member.conn = None
+                    if member.state == JOINED and not kicked:
                         member.deadline = now + self.config.reconnect_grace_s
                         self._schedule(member.deadline, "grace", f"{call.call_id}\0{user_id}")
-        if not presence.conns and presence.call_id is None:
-            del self._users[user_id]
+        # Leaving the call may already have released the presence.
+        self._release_if_idle(user_id)
 
     def _check_sig(self, conn: int, now: float) -> None:
         session = self._sessions.get(conn)
@@ -725,12 +735,20 @@ class CallCore:
         ringing: list[str] = []
         busy: list[str] = []
         for user_id in user_ids:
+            # A re-invited former member keeps their place in the invite list and whether
+            # they ever answered (their record outcome).
+            earlier = call.members.get(user_id)
+            answered = earlier.ever_joined if earlier is not None else False
             presence = self._users.get(user_id)
             if presence is not None and presence.call_id not in (None, call.call_id):
-                call.members[user_id] = Member(user_id, CallRole.CALLED, BUSY)
+                call.members[user_id] = Member(
+                    user_id, CallRole.CALLED, BUSY, ever_joined=answered
+                )
                 busy.append(user_id)
                 continue
-            member = Member(user_id, CallRole.CALLED, RINGING, deadline=now + timeout)
+            member = Member(
+                user_id, CallRole.CALLED, RINGING, deadline=now + timeout, ever_joined=answered
+            )
             call.members[user_id] = member
             presence = self._users.setdefault(user_id, Presence(user_id))
             presence.call_id = call.call_id
@@ -792,9 +810,14 @@ class CallCore:
         )
         self._calls[call.call_id] = call
         presence.call_id = call.call_id
+        mark = len(self._out)
         self._notice(call, call.members[user_id], "start_call", now)
         timeout = data.get("timeout", self.config.default_timeout_s)
         self._ring(call, invitees, timeout, now)
+        # The start_call notice describes the call with its invitees (webhook TotalNum).
+        start_notice = self._out[mark]
+        assert isinstance(start_notice, Notice)
+        self._out[mark] = dataclasses.replace(start_notice, call=self._snapshot(call))
         self._save(call)
         self._settle(call, now)
         return {
@@ -966,8 +989,6 @@ class CallCore:
                 f"invite: a call holds at most {protocol.MAX_PARTICIPANTS} users; "
                 f"{active} are in it or ringing",
             )
-        for user_id in wanted:
-            call.members.pop(user_id, None)  # re-invite after an earlier outcome
         call.scene = CallScene.GROUP_CALL
         timeout = request.data.get("timeout", self.config.default_timeout_s)
         existing = self._others(call, "", (RINGING, JOINED))
