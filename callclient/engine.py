@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from callclient.media.deviceset import DeviceSet
 from callclient.media.mixer import Mixer
 from callclient.media.render import render
 from callclient.media.tracks import AudioConverter, CameraTrack, MicrophoneTrack, frame_to_bgr
+from callclient.monitor import CallMonitor
 from callclient.observer import CallObserver, EventQueueObserver
 from callclient.peer import IceServer, PeerConfig, PeerLink
 from callclient.protocol import Event, Relay
@@ -53,7 +54,6 @@ from callclient.types import (
     CallStatus,
     Camera,
     NetworkQuality,
-    NetworkQualityInfo,
     RecentCallsFilter,
     RoomId,
     VideoEncoderParams,
@@ -61,9 +61,16 @@ from callclient.types import (
     resolution_size,
 )
 
-__all__ = ["CallEngine", "CallInfo", "RemoteStats"]
+__all__ = ["AudioTap", "CallEngine", "CallInfo", "RemoteStats"]
 
 logger = logging.getLogger(__name__)
+
+_CLEANUP_TIMEOUT = 5.0
+"""Seconds :meth:`CallEngine.close` waits for peer connections and the speaker to close."""
+
+
+AudioTap = Callable[[str, npt.NDArray[np.int16]], None]
+"""Called with ``(user_id, block)`` for each received 20 ms int16 mono block of a remote user."""
 
 
 @dataclass
@@ -124,6 +131,8 @@ class CallEngine:
 
     ``server_url`` is the signaling server (``ws://host:port``). ``devices`` defaults to a
     virtual device set; pass real devices (:mod:`callclient.media.devices`) for hardware.
+    During a call, volumes are reported every ``volume_interval`` seconds and network quality
+    every ``quality_interval`` seconds (:mod:`callclient.monitor`).
     Use as ``async with CallEngine(...) as engine:`` or call :meth:`close`.
     """
 
@@ -136,6 +145,8 @@ class CallEngine:
         video_codec: str = "VP8",
         reconnect: bool = True,
         request_timeout: float = 10.0,
+        volume_interval: float = 0.3,
+        quality_interval: float = 2.0,
     ) -> None:
         if video_codec.upper() not in ("VP8", "H264"):
             raise InvalidParameterError(f"video_codec must be VP8 or H264, not {video_codec!r}")
@@ -147,11 +158,14 @@ class CallEngine:
         self._reconnect = reconnect
         self._request_timeout = request_timeout
         self._observers: list[CallObserver] = []
+        self._audio_taps: list[AudioTap] = []
         self._signaling: SignalingClient | None = None
         self._user_id: str | None = None
         self._call: CallInfo | None = None
         self._remotes: dict[str, _Remote] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cleanups: set[asyncio.Task[Any]] = set()
+        """Tasks releasing media (peer connections, speaker): awaited, not cancelled, by close."""
         self._views: dict[str, VideoView] = {}
         self._render_params: dict[str, VideoRenderParams] = {}
         self._encoder_params = VideoEncoderParams()
@@ -165,6 +179,10 @@ class CallEngine:
         self._mic_wanted = True
         self._playback = AudioPlaybackDevice.SPEAKERPHONE
         self._speaker: AudioSink | None = None
+        self._monitor: CallMonitor | None = None
+        self.volume_interval = volume_interval
+        self.quality_interval = quality_interval
+        self._speaker_stopping: asyncio.Task[Any] | None = None
         self._closed = False
         self._generation = 0
 
@@ -210,6 +228,20 @@ class CallEngine:
         """Stop receiving callbacks; unknown observers are ignored."""
         with contextlib.suppress(ValueError):
             self._observers.remove(observer)
+
+    def add_audio_tap(self, tap: AudioTap) -> None:
+        """Also hand each remote user's received audio blocks to ``tap`` (before mixing).
+
+        ``tap(user_id, block)`` runs on the event loop for every 20 ms block (int16 mono,
+        48 kHz; do not modify it) and must return at once. Adding a tap twice has no effect.
+        """
+        if tap not in self._audio_taps:
+            self._audio_taps.append(tap)
+
+    def remove_audio_tap(self, tap: AudioTap) -> None:
+        """Stop calling ``tap``; unknown taps are ignored."""
+        with contextlib.suppress(ValueError):
+            self._audio_taps.remove(tap)
 
     def events(self, maxsize: int = 1000) -> EventQueueObserver:
         """An async iterator of every callback from now on (``async for ev in engine.events()``)."""
@@ -267,6 +299,10 @@ class CallEngine:
             return
         await self.logout()
         self._closed = True
+        # Let the last call's teardown finish: cancelled, it would leave peer connections
+        # (and their UDP sockets) open.
+        if self._cleanups:
+            await asyncio.wait(list(self._cleanups), timeout=_CLEANUP_TIMEOUT)
         await self._close_devices()
         for task in list(self._tasks):
             task.cancel()
@@ -441,6 +477,7 @@ class CallEngine:
             raise DeviceError(f"no {Camera(camera).name.lower()} camera is configured",
                               ErrorCode.CAMERA_START_FAIL)
         track = self._ensure_camera_track()
+        self._generation += 1  # a teardown still running must not close this camera
         if self._camera is not None and self._camera != camera:
             await self.devices.cameras[self._camera].stop()
         await source.start()
@@ -480,12 +517,15 @@ class CallEngine:
         """Open the microphone; others get audio available."""
         self._check_open()
         self._mic_wanted = True
+        self._generation += 1  # a teardown still running must not close this microphone
         await self._start_microphone()
 
     async def close_microphone(self) -> None:
         """Close the microphone; others get audio unavailable."""
         self._mic_wanted = False
         await self._stop_microphone()
+        if self._monitor is not None and self._user_id is not None:
+            self._monitor.audio_muted(self._user_id)
 
     async def select_audio_playback_device(self, device: AudioPlaybackDevice) -> None:
         """Route remote audio to the speakerphone or the earpiece (switchable mid-call)."""
@@ -697,6 +737,7 @@ class CallEngine:
         call.media_type = CallMediaType(data["callMediaType"])
         call.room_id = RoomId.from_value(data.get("roomID"))
         self._fire("on_call_begin", call.room_id, call.media_type, call.role)
+        self._start_monitor()
         self._spawn(self._start_call_media())
 
     def _ev_user_accept(self, data: dict[str, Any]) -> None:
@@ -724,8 +765,10 @@ class CallEngine:
             call.remote_users.remove(user_id)
         remote = self._remotes.pop(user_id, None)
         if remote is not None:
-            self._spawn(self._close_remote(remote))
+            self._spawn(self._close_remote(remote), cleanup=True)
         self._mixer.remove(user_id)
+        if self._monitor is not None:
+            self._monitor.remove_peer(user_id)
         self._fire("on_user_leave", user_id)
 
     def _ev_reject(self, data: dict[str, Any]) -> None:
@@ -776,18 +819,17 @@ class CallEngine:
         remote = self._remotes.get(data["userID"])
         if remote is not None:
             remote.audio_available = bool(data["isAudioAvailable"])
+        if not data["isAudioAvailable"] and self._monitor is not None:
+            self._monitor.audio_muted(data["userID"])
         self._fire("on_user_audio_available", data["userID"], bool(data["isAudioAvailable"]))
 
     def _ev_on_user_network_quality_changed(self, data: dict[str, Any]) -> None:
-        if self._this_call(data) is None:
+        # Others report their uplink; the monitor combines it with what we measure and
+        # reports everyone's quality every 2 s.
+        if self._this_call(data) is None or self._monitor is None:
             return
-        self._fire(
-            "on_user_network_quality_changed",
-            [
-                NetworkQualityInfo(item["userID"], NetworkQuality(item["quality"]))
-                for item in data.get("networkQualityList", [])
-            ],
-        )
+        for item in data.get("networkQualityList", []):
+            self._monitor.remote_reported(str(item["userID"]), NetworkQuality(item["quality"]))
 
     def _ev_group_call_invitee_list_update(self, data: dict[str, Any]) -> None:
         call = self._this_call(data)
@@ -819,13 +861,19 @@ class CallEngine:
 
     # ------------------------------------------------------------------ media
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(
+        self, coro: Coroutine[Any, Any, Any], *, cleanup: bool = False
+    ) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
+        if cleanup:
+            self._cleanups.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        self._cleanups.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("engine task failed", exc_info=task.exception())
 
@@ -843,7 +891,35 @@ class CallEngine:
     def _ensure_mic_track(self) -> MicrophoneTrack:
         if self._mic_track is None:
             self._mic_track = MicrophoneTrack(on_error=self._device_failed)
+            self._mic_track.on_block = self._local_audio
         return self._mic_track
+
+    def _local_audio(self, block: npt.NDArray[np.int16]) -> None:
+        if self._monitor is not None and self._mic_open:
+            self._monitor.local_audio(block)
+
+    def _start_monitor(self) -> None:
+        """Volume and network-quality reports for the call that just connected."""
+        if self._monitor is not None or self._user_id is None:
+            return
+        call_id = self._call.call_id if self._call else ""
+
+        async def send_uplink(quality: NetworkQuality) -> None:
+            signaling = self._signaling
+            if signaling is not None and signaling.connected:
+                await signaling.request("network_quality", callId=call_id, quality=int(quality))
+
+        self._monitor = CallMonitor(
+            self._user_id,
+            self._fire,
+            send_uplink,
+            volume_interval=self.volume_interval,
+            quality_interval=self.quality_interval,
+        )
+        for user_id, remote in self._remotes.items():
+            if remote.peer is not None:
+                self._monitor.add_peer(user_id, remote.peer.pc)
+        self._monitor.start()
 
     def _device_failed(self, error: DeviceError) -> None:
         self._fire("on_error", error.code, error.message)
@@ -868,6 +944,10 @@ class CallEngine:
         await self._report_media_state(microphone=False)
 
     async def _start_speaker(self) -> None:
+        stopping = self._speaker_stopping
+        if stopping is not None and not stopping.done():
+            # The last call's speaker is still stopping and may be the sink wanted now.
+            await asyncio.wait([stopping])
         if self._speaker is not None:
             return
         sink = self.devices.speakers.get(self._playback)
@@ -934,6 +1014,8 @@ class CallEngine:
                 self._on_peer_unresponsive,
             )
             self._spawn(remote.peer.start())
+            if self._monitor is not None:
+                self._monitor.add_peer(user_id, remote.peer.pc)
         return remote
 
     def _on_relay(self, relay: Relay) -> None:
@@ -985,9 +1067,17 @@ class CallEngine:
             samples = converter.convert(frame)
             pending = np.concatenate([pending, samples]) if pending.size else samples
             while pending.size >= block:
-                self._mixer.push(remote.user_id, pending[:block].copy())
+                samples = pending[:block].copy()
+                self._mixer.push(remote.user_id, samples)
                 pending = pending[block:]
                 remote.stats.audio_blocks += 1
+                if self._monitor is not None:
+                    self._monitor.remote_audio(remote.user_id, samples)
+                for tap in list(self._audio_taps):
+                    try:
+                        tap(remote.user_id, samples)
+                    except Exception:
+                        logger.exception("audio tap %r failed", tap)
 
     async def _consume_video(self, remote: _Remote, track: MediaStreamTrack) -> None:
         while True:
@@ -1031,21 +1121,23 @@ class CallEngine:
         touched by the teardown.
         """
         self._call = None
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            self._spawn(monitor.stop(), cleanup=True)
         remotes = list(self._remotes.values())
         self._remotes.clear()
         for remote in remotes:
             self._mixer.remove(remote.user_id)
         speaker, self._speaker = self._speaker, None
+        if speaker is not None:
+            self._speaker_stopping = self._spawn(speaker.stop(), cleanup=True)
         generation = self._generation = self._generation + 1
-        self._spawn(self._teardown(remotes, speaker, generation))
+        self._spawn(self._teardown(remotes, generation), cleanup=True)
 
-    async def _teardown(
-        self, remotes: list[_Remote], speaker: AudioSink | None, generation: int
-    ) -> None:
+    async def _teardown(self, remotes: list[_Remote], generation: int) -> None:
         for remote in remotes:
             await self._close_remote(remote)
-        if speaker is not None and speaker is not self._speaker:
-            await speaker.stop()
+        # Devices are closed unless a call started or a device was opened since the drop.
         if generation == self._generation and self._call is None:
             await self._close_devices()
 

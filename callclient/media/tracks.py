@@ -324,6 +324,8 @@ class MicrophoneTrack(AudioStreamTrack):
         super().__init__()
         self._source = source
         self.on_error = on_error
+        self.on_block: Callable[[Block], None] | None = None
+        """Called with every block sent (the local volume meter listens here)."""
         self.muted = False
         self._pts = 0
         self._due: float | None = None
@@ -346,6 +348,8 @@ class MicrophoneTrack(AudioStreamTrack):
             raise MediaStreamError
         if self.muted:
             block = np.zeros(BLOCK_SAMPLES, dtype=np.int16)
+        if self.on_block is not None:
+            self.on_block(block)
         frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = self._pts

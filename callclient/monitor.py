@@ -1,0 +1,214 @@
+"""Per-call volume and network-quality reporting for :class:`~callclient.engine.CallEngine`.
+
+Volume: every ``volume_interval`` (300 ms) the levels of the local microphone (what is sent)
+and of every remote user (what is played) go to ``on_user_voice_volume_changed``, one entry per
+user of the call (:mod:`callclient.media.levels` documents the mapping).
+
+Network quality: every ``sample_interval`` the RTCP statistics of each peer connection are read
+(:meth:`RTCPeerConnection.getStats`): inbound RTP counters rate the downlink from that user,
+the peer's receiver reports (fraction lost, RTT) rate our uplink. Every ``quality_interval``
+(2 s) ``on_user_network_quality_changed`` lists the local user (uplink: the worst towards any
+peer) and each remote user (the worse of what we receive from them and the uplink they report
+through signaling); our own uplink is sent to the others the same way. A link silent for
+``down_after`` (2.5 s) is DOWN, reported at once rather than at the next interval, so a dead link
+shows within 3 s. :mod:`callclient.media.quality` documents the
+score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from aiortc import RTCPeerConnection
+
+from callclient.media.levels import VolumeTracker
+from callclient.media.quality import QualityRater, worst
+from callclient.types import NetworkQuality, NetworkQualityInfo
+
+__all__ = ["CallMonitor"]
+
+logger = logging.getLogger(__name__)
+
+_CLOCK_RATES = {"audio": 48.0, "video": 90.0}  # RTP timestamp units per millisecond
+
+
+class _Link:
+    """What we know about one remote user's connection."""
+
+    def __init__(self, pc: RTCPeerConnection, down_after: float) -> None:
+        self.pc = pc
+        self.downlink = QualityRater(down_after=down_after)
+        self.uplink = QualityRater(down_after=down_after)
+        self.reported = NetworkQuality.UNKNOWN
+        self.last_report_stamp: Any = None
+        self.rtt_ms: float | None = None
+
+
+class CallMonitor:
+    """Volume and network quality of one call, reported through ``fire``."""
+
+    def __init__(
+        self,
+        local_id: str,
+        fire: Callable[..., None],
+        send_uplink: Callable[[NetworkQuality], Awaitable[None]],
+        *,
+        volume_interval: float = 0.3,
+        quality_interval: float = 2.0,
+        sample_interval: float = 0.25,
+        down_after: float = 2.5,
+    ) -> None:
+        self.local_id = local_id
+        self._fire = fire
+        self._send_uplink = send_uplink
+        self.volume_interval = volume_interval
+        self.quality_interval = quality_interval
+        self.sample_interval = sample_interval
+        self.down_after = down_after
+        self.volumes = VolumeTracker()
+        self._links: dict[str, _Link] = {}
+        self._users: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_emitted: dict[str, NetworkQuality] = {}
+
+    # ------------------------------------------------------------------ inputs
+
+    def local_audio(self, block: npt.NDArray[np.int16]) -> None:
+        """A block the local microphone sent."""
+        self.volumes.update(self.local_id, block, time.monotonic())
+
+    def remote_audio(self, user_id: str, block: npt.NDArray[np.int16]) -> None:
+        """A block of ``user_id``'s audio about to be played."""
+        self.volumes.update(user_id, block, time.monotonic())
+
+    def audio_muted(self, user_id: str) -> None:
+        """``user_id`` (local or remote) turned the microphone off: level 0 at once."""
+        self.volumes.reset(user_id)
+
+    def remote_reported(self, user_id: str, quality: NetworkQuality) -> None:
+        """``user_id`` told us (through signaling) how good its uplink is."""
+        link = self._links.get(user_id)
+        if link is not None:
+            link.reported = quality
+
+    def add_peer(self, user_id: str, pc: RTCPeerConnection) -> None:
+        """Watch the connection with ``user_id``."""
+        self._links[user_id] = _Link(pc, self.down_after)
+        if user_id not in self._users:
+            self._users.append(user_id)
+
+    def remove_peer(self, user_id: str) -> None:
+        """``user_id`` left: forget it."""
+        self._links.pop(user_id, None)
+        self.volumes.remove(user_id)
+        self._last_emitted.pop(user_id, None)
+        if user_id in self._users:
+            self._users.remove(user_id)
+
+    # ------------------------------------------------------------------ outputs
+
+    def volume_map(self) -> dict[str, int]:
+        """The current level of every user of the call, the local user included."""
+        return self.volumes.snapshot([self.local_id, *self._users], time.monotonic())
+
+    def quality_list(self) -> list[NetworkQualityInfo]:
+        """The current quality of the local uplink and of every remote user."""
+        now = time.monotonic()
+        uplinks = [link.uplink.current(now) for link in self._links.values()]
+        result = [NetworkQualityInfo(self.local_id, worst(*uplinks))]
+        for user_id in self._users:
+            link = self._links.get(user_id)
+            if link is None:
+                continue
+            down = link.downlink.current(now)
+            level = NetworkQuality.DOWN if down is NetworkQuality.DOWN else worst(
+                down, link.reported
+            )
+            result.append(NetworkQualityInfo(user_id, level))
+        return result
+
+    # ------------------------------------------------------------------ tasks
+
+    def start(self) -> None:
+        """Start reporting. Idempotent."""
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._volume_loop(), name=f"volume {self.local_id}"),
+            loop.create_task(self._quality_loop(), name=f"quality {self.local_id}"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop reporting. Idempotent."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _volume_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.volume_interval)
+            self._fire("on_user_voice_volume_changed", self.volume_map())
+
+    async def _quality_loop(self) -> None:
+        next_emit = time.monotonic() + self.quality_interval
+        while True:
+            await asyncio.sleep(self.sample_interval)
+            for user_id, link in list(self._links.items()):
+                try:
+                    await self._sample(link)
+                except Exception:
+                    logger.debug("stats of %s unavailable", user_id, exc_info=True)
+            qualities = self.quality_list()
+            now = time.monotonic()
+            newly_down = any(
+                info.quality is NetworkQuality.DOWN
+                and self._last_emitted.get(info.user_id) is not NetworkQuality.DOWN
+                for info in qualities
+            )
+            if now >= next_emit or newly_down:
+                next_emit = now + self.quality_interval
+                self._last_emitted = {info.user_id: info.quality for info in qualities}
+                self._fire("on_user_network_quality_changed", qualities)
+                with contextlib.suppress(Exception):
+                    await self._send_uplink(qualities[0].quality)
+
+    async def _sample(self, link: _Link) -> None:
+        report = await link.pc.getStats()
+        now = time.monotonic()
+        received = lost = 0
+        jitter_ms: float | None = None
+        inbound = False
+        for stats in report.values():
+            kind = getattr(stats, "type", "")
+            if kind == "inbound-rtp":
+                inbound = True
+                received += int(stats.packetsReceived or 0)
+                lost += max(0, int(stats.packetsLost or 0))
+                if stats.kind == "audio" and stats.jitter is not None:
+                    jitter_ms = float(stats.jitter) / _CLOCK_RATES["audio"]
+            elif kind == "remote-inbound-rtp" and stats.kind == "audio":
+                stamp = (stats.timestamp, stats.packetsReceived, stats.packetsLost)
+                if stamp != link.last_report_stamp:
+                    link.last_report_stamp = stamp
+                    if stats.roundTripTime is not None:
+                        link.rtt_ms = float(stats.roundTripTime) * 1000.0
+                    rate = _CLOCK_RATES.get(stats.kind, 48.0)
+                    link.uplink.update_fraction(
+                        float(stats.fractionLost or 0) / 256.0,
+                        link.rtt_ms,
+                        float(stats.jitter or 0) / rate,
+                        now,
+                    )
+        if inbound:
+            link.downlink.update_counters(received, lost, jitter_ms, link.rtt_ms, now)
