@@ -1,10 +1,12 @@
 """``signaling-server``: run the signaling server, or print a userSig for a user.
 
-``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]``
-serves until SIGTERM or SIGINT, then ends the calls in progress as interrupted and closes the
-database. ``signaling-server usersig USER [--expire S]`` prints a userSig. Every option also
-has an environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
-``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it.
+``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
+[--http-port P] [--admin NAME] [--rest-rate N]`` serves until SIGTERM or SIGINT, then ends the
+calls in progress as interrupted and closes the database; ``--http-port`` also serves the REST
+API (docs/rest-api.md). ``signaling-server usersig USER [--expire S]`` prints a userSig. Every
+option also has an environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``,
+``CALLSERVER_SDKAPPID``, ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``,
+``CALLSERVER_ADMIN``, ``CALLSERVER_REST_RATE``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it.
 With neither, the built-in development sdkappid and secret key are used.
 """
 
@@ -69,6 +71,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
@@ -112,6 +124,26 @@ def _parser() -> argparse.ArgumentParser:
         default=_env("CALLSERVER_DB", DEFAULT_DB_PATH),
         help="SQLite file of call records, or :memory: (env CALLSERVER_DB; "
         "default %(default)s, relative to the working directory)",
+    )
+    serve.add_argument(
+        "--http-port",
+        type=_port,
+        default=os.environ.get("CALLSERVER_HTTP_PORT") or None,
+        help="TCP port of the REST API on --host, 0 for any free one (env "
+        "CALLSERVER_HTTP_PORT; default: no REST API)",
+    )
+    serve.add_argument(
+        "--admin",
+        default=_env("CALLSERVER_ADMIN", "administrator"),
+        help="administrator account allowed to call the REST API (env CALLSERVER_ADMIN; "
+        "default %(default)s)",
+    )
+    serve.add_argument(
+        "--rest-rate",
+        type=_positive_float,
+        default=_env("CALLSERVER_REST_RATE", "20"),
+        help="REST requests per second per sdkappid (env CALLSERVER_REST_RATE; "
+        "default %(default)s)",
     )
     serve.add_argument(
         "--log-level",
@@ -158,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sdk_app_id=args.sdkappid,
         secret_key=args.secret_key,
         db=args.db,
+        http_port=args.http_port,
+        admin_identifier=args.admin,
+        rest_rate_per_s=args.rest_rate,
     )
     try:
         return asyncio.run(_serve(config))
@@ -171,7 +206,10 @@ async def _serve(config: ServerConfig) -> int:
         await server.start()
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            message = f"cannot listen on {config.host}:{config.port}: address already in use"
+            ports = str(config.port)
+            if config.http_port is not None:
+                ports += f" or HTTP port {config.http_port}"
+            message = f"cannot listen on {config.host}:{ports}: address already in use"
         else:
             message = f"cannot start: {exc}"
         print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -184,6 +222,9 @@ async def _serve(config: ServerConfig) -> int:
         f"{PROG} listening on {server.url} (sdkappid {config.sdk_app_id}, db {config.db})",
         flush=True,
     )
+    if server.http_api is not None:
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"{PROG} REST API on http://{host}:{server.http_port}/v1/", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []

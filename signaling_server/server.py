@@ -5,8 +5,10 @@ Each accepted websocket gets an increasing connection id. Every frame it sends g
 the target connection (each connection drains its own bounded queue, so a slow reader never
 stalls anyone else and is dropped once its queue overflows), records go to the
 :class:`~signaling_server.store.RecordWriter` thread, record queries run there too, and
-webhook notices go to an optional ``notice_sink``. One timer task calls :meth:`CallCore.tick`
-whenever :meth:`CallCore.next_deadline` passes.
+webhook notices go to the :class:`~signaling_server.webhooks.WebhookService` (and an optional
+``notice_sink``). One timer task calls :meth:`CallCore.tick` whenever
+:meth:`CallCore.next_deadline` passes. With ``http_port`` set, the REST API
+(:mod:`signaling_server.http_api`) listens on its own port.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from signaling_server.core import (
     Send,
     StoreRequest,
 )
+from signaling_server.http_api import HttpApi, HttpApiConfig
 from signaling_server.store import CallStore, RecordWriter
+from signaling_server.webhooks import WebhookService, WebhookSettings
 
 __all__ = [
     "DEFAULT_DB_PATH",
@@ -91,6 +95,14 @@ class ServerConfig:
     ping_timeout: float | None = 20.0
     close_timeout: float = 5.0
     """How long a closing handshake (and the shutdown's final frames) may take."""
+    http_port: int | None = None
+    """Port of the REST API on ``host`` (0 picks a free one); None serves no HTTP."""
+    admin_identifier: str = "administrator"
+    """The only account allowed to call the REST API."""
+    rest_rate_per_s: float = 20.0
+    """REST requests per second per sdkappid before error 70005."""
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    """Call-event webhook sender tunables (timeout, backoff, concurrency)."""
 
 
 class _Peer:
@@ -171,8 +183,9 @@ class _Peer:
 class SignalingServer:
     """The signaling websocket server: ``await start()`` ... ``await stop()``, or ``async with``.
 
-    ``notice_sink`` receives every webhook :class:`~signaling_server.core.Notice` (on the event
-    loop; it must not block); without one, notices are dropped.
+    Every webhook :class:`~signaling_server.core.Notice` goes to :attr:`webhooks` (which sends
+    the enabled events to the configured callback URL) and then to ``notice_sink`` if given (on
+    the event loop; it must not block).
     """
 
     def __init__(self, config: ServerConfig, notice_sink: NoticeSink | None = None) -> None:
@@ -181,6 +194,10 @@ class SignalingServer:
         self.core = CallCore(config.sdk_app_id, self._verify_sig, config.core)
         self._ws_server: Server | None = None
         self._writer: RecordWriter | None = None
+        self.webhooks: WebhookService | None = None
+        """The call-event webhook service, once started."""
+        self.http_api: HttpApi | None = None
+        """The REST API, once started with ``http_port`` set."""
         self._peers: dict[int, _Peer] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -201,6 +218,13 @@ class SignalingServer:
         if self._port is None:
             raise RuntimeError("server is not started")
         return self._port
+
+    @property
+    def http_port(self) -> int:
+        """The REST API's bound port; RuntimeError when it is not running."""
+        if self.http_api is None:
+            raise RuntimeError("the REST API is not running (ServerConfig.http_port is None)")
+        return self.http_api.port
 
     @property
     def url(self) -> str:
@@ -227,6 +251,20 @@ class SignalingServer:
             if interrupted:
                 logger.info("%d call(s) left open by the last run interrupted", len(interrupted))
             cfg = self.config
+            self.webhooks = WebhookService(
+                store, cfg.sdk_app_id, cfg.webhooks, writer=self._writer
+            )
+            await self.webhooks.start()
+            if cfg.http_port is not None:
+                self.http_api = HttpApi(
+                    HttpApiConfig(
+                        cfg.sdk_app_id, cfg.secret_key, cfg.admin_identifier, cfg.rest_rate_per_s
+                    ),
+                    store,
+                    self.webhooks,
+                    writer=self._writer,
+                )
+                await self.http_api.start(cfg.host, cfg.http_port)
             # No permessage-deflate: its per-connection zlib state costs far more memory
             # (hundreds of KiB) than the small JSON frames would save; 10,000 idle
             # connections should cost at most about 20 KiB each.
@@ -244,7 +282,7 @@ class SignalingServer:
                 logger=logging.getLogger(f"{__name__}.ws"),
             )
         except BaseException:
-            await self._writer.close()
+            await self._close_services()
             self._stopped.set()
             raise
         self._port = int(self._ws_server.sockets[0].getsockname()[1])
@@ -312,10 +350,21 @@ class SignalingServer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            if self._writer is not None:
-                await self._writer.close()
+            await self._close_services()
             self._stopped.set()
             logger.info("stopped")
+
+    async def _close_services(self) -> None:
+        """After signaling stopped: REST API, then the webhook outbox (flushed, so the final
+        notices are on disk) and its sender, then the record writer and its store."""
+        try:
+            if self.http_api is not None:
+                await self.http_api.stop()
+            if self.webhooks is not None:
+                await self.webhooks.close()
+        finally:
+            if self._writer is not None:
+                await self._writer.close()
 
     async def _handle(self, ws: ServerConnection) -> None:
         if self._stopping:
@@ -367,12 +416,13 @@ class SignalingServer:
         self._writer.submit(out.call)
 
     def _deliver_notice(self, notice: Notice) -> None:
-        if self.notice_sink is None:
-            return
-        try:
-            self.notice_sink(notice)
-        except Exception:
-            logger.exception("notice sink failed on %s for %s", notice.event, notice.user_id)
+        for sink in (self.webhooks.notice_sink if self.webhooks else None, self.notice_sink):
+            if sink is None:
+                continue
+            try:
+                sink(notice)
+            except Exception:
+                logger.exception("notice sink failed on %s for %s", notice.event, notice.user_id)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

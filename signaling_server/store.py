@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """``PRAGMA user_version`` of a database this module created; see :data:`_MIGRATIONS`."""
 
 _CHUNK: Final = 500  # bound parameters per IN (...) list, well below SQLite's limit
@@ -116,6 +116,32 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
             ON DELETE CASCADE
     );
     CREATE INDEX idx_participants_user ON call_participants (user_id, sdk_app_id, call_id);
+    """,
+    # 2: webhook outbox and callback configuration, used by signaling_server.webhooks.
+    """
+    CREATE TABLE webhook_outbox (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        sdk_app_id      INTEGER NOT NULL,
+        call_id         TEXT    NOT NULL,
+        command         TEXT    NOT NULL,
+        query           TEXT    NOT NULL,      -- JSON object: the callback's query parameters
+        body            TEXT    NOT NULL,      -- JSON object: the callback's body
+        created_at      REAL    NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL    NOT NULL,
+        last_error      TEXT    NOT NULL DEFAULT '',
+        outcome         TEXT    NOT NULL DEFAULT '',  -- '' pending, 'delivered', 'discarded'
+        done_at         REAL                          -- when outcome was set
+    );
+    CREATE INDEX idx_outbox_pending ON webhook_outbox (id) WHERE outcome = '';
+    CREATE INDEX idx_outbox_done ON webhook_outbox (done_at) WHERE outcome <> '';
+    CREATE TABLE callback_config (
+        sdk_app_id  INTEGER PRIMARY KEY,
+        url         TEXT    NOT NULL,
+        events      TEXT    NOT NULL,          -- JSON array of enabled event or command names
+        created_ts  REAL    NOT NULL,
+        updated_ts  REAL    NOT NULL
+    );
     """,
 )
 
@@ -280,6 +306,24 @@ class CallStore:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    # Shared access for other modules keeping their tables in this database (webhooks).
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, holding the store's lock.
+
+        For modules that keep their own tables in this database; blocking, so call it from a
+        worker thread, never from the event loop.
+        """
+        with self._transaction() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection (autocommit) while holding the store's lock, for reads."""
+        with self._lock:
+            yield self._connection()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

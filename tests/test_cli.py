@@ -10,6 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
+import aiohttp
 from wsclient import WsClient
 
 from signaling_server.server import DEV_SDK_APP_ID
@@ -99,3 +100,42 @@ async def test_busy_port_exits_1_without_traceback(tmp_path: Path) -> None:
     assert errors == [
         f"signaling-server: error: cannot listen on 127.0.0.1:{port}: address already in use"
     ]
+
+
+async def test_rest_api_flags_and_env(tmp_path: Path) -> None:
+    """--http-port serves the REST API and prints its URL; --admin names the only account it
+    accepts; CALLSERVER_REST_RATE sets the rate limit."""
+    code, out, _ = await run("usersig", "ops", cwd=tmp_path)
+    assert code == 0
+    ops_sig = out.strip()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling_server", "--port", "0", "--http-port", "0",
+        "--admin", "ops",
+        cwd=tmp_path, env=clean_env(CALLSERVER_DB=":memory:", CALLSERVER_REST_RATE="2"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            await proc.stdout.readline()
+            line = (await proc.stdout.readline()).decode()
+        match = re.fullmatch(r"signaling-server REST API on (http://127\.0\.0\.1:\d+/v1/)\n", line)
+        assert match, line
+        query = {"sdkappid": str(DEV_SDK_APP_ID), "identifier": "ops", "usersig": ops_sig,
+                 "random": "1", "contenttype": "json"}
+        codes = []
+        async with aiohttp.ClientSession() as session:
+            for identifier in ("administrator", "ops", "ops", "ops"):
+                async with session.post(
+                    match.group(1) + "callback/get_config",
+                    params=query | {"identifier": identifier}, data=b"{}",
+                ) as response:
+                    codes.append((await response.json())["errorCode"])
+        assert codes == [70004, 0, 0, 70005]
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,114 @@
+"""The real server end to end: REST API and call-event webhooks next to the websocket layer."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from webhook_receiver import Receiver
+from wsclient import APP, KEY, WsClient, running_server
+
+from signaling_server.auth import generate_user_sig
+from signaling_server.server import SignalingServer
+from signaling_server.webhooks import WebhookSettings
+
+FAST = WebhookSettings(backoff_initial_s=0.05, backoff_max_s=0.2, close_grace_s=0.0)
+
+
+async def rest(server: SignalingServer, command: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST one REST request as the administrator; the successful response's data."""
+    query = {
+        "sdkappid": str(APP),
+        "identifier": "administrator",
+        "usersig": generate_user_sig(APP, KEY, "administrator", 60),
+        "random": "12345",
+        "contenttype": "json",
+    }
+    url = f"http://127.0.0.1:{server.http_port}/v1/{command}"
+    async with aiohttp.ClientSession() as session, session.post(
+        url, params=query, json=body
+    ) as response:
+        result: dict[str, Any] = await response.json()
+    assert result["errorCode"] == 0, result
+    data: dict[str, Any] = result["data"]
+    return data
+
+
+async def test_call_through_server_reaches_receiver_and_records(tmp_path: Path) -> None:
+    """With a callback configured over REST, a real 1v1 call over websockets produces the
+    documented callbacks (client IP and platform of each user) and a record readable by REST."""
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        async with (
+            running_server(db=str(tmp_path / "db"), http_port=0, webhooks=FAST) as server,
+            await WsClient.connect(server.url) as alice,
+            await WsClient.connect(server.url) as bob,
+        ):
+            await rest(server, "callback/create_config", {"url": receiver.url})
+            await alice.login("alice", platform="iOS")
+            await bob.login("bob", platform="Android")
+            call_id = (await alice.call("calls", {"userIDList": ["bob"], "mediaType": 2}))[
+                "callId"
+            ]
+            await bob.expect("ON_CALL_RECEIVED")
+            await bob.call("accept", {"callId": call_id})
+            await alice.expect("USER_ACCEPT")
+            await bob.call("hangup", {"callId": call_id})
+            await alice.expect("ON_CALL_BEGIN")
+            got = await receiver.wait_for(6)
+            record = await rest(server, "records/get_record_by_callId", {"callId": call_id})
+    finally:
+        await receiver.stop()
+    assert [(r.command, r.query["optplatform"], r.query["clientip"]) for r in got] == [
+        ("caller_start_call", "iOS", "127.0.0.1"),
+        ("callee_receive_call", "Android", "127.0.0.1"),
+        ("callee_accept_call", "Android", "127.0.0.1"),
+        ("caller_call_accepted", "iOS", "127.0.0.1"),
+        ("callee_call_end", "Android", "127.0.0.1"),
+        ("caller_call_end", "iOS", "127.0.0.1"),
+    ]
+    assert {r.body["CallId"] for r in got} == {call_id}
+    assert got[-1].body["CallResult"] == "normal_end"
+    assert got[-1].body["EndTs"] == record["endTs"] > 0
+    assert record["callResult"] == "normal_end" and record["callees"] == ["bob"]
+
+
+async def test_callbacks_pending_at_stop_are_sent_after_restart(tmp_path: Path) -> None:
+    """The receiver is down while a call is interrupted by the server stopping: the final
+    call_interrupted callbacks are stored at stop and delivered, in order, after a restart."""
+    db = str(tmp_path / "db")
+    receiver = Receiver()
+    await receiver.start()
+    await receiver.stop()
+    async with running_server(db=db, http_port=0, webhooks=FAST) as server:
+        await rest(server, "callback/create_config", {"url": receiver.url})
+        alice = await WsClient.connect(server.url)
+        bob = await WsClient.connect(server.url)
+        await alice.login("alice")
+        await bob.login("bob")
+        call_id = (await alice.call("calls", {"userIDList": ["bob"], "mediaType": 1}))["callId"]
+        await bob.expect("ON_CALL_RECEIVED")
+        await bob.call("accept", {"callId": call_id})
+        await bob.expect("ON_CALL_BEGIN")
+        await server.stop()
+        await alice.close()
+        await bob.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        pending = [row[0] for row in conn.execute(
+            "SELECT command FROM webhook_outbox WHERE outcome = '' ORDER BY id")]
+    assert pending == [
+        "caller_start_call", "callee_receive_call", "callee_accept_call",
+        "caller_call_accepted", "caller_call_interrupted", "callee_call_interrupted",
+    ]
+    await receiver.start()
+    try:
+        async with running_server(db=db, webhooks=FAST):
+            got = await receiver.wait_for(6)
+    finally:
+        await receiver.stop()
+    assert [r.command for r in got] == pending
+    assert {r.body["CallResult"] for r in got[-2:]} == {"interrupt"}
