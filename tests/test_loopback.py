@@ -1,0 +1,58 @@
+"""``run_loopback``: every user receives video and the tone of every other user."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from callclient.apps.loopback import LoopbackReport, run_loopback, tone_for
+
+
+def check_full_mesh(report: LoopbackReport, users: int, min_fps: float) -> None:
+    """Each user got frames at ``min_fps``+, positive latency and the tone of every other."""
+    names = [f"user{i}" for i in range(users)]
+    assert report.users == tuple(names)
+    assert len(report.streams) == users * (users - 1)
+    for receiver in names:
+        for index, sender in enumerate(names):
+            if sender == receiver:
+                continue
+            stream = report.stream(receiver, sender)
+            assert stream.frames > 0, stream
+            assert stream.fps > min_fps, stream
+            assert stream.latency_median_ms is not None and stream.latency_median_ms > 0
+            assert stream.latency_p95_ms is not None
+            assert stream.latency_p95_ms >= stream.latency_median_ms
+            assert stream.stamps_read > stream.frames // 2, stream
+            assert stream.setup_ms is not None and stream.setup_ms > 0
+            assert stream.audio_blocks > 0
+            assert stream.expected_hz == tone_for(index)
+            assert stream.dominant_hz is not None
+            assert abs(stream.dominant_hz - tone_for(index)) <= 10.0, stream
+            assert stream.heard
+
+
+async def test_two_users() -> None:
+    """A 1v1 loopback: both directions carry stamped video and the other's tone."""
+    report = await run_loopback(users=2, seconds=3)
+    check_full_mesh(report, 2, min_fps=10)
+    assert 2.9 <= report.seconds <= 4.0
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["users"]["user0"]["user1"]["heard"] is True
+    table = report.format_table()
+    assert "user0" in table and "NOT HEARD" not in table
+
+
+async def test_three_users_group_call() -> None:
+    """A 3-user group call: every user receives every other (6 streams)."""
+    report = await run_loopback(users=3, seconds=3)
+    check_full_mesh(report, 3, min_fps=10)
+
+
+async def test_rejects_bad_arguments() -> None:
+    """Fewer than two users or a non-positive duration is a ValueError."""
+    with pytest.raises(ValueError, match="at least 2"):
+        await run_loopback(users=1)
+    with pytest.raises(ValueError, match="positive"):
+        await run_loopback(seconds=0)
