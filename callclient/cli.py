@@ -17,7 +17,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -105,8 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG, description="callclient programs: a headless bot, a loopback measurement, "
         "the demo."
     )
-    commands = parser.add_subparsers(dest="command", metavar="{bot,loopback,demo}",
+    commands = parser.add_subparsers(dest="command", metavar="{bot,loopback,demo,app,devices}",
                                      required=True)
+    # `app` and `devices` have their own parsers (see _DELEGATED); listed here for --help.
+    commands.add_parser("app", help="the desktop app: a call window (see `callclient app -h`)",
+                        add_help=False)
+    commands.add_parser("devices", help="list cameras, microphones and speakers",
+                        add_help=False)
 
     bot = commands.add_parser(
         "bot", help="a headless call participant that can record what it receives",
@@ -191,11 +196,24 @@ def _add_log_level(parser: argparse.ArgumentParser) -> None:
                         help="library logging on stderr (default %(default)s)")
 
 
+def _delegated(command: str) -> Callable[[list[str]], int]:
+    if command == "app":
+        from callclient.apps.desktop import main as app_main
+
+        return app_main
+    from callclient.apps.devices_cmd import main as devices_main
+
+    return devices_main
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``callclient``; returns the process exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in ("app", "devices"):
+        return _delegated(arguments[0])(arguments[1:])
     parser = _parser()
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(arguments)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
