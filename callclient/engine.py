@@ -35,6 +35,7 @@ from callclient.errors import (
 )
 from callclient.media.base import AudioSink, RenderedFrame, VideoView
 from callclient.media.deviceset import DeviceSet
+from callclient.media.encoding import VideoEncoderSession
 from callclient.media.mixer import Mixer
 from callclient.media.render import render
 from callclient.media.tracks import AudioConverter, CameraTrack, MicrophoneTrack, frame_to_bgr
@@ -58,12 +59,17 @@ from callclient.types import (
     RoomId,
     VideoEncoderParams,
     VideoRenderParams,
+    resolution_bitrate_kbps,
     resolution_size,
 )
 
 __all__ = ["AudioTap", "CallEngine", "CallInfo", "RemoteStats"]
 
 logger = logging.getLogger(__name__)
+
+_RELAY_RETRY_SECONDS = 4.0
+"""How long a relay to a user who is reconnecting (4041) is retried: the server's grace + 1 s."""
+_RELAY_RETRY_INTERVAL = 0.25
 
 _CLEANUP_TIMEOUT = 5.0
 """Seconds :meth:`CallEngine.close` waits for peer connections and the speaker to close."""
@@ -172,6 +178,7 @@ class CallEngine:
         self._mixer = Mixer()
         self._relay = MediaRelay()
         self._camera_track: CameraTrack | None = None
+        self._video_encoder: VideoEncoderSession | None = None
         self._mic_track: MicrophoneTrack | None = None
         self._camera: Camera | None = None
         self._local_view: VideoView | None = None
@@ -312,6 +319,8 @@ class CallEngine:
         for track in (self._camera_track, self._mic_track):
             if track is not None:
                 track.stop()
+        if self._video_encoder is not None:
+            await self._video_encoder.aclose()
         if self._camera_track is not None:
             await self._camera_track.aclose()
         for stream in self._observers:
@@ -478,11 +487,14 @@ class CallEngine:
                               ErrorCode.CAMERA_START_FAIL)
         track = self._ensure_camera_track()
         self._generation += 1  # a teardown still running must not close this camera
-        if self._camera is not None and self._camera != camera:
-            await self.devices.cameras[self._camera].stop()
+        previous = self._camera
+        # Start the new camera before stopping the old one: the track switches without a gap,
+        # the old source's end is not reported as an error, and a failed start keeps the old.
         await source.start()
         track.set_source(source)
         self._camera = Camera(camera)
+        if previous is not None and previous != camera:
+            await self.devices.cameras[previous].stop()
         if view is not None:
             if self._local_view is not None and self._local_view is not view:
                 track.remove_local_view(self._local_view)
@@ -561,6 +573,8 @@ class CallEngine:
             self._camera_track.set_size(
                 resolution_size(params.resolution, params.resolution_mode)
             )
+        if self._video_encoder is not None:
+            self._video_encoder.set_bitrate(resolution_bitrate_kbps(params.resolution) * 1000)
 
     async def set_self_info(self, nickname: str, avatar: str = "") -> None:
         """Set the nickname and avatar others see."""
@@ -597,6 +611,7 @@ class CallEngine:
                 result=CallResultType(r["result"]),
                 begin_time=int(r["beginTime"]),
                 total_time=int(r["totalTime"]),
+                call_result=str(r.get("callResult", "")),
             )
             for r in reply["records"]
         ]
@@ -888,6 +903,16 @@ class CallEngine:
             )
         return self._camera_track
 
+    def _ensure_video_encoder(self) -> VideoEncoderSession:
+        """The one encoder of the camera track, shared by every peer's video sender."""
+        if self._video_encoder is None:
+            self._video_encoder = VideoEncoderSession(
+                self._ensure_camera_track(),
+                self.peer_config.video_codec,
+                resolution_bitrate_kbps(self._encoder_params.resolution) * 1000,
+            )
+        return self._video_encoder
+
     def _ensure_mic_track(self) -> MicrophoneTrack:
         if self._mic_track is None:
             self._mic_track = MicrophoneTrack(on_error=self._device_failed)
@@ -975,7 +1000,10 @@ class CallEngine:
 
     async def _start_call_media(self) -> None:
         """The call connected: speaker on, microphone on unless closed, state to others."""
-        await self._start_speaker()
+        try:
+            await self._start_speaker()
+        except DeviceError as exc:  # e.g. no sound card: the call goes on without sound
+            self._fire("on_error", exc.code, exc.message)
         if self._mic_wanted and not self._mic_open and self.devices.microphone is not None:
             try:
                 await self._start_microphone()
@@ -992,16 +1020,28 @@ class CallEngine:
             self._remotes[user_id] = remote
         if remote.peer is None and self._user_id is not None and self._call is not None:
             call_id = self._call.call_id
-            camera_track = self._ensure_camera_track()
+            video_encoder = self._ensure_video_encoder()
             mic_track = self._ensure_mic_track()
 
             async def send_relay(kind: str, payload: dict[str, Any]) -> None:
-                signaling = self._signaling
-                if signaling is None:
-                    raise CallError("relay: not connected")
-                await signaling.request(
-                    "relay", callId=call_id, to=user_id, kind=kind, payload=payload
-                )
+                deadline = time.monotonic() + _RELAY_RETRY_SECONDS
+                while True:
+                    signaling = self._signaling
+                    if signaling is None:
+                        raise CallError("relay: not connected")
+                    try:
+                        await signaling.request(
+                            "relay", callId=call_id, to=user_id, kind=kind, payload=payload
+                        )
+                        return
+                    except CallError as exc:
+                        if exc.code in (ErrorCode.CALL_NOT_FOUND, ErrorCode.PERMISSION_DENIED):
+                            # The call ended or the user left while negotiating: moot.
+                            logger.debug("%s relay to %s dropped: %s", kind, user_id, exc)
+                            return
+                        if exc.code != ErrorCode.USER_OFFLINE or time.monotonic() > deadline:
+                            raise
+                    await asyncio.sleep(_RELAY_RETRY_INTERVAL)  # reconnecting: retry
 
             remote.peer = PeerLink(
                 self._user_id,
@@ -1009,7 +1049,7 @@ class CallEngine:
                 self.peer_config,
                 send_relay,
                 self._relay.subscribe(mic_track, buffered=False),
-                self._relay.subscribe(camera_track, buffered=False),
+                video_encoder.subscribe(),
                 self._on_remote_track,
                 self._on_peer_unresponsive,
             )

@@ -32,11 +32,16 @@ from aiortc import (
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
+from callclient.media.encoding import EncodedVideoTrack
+
 __all__ = ["IceServer", "PeerConfig", "PeerLink", "is_offerer"]
 
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_LABEL = "keepalive"
+
+_CLOSE_WAIT = 5.0
+"""Seconds :meth:`PeerLink.close` waits for a negotiation in progress before closing anyway."""
 
 
 def is_offerer(local_id: str, remote_id: str) -> bool:
@@ -126,7 +131,9 @@ class PeerLink:
     def _add_local_tracks(self) -> None:
         for kind, track in (("audio", self._audio_track), ("video", self._video_track)):
             if track is not None:
-                self.pc.addTrack(track)
+                sender = self.pc.addTrack(track)
+                if isinstance(track, EncodedVideoTrack):
+                    track.attach_sender(sender)  # PLI/FIR and REMB reach the shared encoder
             elif not any(t.kind == kind for t in self.pc.getTransceivers()):
                 self.pc.addTransceiver(kind, direction="recvonly")
         self._prefer_codec()
@@ -149,9 +156,17 @@ class PeerLink:
             self._open_channel(self.pc.createDataChannel(KEEPALIVE_LABEL))
             self._add_local_tracks()
             async with self._negotiating:
-                await self.pc.setLocalDescription(await self.pc.createOffer())
-                await self._send_description()
-        self._spawn(self._keepalive_loop(), "keepalive")
+                if self._closed:
+                    return
+                try:
+                    await self.pc.setLocalDescription(await self.pc.createOffer())
+                    await self._send_description()
+                except Exception:
+                    if self._closed:
+                        return  # closed meanwhile: the failure is the close's doing
+                    raise
+        if not self._closed:
+            self._spawn(self._keepalive_loop(), "keepalive")
 
     async def _send_description(self) -> None:
         description = self.pc.localDescription
@@ -167,6 +182,8 @@ class PeerLink:
             if not isinstance(sdp, str):
                 raise ValueError("offer without an sdp string")
             async with self._negotiating:
+                if self._closed:
+                    return
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
                 if not self.pc.getSenders() or all(s.track is None for s in self.pc.getSenders()):
                     self._add_local_tracks()
@@ -177,6 +194,8 @@ class PeerLink:
             if not isinstance(sdp, str):
                 raise ValueError("answer without an sdp string")
             async with self._negotiating:
+                if self._closed:
+                    return
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
         elif kind == "candidate":
             text = payload.get("candidate")
@@ -235,9 +254,18 @@ class PeerLink:
         if self._closed:
             return
         self._closed = True
+        if isinstance(self._video_track, EncodedVideoTrack):
+            self._video_track.stop()  # leave the shared encoder
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.pc.close()
+        # A negotiation in progress may be gathering ICE candidates: closing the connection
+        # under it leaks the UDP sockets it opens afterwards. Let it finish first.
+        try:
+            async with asyncio.timeout(_CLOSE_WAIT), self._negotiating:
+                await self.pc.close()
+        except TimeoutError:
+            logger.warning("peer %s: negotiation still running at close", self.remote_id)
+            await self.pc.close()

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 __all__ = [
     "AudioPlaybackDevice",
     "CallMediaType",
-    "CallRecord",
-    "CallRole",
     "CallParams",
+    "CallRecord",
     "CallResultType",
+    "CallRole",
     "CallScene",
     "CallStatus",
     "Camera",
@@ -265,6 +265,9 @@ class CallRecord:
     result: CallResultType
     begin_time: int
     total_time: int
+    call_result: str = ""
+    """How the call ended (extension, the protocol's ``callResult``): ``normal_end``,
+    ``cancel``, ``reject``, ``not_answer``, ``call_busy``, ``interrupt``, or ``""`` while running."""
 
 
 @dataclass(frozen=True)

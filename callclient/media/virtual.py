@@ -398,6 +398,8 @@ class VirtualMicrophone(AudioSource):
         if delay > 0:
             await asyncio.sleep(delay)
             self._check_running()
+            if self._next_due is None:  # stopped and started again during the sleep
+                self._next_due = time.monotonic()
         self._next_due += BLOCK_SECONDS
         block = self._generator.fill(BLOCK_SAMPLES)
         self.blocks += 1
