@@ -2,7 +2,7 @@
 # and (when root) the Debian packages the tests need. Re-running is quick once set up.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
-APT_PKGS := libportaudio2 libgl1 libglib2.0-0
+APT_PKGS := libportaudio2 libgl1 libglib2.0-0 iproute2 nftables
 
 .PHONY: demo test bench lint setup sysdeps clean
 

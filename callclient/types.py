@@ -267,7 +267,7 @@ class CallRecord:
     total_time: int
     call_result: str = ""
     """How the call ended (extension, the protocol's ``callResult``): ``normal_end``,
-    ``cancel``, ``reject``, ``not_answer``, ``call_busy``, ``interrupt``, or ``""`` while running."""
+    ``cancel``, ``reject``, ``not_answer``, ``call_busy``, ``interrupt``; ``""`` while running."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,159 @@
+"""A throw-away network namespace with nftables rules that drop UDP, for impairment tests.
+
+These machines have no ``netem``, but root can create a network namespace and, inside it, an
+nftables table that drops a random share of packets (``numgen random mod 100 < N drop``).
+:class:`Namespace` creates ``ccimp<pid>-<n>`` with loopback up and one more interface carrying
+:data:`ADDRESS` (198.18.0.0/15 is the benchmarking range, RFC 2544): aioice leaves 127.0.0.1
+out of the host candidates, so a namespace with only ``lo`` would have no ICE candidate at
+all. The interface is a ``dummy`` where the kernel has that driver, else a ``veth`` pair with
+both ends inside the namespace. Traffic between two sockets on :data:`ADDRESS` is delivered
+over loopback and crosses the nftables ``output`` hook once per packet, so a rule dropping N %
+of UDP output loses N % in each direction of a media stream, while TCP (the signaling) is
+untouched. Nothing leaves the namespace: it has no route to anywhere else.
+
+The namespace is deleted on exit, also when the test fails. Namespaces left behind by a
+process that was killed (``ccimp<pid>-*`` whose pid is gone) are deleted on the next use.
+
+Where namespaces cannot be made (not root, no ``ip`` or ``nft``), :class:`Namespace` raises
+:class:`NamespaceUnavailable` with :data:`UNAVAILABLE` in its message: the tests fail with it,
+they are never skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+from types import TracebackType
+
+__all__ = ["ADDRESS", "UNAVAILABLE", "Namespace", "NamespaceUnavailable"]
+
+ADDRESS = "198.18.0.1"
+"""The namespace's own address: the server listens and ICE gathers on it."""
+
+UNAVAILABLE = (
+    "network namespaces unavailable: run as root with iproute2 and nftables installed "
+    "(apt-get install iproute2 nftables)"
+)
+
+_PREFIX = "ccimp"
+_TABLE = "impair"
+_counter = itertools.count(1)
+
+
+class NamespaceUnavailable(RuntimeError):
+    """This machine (or user) cannot create the namespace or its nftables rules."""
+
+
+def _run(argv: list[str], stdin: str | None = None) -> None:
+    """Run ``argv``; a non-zero exit raises ``RuntimeError`` with its stderr."""
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+
+
+def _remove_stale() -> None:
+    """Delete namespaces of earlier test processes that no longer exist."""
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_PREFIX):
+            continue
+        pid = name[len(_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+
+
+class Namespace:
+    """A network namespace for one test run: ``with Namespace() as ns: ...``.
+
+    Run commands inside it with :meth:`command`; impair its UDP with :meth:`set_udp_loss`,
+    :meth:`drop_all_udp` and :meth:`clear_rules` (from outside, while they run).
+    """
+
+    def __init__(self, name: str | None = None, address: str = ADDRESS) -> None:
+        self.name = name or f"{_PREFIX}{os.getpid()}-{next(_counter)}"
+        self.address = address
+        self._created = False
+
+    def __enter__(self) -> Namespace:
+        missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
+        if missing:
+            raise NamespaceUnavailable(f"{UNAVAILABLE}; missing: {', '.join(missing)}")
+        if os.geteuid() != 0:
+            raise NamespaceUnavailable(f"{UNAVAILABLE}; running as uid {os.geteuid()}")
+        _remove_stale()
+        try:
+            _run(["ip", "netns", "add", self.name])
+            self._created = True
+            self._setup_links()
+            self.clear_rules()  # proves nftables works in the namespace
+        except Exception as exc:
+            self._delete()
+            raise NamespaceUnavailable(f"{UNAVAILABLE}; {exc}") from exc
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._delete()
+
+    def _setup_links(self) -> None:
+        ip = ["ip", "-n", self.name]
+        try:
+            _run([*ip, "link", "add", "imp0", "type", "dummy"])
+            links = ["imp0"]
+        except RuntimeError:  # no dummy driver (some VM kernels): a veth pair works as well
+            _run([*ip, "link", "add", "imp0", "type", "veth", "peer", "name", "imp1"])
+            links = ["imp0", "imp1"]
+        _run([*ip, "addr", "add", f"{self.address}/24", "dev", "imp0"])
+        for link in ("lo", *links):
+            _run([*ip, "link", "set", link, "up"])
+
+    def _delete(self) -> None:
+        if self._created:
+            self._created = False
+            subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, timeout=10)
+
+    def command(self, *argv: str) -> list[str]:
+        """``argv`` to run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def _load(self, rule: str | None) -> None:
+        """Replace the ``impair`` table atomically by one holding ``rule`` (or nothing)."""
+        script = f"table inet {_TABLE} {{}}\ndelete table inet {_TABLE}\n"
+        if rule is not None:
+            script += (
+                f"table inet {_TABLE} {{\n"
+                "  chain out {\n"
+                "    type filter hook output priority 0; policy accept;\n"
+                f"    {rule}\n"
+                "  }\n"
+                "}\n"
+            )
+        _run(self.command("nft", "-f", "-"), stdin=script)
+
+    def set_udp_loss(self, percent: int) -> None:
+        """Drop ``percent`` % of UDP packets at random (each packet decided on its own)."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"percent must be 0..100, not {percent}")
+        if percent == 0:
+            self.clear_rules()
+        elif percent == 100:
+            self.drop_all_udp()
+        else:
+            self._load(f"meta l4proto udp numgen random mod 100 < {percent} drop")
+
+    def drop_all_udp(self) -> None:
+        """Cut the media: every UDP packet is dropped (TCP, the signaling, still flows)."""
+        self._load("meta l4proto udp drop")
+
+    def clear_rules(self) -> None:
+        """No impairment."""
+        self._load(None)
