@@ -1,0 +1,11 @@
+"""Benchmarks that print numbers and ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+__all__ = ["BENCHES"]
+
+BENCHES: list[str] = [
+    "bench.encoder_presets",
+    "bench.server_load",
+]
+"""Modules run by ``python -m bench``; each has ``main(argv)`` returning an exit status."""
