@@ -18,6 +18,7 @@ Frames are JSON objects in websocket text frames:
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ MAX_FRAME_BYTES: Final = 64 * 1024
 
 MAX_PARTICIPANTS: Final = 9
 """A call holds at most this many users, the caller included."""
+
+MAX_NESTING: Final = 32
+"""Objects and arrays nest at most this deep in a frame (the frame object is level 1): the
+server re-serializes relay payloads, which must not approach Python's recursion limit."""
 
 MAX_ID_LENGTH: Final = 64
 MAX_USER_DATA: Final = 8 * 1024
@@ -156,7 +161,11 @@ def _one_of(*choices: int) -> Check:
 def _number(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "must be a number"
-    return None
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    return None if finite else "must be a finite number"
 
 
 def _boolean(value: Any) -> str | None:
@@ -208,7 +217,7 @@ def _room_id(value: Any) -> str | None:
 
 
 def _relay_kind(value: Any) -> str | None:
-    if value not in RELAY_KINDS:
+    if not isinstance(value, str) or value not in RELAY_KINDS:
         return f"must be one of {', '.join(sorted(RELAY_KINDS))}"
     return None
 
@@ -340,6 +349,47 @@ def _frame_bytes(raw: str | bytes) -> int:
     return len(raw)
 
 
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity; JSON (RFC 8259) has no such values,
+    # and echoing them in a relay would send other clients a frame they cannot parse.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+_SURROGATE: Final = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+"""A UTF-16 surrogate, escaped or not: a lone one survives parsing and cannot be sent back
+(or stored) as UTF-8, so frames holding one are checked after parsing."""
+
+
+def _readable_id(value: Any) -> int | str | None:
+    """The request id of a parsed frame refused as a whole, when it can be sent back."""
+    request_id = value.get("id") if isinstance(value, dict) else None
+    if not _valid_request_id(request_id):
+        return None
+    if isinstance(request_id, str):
+        try:
+            request_id.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    return request_id
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        level += 1
+        deepest = max(deepest, level)
+        if level <= MAX_NESTING:
+            stack.extend((child, level) for child in item)
+    return deepest
+
+
 def _load_object(raw: str | bytes) -> dict[str, Any]:
     size = _frame_bytes(raw)
     if size > MAX_FRAME_BYTES:
@@ -348,11 +398,29 @@ def _load_object(raw: str | bytes) -> dict[str, Any]:
             f"frame of {size} bytes is larger than the {MAX_FRAME_BYTES}-byte limit",
         )
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise ProtocolViolation(
-            ErrorCode.MALFORMED_FRAME, f"frame is not valid JSON: {exc}"
+            ErrorCode.MALFORMED_FRAME, f"frame is not valid JSON: {reason}"
         ) from exc
+    # Both checks cost nothing for ordinary frames: str.count and a regex search in C.
+    if text.count("{") + text.count("[") > MAX_NESTING and _depth(value) > MAX_NESTING:
+        raise ProtocolViolation(
+            ErrorCode.MALFORMED_FRAME,
+            f"frame nests objects and arrays deeper than {MAX_NESTING} levels",
+            _readable_id(value),
+        )
+    if _SURROGATE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ProtocolViolation(
+                ErrorCode.MALFORMED_FRAME,
+                "frame holds a lone UTF-16 surrogate (\\ud800-\\udfff)",
+                _readable_id(value),
+            ) from exc
     if not isinstance(value, dict):
         raise ProtocolViolation(
             ErrorCode.MALFORMED_FRAME,
@@ -453,8 +521,12 @@ def parse_server_frame(raw: str | bytes) -> ServerFrame:
     raise ProtocolViolation(ErrorCode.UNKNOWN_TYPE, f"unknown server frame type {kind!r}")
 
 
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Made once: ``json.dumps`` with options would build a new encoder for every frame."""
+
+
 def _dump(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(frame)
 
 
 def encode(frame: dict[str, Any]) -> str:

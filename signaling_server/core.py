@@ -322,6 +322,17 @@ class CallCore:
             del self._out[mark:]
             self._send(conn, protocol.encode_reply_error(request.id, exc.code, exc.message))
             return self._flush()
+        except Exception:
+            # A bug must not cost the client its reply or its connection. What the handler
+            # already did stays (its events describe state that did change).
+            logger.exception("internal error handling %s from connection %d", request.type, conn)
+            self._out.insert(
+                mark,
+                Send(conn, protocol.encode_reply_error(
+                    request.id, ErrorCode.INTERNAL, f"{request.type}: internal server error"
+                )),
+            )
+            return self._flush()
         if data is not None:
             self._out.insert(mark, Send(conn, protocol.encode_reply_ok(request.id, data)))
         return self._flush()

@@ -119,3 +119,28 @@ def test_rate_limit_refills_over_time() -> None:
     assert conn in h.open_conns
     h.send_raw(conn, '{"type": "ping", "id": 1}')
     assert h.closes[conn].code == 4008
+
+
+def test_a_handler_bug_gets_an_internal_error_reply_and_keeps_the_connection() -> None:
+    """An unexpected exception in a handler becomes a 4500 reply; the connection keeps working."""
+    import json
+
+    from signaling_server.core import CallCore, Close, Send
+
+    core = CallCore(1, lambda sig, user, now: now + 100)
+    core.open(1, 0.0)
+    core.receive(1, json.dumps({"type": "login", "id": 1, "data": {
+        "sdkAppId": 1, "userID": "alice", "userSig": "x", "protocolVersion": "1.0"}}), 0.0)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    core._handlers["ping"] = broken  # a stand-in for a future bug in any handler
+    out = core.receive(1, json.dumps({"type": "ping", "id": 7}), 1.0)
+    replies = [json.loads(o.text) for o in out if isinstance(o, Send)]
+    assert replies == [{"type": "reply", "id": 7, "ok": False,
+                        "error": {"code": 4500, "message": "ping: internal server error"}}]
+    assert not any(isinstance(o, Close) for o in out)
+    out = core.receive(1, json.dumps({"type": "self_info", "id": 8,
+                                      "data": {"nickname": "A"}}), 2.0)
+    assert json.loads(out[0].text)["ok"] is True
