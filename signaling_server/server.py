@@ -20,13 +20,14 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from callclient import protocol
 from callclient.errors import ErrorCode
@@ -109,7 +110,7 @@ class _Peer:
     """One websocket: its bounded outgoing queue, drained by a writer task while non-empty.
 
     The writer task exists only while there is something to send, so an idle connection
-    costs no task.
+    costs no task; while the peer reads promptly, frames skip the queue altogether.
     """
 
     __slots__ = ("_close", "_queue", "_queued", "_server", "conn_id", "dropped", "writer", "ws")
@@ -125,11 +126,36 @@ class _Peer:
         self.dropped = False
 
     def send(self, text: str) -> None:
-        """Queue a frame; overflowing the queue drops the connection."""
+        """Send or queue a frame; overflowing the queue drops the connection."""
+        self.send_many((text,))
+
+    def send_many(self, texts: Sequence[str]) -> None:
+        """Send or queue frames, in order; overflowing the queue drops the connection.
+
+        With nothing queued, the connection open and the socket's write buffer under
+        ``write_limit``, the frames are written at once, all in one socket write (framed by
+        websockets' Sans-I/O protocol): no writer task, no await, one system call. Otherwise
+        they wait in the queue for the writer task, which honours flow control.
+        """
         if self._close is not None or self.dropped:
             return
-        self._queue.append(text)
-        self._queued += len(text)
+        ws = self.ws
+        if (
+            self.writer is None
+            and not self._queue
+            and ws.protocol.state is State.OPEN
+            and ws.transport.get_write_buffer_size() <= self._server.config.write_limit
+        ):
+            try:
+                for text in texts:
+                    ws.protocol.send_text(text.encode())
+                ws.transport.write(b"".join(ws.protocol.data_to_send()))
+            except Exception as exc:  # as websockets does when a write fails: abort
+                self.drop(f"frames could not be written: {exc!r}")
+            return
+        for text in texts:
+            self._queue.append(text)
+            self._queued += len(text)
         if self._queued > self._server.config.send_queue_limit:
             self.drop("its outgoing queue overflowed (it does not read)")
             return
@@ -390,15 +416,26 @@ class SignalingServer:
             self._execute(self.core.closed(conn_id, time.time()))
 
     def _execute(self, outputs: list[Output]) -> None:
-        """Carry out the core's outputs in order, then re-arm the timer if needed."""
+        """Carry out the core's outputs in order, then re-arm the timer if needed.
+
+        The frames for one connection are gathered and handed over together (one socket
+        write), before that connection's Close if there is one; the order of the frames on
+        each connection is the core's.
+        """
+        frames: dict[int, list[str]] = {}
         for out in outputs:
             if isinstance(out, Send):
-                peer = self._peers.get(out.conn)
-                if peer is not None:
-                    peer.send(out.text)
+                pending = frames.get(out.conn)
+                if pending is None:
+                    frames[out.conn] = [out.text]
+                else:
+                    pending.append(out.text)
             elif isinstance(out, Close):
                 peer = self._peers.get(out.conn)
+                pending = frames.pop(out.conn, None)
                 if peer is not None:
+                    if pending:
+                        peer.send_many(pending)
                     peer.close(out.code, out.reason)
             elif isinstance(out, SaveCall):
                 self._save(out)
@@ -406,6 +443,10 @@ class SignalingServer:
                 self._spawn(self._store_request(out), f"signaling-store-{out.conn}")
             elif isinstance(out, Notice):
                 self._deliver_notice(out)
+        for conn, texts in frames.items():
+            peer = self._peers.get(conn)
+            if peer is not None:
+                peer.send_many(texts)
         if self.core.next_deadline() != self._armed:
             self._rearm.set()
 
