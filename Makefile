@@ -2,7 +2,13 @@
 # and (when root) the Debian packages the tests need. Re-running is quick once set up.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
-APT_PKGS := libportaudio2 libgl1 libglib2.0-0 iproute2 nftables
+# Runtime: PortAudio for sounddevice, GL/GLib for OpenCV's window. Tests: PulseAudio null sinks
+# behind ALSA for the sounddevice tests, Xvfb/xdotool/xwd for the desktop app, iproute2 and
+# nftables for the packet-loss tests in a network namespace.
+APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
+	pulseaudio pulseaudio-utils libasound2-plugins \
+	xvfb xdotool x11-apps \
+	iproute2 nftables
 
 .PHONY: demo test bench lint setup sysdeps clean
 

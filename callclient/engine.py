@@ -33,10 +33,11 @@ from callclient.errors import (
     RequestRefusedError,
     RequestRepeatedError,
 )
-from callclient.media.base import AudioSink, RenderedFrame, VideoView
+from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE, AudioSink, RenderedFrame, VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.encoding import VideoEncoderSession
 from callclient.media.mixer import Mixer
+from callclient.media.receive import recv_newest
 from callclient.media.render import render
 from callclient.media.tracks import AudioConverter, CameraTrack, MicrophoneTrack, frame_to_bgr
 from callclient.monitor import CallMonitor
@@ -74,6 +75,12 @@ _RELAY_RETRY_INTERVAL = 0.25
 _CLEANUP_TIMEOUT = 5.0
 """Seconds :meth:`CallEngine.close` waits for peer connections and the speaker to close."""
 
+_PLAYOUT_MAX_BLOCKS = 6
+"""Most 20 ms blocks of one remote user queued for the speaker (the playout buffer keeps
+only what the jitter needs, normally 1..2; this is the hard cap)."""
+_MAX_GAP_BLOCKS = 25
+"""A timestamp jump of more audio blocks than this is a restart of the stream, not loss."""
+
 
 AudioTap = Callable[[str, npt.NDArray[np.int16]], None]
 """Called with ``(user_id, block)`` for each received 20 ms int16 mono block of a remote user."""
@@ -109,7 +116,11 @@ class RemoteStats:
     """What has arrived from one remote user (for harnesses, bots and apps)."""
 
     video_frames: int = 0
+    video_frames_skipped: int = 0
+    """Received frames not rendered because a newer one was already waiting."""
     audio_blocks: int = 0
+    audio_blocks_missing: int = 0
+    """Blocks known lost (timestamp gaps): concealed by the playout buffer."""
     first_video_time: float | None = None
     last_video_time: float | None = None
 
@@ -118,6 +129,13 @@ def _render_frame(
     frame: av.VideoFrame, params: VideoRenderParams, size: tuple[int, int] | None
 ) -> npt.NDArray[np.uint8]:
     return render(frame_to_bgr(frame), params, size)
+
+
+def _sample_position(frame: av.AudioFrame) -> int | None:
+    """The frame's pts in 48 kHz samples, None without one."""
+    if frame.pts is None or frame.time_base is None:
+        return None
+    return round(frame.pts * frame.time_base * SAMPLE_RATE)
 
 
 class _Remote:
@@ -175,7 +193,7 @@ class CallEngine:
         self._views: dict[str, VideoView] = {}
         self._render_params: dict[str, VideoRenderParams] = {}
         self._encoder_params = VideoEncoderParams()
-        self._mixer = Mixer()
+        self._mixer = Mixer(_PLAYOUT_MAX_BLOCKS, adaptive=True)
         self._relay = MediaRelay()
         self._camera_track: CameraTrack | None = None
         self._video_encoder: VideoEncoderSession | None = None
@@ -550,6 +568,9 @@ class CallEngine:
         if self._speaker is not None and route != previous:
             await self._speaker.stop()
             self._speaker = None
+        call = self._call
+        if self._speaker is None and call is not None and call.status is CallStatus.ACCEPT:
+            # Also retries a route whose output failed to open earlier in this call.
             await self._start_speaker()
 
     def start_remote_view(self, user_id: str, view: VideoView) -> None:
@@ -1097,13 +1118,25 @@ class CallEngine:
     async def _consume_audio(self, remote: _Remote, track: MediaStreamTrack) -> None:
         converter = AudioConverter()
         pending = np.zeros(0, dtype=np.int16)
-        block = 960
+        block = BLOCK_SAMPLES
+        next_pts: int | None = None
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
             assert isinstance(frame, av.AudioFrame)
+            # Packets go to the decoder as they arrive (callclient.media.receive): a gap in
+            # the timestamps is loss, which the playout buffer conceals instead of waiting.
+            start = _sample_position(frame)
+            if start is not None:
+                if next_pts is not None and start > next_pts:
+                    missing = round((start - next_pts) / block)
+                    pending = pending[:0]
+                    if 0 < missing <= _MAX_GAP_BLOCKS:
+                        remote.stats.audio_blocks_missing += missing
+                        self._mixer.push_missing(remote.user_id, missing)
+                next_pts = start + round(frame.samples * SAMPLE_RATE / frame.sample_rate)
             samples = converter.convert(frame)
             pending = np.concatenate([pending, samples]) if pending.size else samples
             while pending.size >= block:
@@ -1120,15 +1153,22 @@ class CallEngine:
                         logger.exception("audio tap %r failed", tap)
 
     async def _consume_video(self, remote: _Remote, track: MediaStreamTrack) -> None:
+        """Render the newest received frame; frames that arrive meanwhile are skipped.
+
+        Rendering (colour conversion, scaling) runs in a worker thread, so the event loop
+        never waits for it, and a consumer that falls behind drops stale frames instead of
+        queueing them (:func:`~callclient.media.receive.recv_newest`).
+        """
         while True:
             try:
-                frame = await track.recv()
+                frame, skipped = await recv_newest(track)
             except MediaStreamError:
                 return
             assert isinstance(frame, av.VideoFrame)
             now = time.time()
             stats = remote.stats
-            stats.video_frames += 1
+            stats.video_frames += 1 + skipped
+            stats.video_frames_skipped += skipped
             stats.last_video_time = now
             if stats.first_video_time is None:
                 stats.first_video_time = now
@@ -1136,10 +1176,9 @@ class CallEngine:
             if view is None:
                 continue
             params = self._render_params.get(remote.user_id, VideoRenderParams())
-            if frame.width * frame.height >= 1280 * 720:
-                image = await asyncio.to_thread(_render_frame, frame, params, view.size)
-            else:
-                image = _render_frame(frame, params, view.size)
+            image = await asyncio.to_thread(_render_frame, frame, params, view.size)
+            if self._views.get(remote.user_id) is not view:
+                continue  # the view was stopped or replaced while rendering
             try:
                 view.on_frame(RenderedFrame(remote.user_id, image, now))
             except Exception:
