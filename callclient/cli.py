@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from callclient.argtypes import LOG_LEVELS, positive_float, positive_int
 from callclient.errors import CallError
 from callclient.types import CallMediaType, Resolution, resolution_size
 from signaling_server.server import DEV_SDK_APP_ID, DEV_SECRET_KEY
@@ -30,7 +31,6 @@ __all__ = ["main", "parse_resolution"]
 logger = logging.getLogger(__name__)
 
 PROG = "callclient"
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def parse_resolution(text: str) -> Resolution:
@@ -60,28 +60,8 @@ def _media(text: str) -> CallMediaType:
     return media
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be positive")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
-
-
 def _users(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if not 2 <= value <= 9:
         raise argparse.ArgumentTypeError(f"--users must be between 2 and 9, not {value}")
     return value
@@ -123,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     bot.add_argument("--user", required=True, help="user id to log in as")
     bot.add_argument("--server", required=True, type=_server_url,
                      help="signaling server URL, e.g. ws://127.0.0.1:8765")
-    bot.add_argument("--sdkappid", type=_positive_int, default=DEV_SDK_APP_ID,
+    bot.add_argument("--sdkappid", type=positive_int, default=DEV_SDK_APP_ID,
                      help="application id (default: the development one, %(default)s)")
     secret = bot.add_mutually_exclusive_group()
     secret.add_argument("--secret-key", default=DEV_SECRET_KEY,
@@ -139,12 +119,12 @@ def _parser() -> argparse.ArgumentParser:
                      "looped; default: a tone and the stamped test pattern")
     bot.add_argument("--record", type=Path, metavar="DIR",
                      help="record each remote user to DIR/<user>.mp4 and DIR/<user>.wav")
-    bot.add_argument("--seconds", type=_positive_float,
+    bot.add_argument("--seconds", type=positive_float,
                      help="hang up and exit after this many seconds")
     bot.add_argument("--resolution", type=parse_resolution,
                      default=Resolution.RESOLUTION_640_360,
                      help="video sent: preset name or value, e.g. 1280x720 (default 640x360)")
-    bot.add_argument("--tone", type=_positive_float, default=440.0, metavar="HZ",
+    bot.add_argument("--tone", type=positive_float, default=440.0, metavar="HZ",
                      help="tone of the virtual microphone (default %(default)s Hz)")
     fmt = bot.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="human", action="store_false", default=False,
@@ -160,14 +140,14 @@ def _parser() -> argparse.ArgumentParser:
         "setup time and the tone heard.",
     )
     loop.add_argument("--users", type=_users, default=2, help="participants, 2..9 (default 2)")
-    loop.add_argument("--seconds", type=_positive_float, default=5.0,
+    loop.add_argument("--seconds", type=positive_float, default=5.0,
                       help="measurement window (default %(default)s)")
     loop.add_argument("--resolution", type=parse_resolution,
                       default=Resolution.RESOLUTION_640_360,
                       help="video resolution (default 640x360)")
     loop.add_argument("--media", type=_media, default=CallMediaType.VIDEO,
                       metavar="{audio,video}", help="call media (default video)")
-    loop.add_argument("--fps", type=_positive_float, default=30.0,
+    loop.add_argument("--fps", type=positive_float, default=30.0,
                       help="camera frame rate (default %(default)s)")
     loop.add_argument("--json", action="store_true", help="print the report as JSON")
     loop.add_argument("--events", action="store_true", help="print events as they happen")
@@ -184,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=_positive_float, default=8.0,
+    parser.add_argument("--seconds", type=positive_float, default=8.0,
                         help="length of the call (default %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("out"),
                         help="output directory (default %(default)s)")
@@ -192,7 +172,7 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_log_level(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, default="WARNING",
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="WARNING",
                         help="library logging on stderr (default %(default)s)")
 
 

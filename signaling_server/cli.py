@@ -23,6 +23,7 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 
+from callclient.argtypes import LOG_LEVELS, non_negative_int, port, positive_float, positive_int
 from signaling_server.auth import DEFAULT_EXPIRE_S, generate_user_sig
 from signaling_server.server import (
     DEFAULT_DB_PATH,
@@ -38,47 +39,6 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 PROG = "signaling-server"
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0..65535)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
 
 
 def _env(name: str, default: str) -> str:
@@ -88,7 +48,7 @@ def _env(name: str, default: str) -> str:
 def _add_identity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sdkappid",
-        type=_positive_int,
+        type=positive_int,
         default=_env("CALLSERVER_SDKAPPID", str(DEV_SDK_APP_ID)),
         help="application id served (env CALLSERVER_SDKAPPID; default %(default)s)",
     )
@@ -114,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--port",
-        type=_port,
+        type=port,
         default=_env("CALLSERVER_PORT", str(DEFAULT_PORT)),
         help="TCP port, 0 for any free one (env CALLSERVER_PORT; default %(default)s)",
     )
@@ -127,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--http-port",
-        type=_port,
+        type=port,
         default=os.environ.get("CALLSERVER_HTTP_PORT") or None,
         help="TCP port of the REST API on --host, 0 for any free one (env "
         "CALLSERVER_HTTP_PORT; default: no REST API)",
@@ -140,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--rest-rate",
-        type=_positive_float,
+        type=positive_float,
         default=_env("CALLSERVER_REST_RATE", "20"),
         help="REST requests per second per sdkappid (env CALLSERVER_REST_RATE; "
         "default %(default)s)",
@@ -148,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level",
         type=str.upper,
-        choices=_LOG_LEVELS,
+        choices=LOG_LEVELS,
         default=_env("CALLSERVER_LOG_LEVEL", "WARNING").upper(),
         help="logging threshold on stderr (env CALLSERVER_LOG_LEVEL; default %(default)s)",
     )
@@ -157,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     usersig.add_argument("user", metavar="USER", help="user id the userSig is for")
     usersig.add_argument(
         "--expire",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULT_EXPIRE_S,
         help="validity in seconds (default %(default)s: 180 days)",
     )
