@@ -524,6 +524,13 @@ class CallEngine:
         """Close the camera; others get video unavailable."""
         if self._camera is None:
             return
+        await self._release_camera()
+        await self._report_media_state(camera=False)
+
+    async def _release_camera(self) -> None:
+        """Detach and stop the open camera and its local preview."""
+        if self._camera is None:
+            return
         source = self.devices.cameras.get(self._camera)
         self._camera = None
         if self._camera_track is not None:
@@ -533,7 +540,6 @@ class CallEngine:
         self._local_view = None
         if source is not None:
             await source.stop()
-        await self._report_media_state(camera=False)
 
     async def switch_camera(self, camera: Camera) -> None:
         """Switch between front and back camera without renegotiation."""
@@ -1221,16 +1227,7 @@ class CallEngine:
             await self._close_devices()
 
     async def _close_devices(self) -> None:
-        if self._camera is not None:
-            source = self.devices.cameras.get(self._camera)
-            self._camera = None
-            if self._camera_track is not None:
-                self._camera_track.set_source(None)
-                if self._local_view is not None:
-                    self._camera_track.remove_local_view(self._local_view)
-            self._local_view = None
-            if source is not None:
-                await source.stop()
+        await self._release_camera()
         if self._mic_open:
             self._mic_open = False
             if self._mic_track is not None:

@@ -355,6 +355,22 @@ def _bgr(image: Any) -> Image:
 # ---------------------------------------------------------------------------- microphone
 
 
+def _start_stream(
+    stream_type: Any, device: int | str | None, latency: Any, callback: Any
+) -> Any:
+    """Open and start a 48 kHz mono int16 PortAudio stream of 20 ms blocks (blocking)."""
+    stream = stream_type(
+        samplerate=SAMPLE_RATE, channels=1, dtype="int16", blocksize=BLOCK_SAMPLES,
+        device=device, latency=latency, callback=callback,
+    )
+    try:
+        stream.start()
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
 class SoundDeviceMicrophone(AudioSource):
     """A PortAudio input: 48 kHz mono int16 in 20 ms blocks.
 
@@ -429,20 +445,10 @@ class SoundDeviceMicrophone(AudioSource):
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(deliver, data)
 
-        def open_stream() -> Any:
-            stream = sd.InputStream(
-                samplerate=SAMPLE_RATE, channels=1, dtype="int16", blocksize=BLOCK_SAMPLES,
-                device=self.device, latency=self.latency, callback=callback,
-            )
-            try:
-                stream.start()
-            except BaseException:
-                stream.close()
-                raise
-            return stream
-
         try:
-            stream = await asyncio.to_thread(open_stream)
+            stream = await asyncio.to_thread(
+                _start_stream, sd.InputStream, self.device, self.latency, callback
+            )
         except (sd.PortAudioError, ValueError) as exc:
             raise DeviceError(f"cannot open {self.name}: {exc}", ErrorCode.MIC_START_FAIL) from exc
         self._queue = queue
@@ -542,20 +548,10 @@ class SoundDeviceSpeaker(AudioSink):
                 outdata[start : start + count, 0] = self._pull_one(pull)[:count]
             self._played_until = time_info.outputBufferDacTime + frames / SAMPLE_RATE
 
-        def open_stream() -> Any:
-            stream = sd.OutputStream(
-                samplerate=SAMPLE_RATE, channels=1, dtype="int16", blocksize=BLOCK_SAMPLES,
-                device=self.device, latency=self.latency, callback=callback,
-            )
-            try:
-                stream.start()
-            except BaseException:
-                stream.close()
-                raise
-            return stream
-
         try:
-            self._stream = await asyncio.to_thread(open_stream)
+            self._stream = await asyncio.to_thread(
+                _start_stream, sd.OutputStream, self.device, self.latency, callback
+            )
         except (sd.PortAudioError, ValueError) as exc:
             raise DeviceError(
                 f"cannot open {self.name}: {exc}", ErrorCode.SPEAKER_START_FAIL
