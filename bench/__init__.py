@@ -7,5 +7,7 @@ __all__ = ["BENCHES"]
 BENCHES: list[str] = [
     "bench.encoder_presets",
     "bench.server_load",
+    "bench.render",
+    "bench.stack",
 ]
 """Modules run by ``python -m bench``; each has ``main(argv)`` returning an exit status."""
