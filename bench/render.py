@@ -18,6 +18,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ def naive_render(frame: Image, params: VideoRenderParams, size: tuple[int, int])
     height, width = rotated.shape[:2]
     if params.fill_mode is FillMode.FILL:
         x, y, w, h = fill_crop(width, height, size)
-        return cv2.resize(rotated[y : y + h, x : x + w], size, interpolation=cv2.INTER_AREA)
+        region = rotated[y : y + h, x : x + w]
+        return np.asarray(cv2.resize(region, size, interpolation=cv2.INTER_AREA), np.uint8)
     x, y, w, h = fit_box(width, height, size)
     canvas = np.zeros((size[1], size[0], 3), np.uint8)
     canvas[y : y + h, x : x + w] = cv2.resize(rotated, (w, h), interpolation=cv2.INTER_AREA)
@@ -73,10 +75,8 @@ def run(repeat: int) -> list[dict[str, Any]]:
         for fill in FillMode:
             for rotation in Rotation:
                 params = VideoRenderParams(fill, rotation)
-                ms = _median_ms(lambda p=params, v=view: render(frame, p, v), repeat)
-                baseline = _median_ms(
-                    lambda p=params, v=view: naive_render(frame, p, v), repeat
-                )
+                ms = _median_ms(partial(render, frame, params, view), repeat)
+                baseline = _median_ms(partial(naive_render, frame, params, view), repeat)
                 rows.append({
                     "view": f"{view[0]}x{view[1]}",
                     "fill_mode": fill.name,

@@ -80,7 +80,9 @@ def resize(image: Image, size: tuple[int, int]) -> Image:
         whole_w, whole_h = src_w // factor, src_h // factor
         x0, y0 = (src_w - whole_w * factor) // 2, (src_h - whole_h * factor) // 2
         block = source[y0 : y0 + whole_h * factor, x0 : x0 + whole_w * factor]
-        source = cv2.resize(block, (whole_w, whole_h), interpolation=cv2.INTER_AREA)
+        source = np.asarray(
+            cv2.resize(block, (whole_w, whole_h), interpolation=cv2.INTER_AREA), np.uint8
+        )
         if (whole_w, whole_h) == (width, height):
             return np.asarray(source, dtype=np.uint8)
     # Mild shrinking or growing: INTER_LINEAR looks the same and costs far less.
