@@ -33,6 +33,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
 from callclient.media.encoding import EncodedVideoTrack
+from callclient.media.receive import install_low_latency_buffers
 
 __all__ = ["IceServer", "PeerConfig", "PeerLink", "is_offerer"]
 
@@ -209,6 +210,10 @@ class PeerLink:
             self.last_heard = time.monotonic()
 
     def _track(self, track: MediaStreamTrack) -> None:
+        # aiortc fires "track" in setRemoteDescription, before connecting: no media yet.
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.receiver.track is track:
+                install_low_latency_buffers(transceiver.receiver, track.kind)
         self._on_track(self.remote_id, track)
 
     def _datachannel(self, channel: RTCDataChannel) -> None:

@@ -1,0 +1,192 @@
+"""Low-latency receiving over aiortc: the project's adapters over aiortc's receive internals.
+
+aiortc's :class:`~aiortc.rtcrtpreceiver.RTCRtpReceiver` reassembles frames in a
+:class:`~aiortc.jitterbuffer.JitterBuffer` it builds itself and exposes no way to configure:
+
+* audio: ``JitterBuffer(capacity=16, prefetch=4)`` holds every packet until four more have
+  arrived (80 ms at 20 ms per packet) and, when one is lost, holds everything behind the gap
+  until 16 packets have piled up: under 20 % loss only 10..18 of 50 packets per second
+  come out.
+* video: a frame is only released when the first packet of the *next* frame arrives (it
+  looks for a timestamp change and ignores the RTP marker bit that ends a frame), which
+  adds one frame interval (33 ms at 30 fps) to every frame.
+
+The decoded frames then wait in the track's unbounded ``asyncio.Queue``, so a consumer that
+falls behind sees older and older frames.
+
+This module replaces both buffers per receiver (:func:`install_low_latency_buffers`) and
+reads the newest decoded frame of a track (:func:`recv_newest`). It is the only place that
+touches these aiortc internals, and every access is checked: a receiver without the private
+``_RTCRtpReceiver__jitter_buffer`` attribute, or a track whose ``_queue`` is not an
+``asyncio.Queue``, raises :class:`AiortcInternalsChanged` instead of silently doing nothing
+(``tests/test_media_receive.py`` runs them over real connections). Nothing is patched
+globally: only the receivers of this project's peer connections are changed.
+
+Audio jitter is absorbed after decoding, in the adaptive playout buffer of the
+:class:`~callclient.media.mixer.Mixer`, which knows when the speaker needs each block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiortc import MediaStreamTrack, RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
+
+__all__ = [
+    "AiortcInternalsChanged",
+    "ImmediateAudioJitterBuffer",
+    "MarkerVideoJitterBuffer",
+    "install_low_latency_buffers",
+    "recv_newest",
+]
+
+_JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
+_HALF_SEQ = 1 << 15
+
+
+class AiortcInternalsChanged(RuntimeError):
+    """An aiortc internal this module relies on is gone or changed (update this module)."""
+
+
+class ImmediateAudioJitterBuffer:
+    """An audio jitter buffer that hands over every packet as soon as it arrives.
+
+    Each Opus RTP packet is a whole frame, so nothing needs reassembling: a packet newer than
+    the last one handed over goes to the decoder at once; a late (older) or duplicate one is
+    dropped and counted. Gaps are not waited out: the playout buffer conceals them. Same
+    interface as aiortc's ``JitterBuffer.add``.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self.packets = 0
+        """Packets handed to the decoder."""
+        self.late = 0
+        """Packets dropped because a newer one was already handed over (or duplicates)."""
+
+    @property
+    def capacity(self) -> int:
+        """Packets held: always 0 (kept for aiortc's interface)."""
+        return 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        """The frame of ``packet`` at once, or None for a late or duplicate packet."""
+        seq = packet.sequence_number
+        if self._last is not None:
+            ahead = uint16_add(seq, -self._last)
+            if ahead == 0 or ahead >= _HALF_SEQ:
+                self.late += 1
+                return False, None
+        self._last = seq
+        self.packets += 1
+        data: bytes = getattr(packet, "_data", packet.payload)
+        return False, JitterFrame(data=data, timestamp=packet.timestamp)
+
+
+class MarkerVideoJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, releasing a frame as soon as its last packet arrives.
+
+    Senders set the RTP marker bit on the last packet of each video frame (aiortc does, as
+    RFC 7741 and RFC 6184 require). aiortc's buffer ignores it and waits for a packet of the
+    next frame; this one releases a frame once every packet from the first to the marked
+    one is present. Loss handling, PLI decisions and capacity are aiortc's.
+    """
+
+    def __init__(self, capacity: int = 512) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        if self._origin is None:
+            return None
+        packets: list[RtpPacket] = []
+        timestamp: int | None = None
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None:
+                return None
+            if timestamp is None:
+                timestamp = packet.timestamp
+            elif packet.timestamp != timestamp:
+                # The previous frame ended without a marker: complete all the same.
+                return self._take(packets, timestamp, count)
+            packets.append(packet)
+            if packet.marker:
+                return self._take(packets, timestamp, count + 1)
+        return None
+
+    def _take(self, packets: list[RtpPacket], timestamp: int, count: int) -> JitterFrame:
+        data = b"".join(getattr(p, "_data", b"") for p in packets)
+        self.remove(count)
+        return JitterFrame(data=data, timestamp=timestamp)
+
+
+def _check_receiver(receiver: RTCRtpReceiver) -> None:
+    current = getattr(receiver, _JITTER_ATTRIBUTE, None)
+    if not isinstance(current, JitterBuffer | ImmediateAudioJitterBuffer):
+        raise AiortcInternalsChanged(
+            f"aiortc's RTCRtpReceiver no longer has a JitterBuffer in {_JITTER_ATTRIBUTE} "
+            f"(found {type(current).__name__}); update callclient.media.receive"
+        )
+
+
+def install_low_latency_buffers(receiver: RTCRtpReceiver, kind: str) -> None:
+    """Give ``receiver`` the low-latency jitter buffer for ``kind`` ("audio" or "video").
+
+    Call it before media arrives (from the connection's ``track`` event, which aiortc fires
+    in ``setRemoteDescription``, before it connects). Installing twice keeps the first.
+    Raises :class:`AiortcInternalsChanged` if aiortc's receiver no longer looks as expected.
+    """
+    _check_receiver(receiver)
+    current = getattr(receiver, _JITTER_ATTRIBUTE)
+    if isinstance(current, ImmediateAudioJitterBuffer | MarkerVideoJitterBuffer):
+        return
+    replacement: Any
+    if kind == "audio":
+        replacement = ImmediateAudioJitterBuffer()
+    elif kind == "video":
+        replacement = MarkerVideoJitterBuffer(current.capacity)
+    else:
+        raise ValueError(f"kind must be audio or video, not {kind!r}")
+    setattr(receiver, _JITTER_ATTRIBUTE, replacement)
+
+
+def _track_queue(track: MediaStreamTrack) -> asyncio.Queue[Any]:
+    queue = getattr(track, "_queue", None)
+    if not isinstance(queue, asyncio.Queue):
+        raise AiortcInternalsChanged(
+            f"{type(track).__name__} has no asyncio.Queue in _queue (found "
+            f"{type(queue).__name__}); update callclient.media.receive.recv_newest"
+        )
+    return queue
+
+
+async def recv_newest(track: MediaStreamTrack) -> tuple[Any, int]:
+    """Wait for a frame of a remote ``track``; return the newest one queued and how many
+    older ones were skipped.
+
+    aiortc's ``RemoteStreamTrack`` queues every decoded frame without bound; a consumer
+    that renders slower than frames arrive would fall further and further behind. This
+    waits like ``track.recv()`` and then takes the rest of the queue, keeping the newest.
+    Raises ``MediaStreamError`` when the track ended (after the newest frame, if any, was
+    returned by an earlier call). Tracks that are not aiortc remote tracks (no ``_queue``)
+    raise :class:`AiortcInternalsChanged`.
+    """
+    queue = _track_queue(track)
+    frame = await track.recv()
+    skipped = 0
+    while True:
+        try:
+            newer = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return frame, skipped
+        if newer is None:
+            # The end of the track: put it back for the next call, return what we have.
+            queue.put_nowait(None)
+            return frame, skipped
+        frame = newer
+        skipped += 1
+

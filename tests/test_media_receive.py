@@ -1,0 +1,171 @@
+"""The low-latency receive adapters over aiortc internals (callclient.media.receive).
+
+They reach into aiortc's private receiver state; these tests run them over real peer
+connections so that an aiortc change that moves those internals fails here, loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
+from aiortc.rtp import RtpPacket
+
+from callclient.media.receive import (
+    AiortcInternalsChanged,
+    ImmediateAudioJitterBuffer,
+    MarkerVideoJitterBuffer,
+    install_low_latency_buffers,
+    recv_newest,
+)
+
+_JITTER = "_RTCRtpReceiver__jitter_buffer"
+
+
+def _packet(seq: int, timestamp: int, marker: int = 0, data: bytes = b"x") -> RtpPacket:
+    packet = RtpPacket(sequence_number=seq, timestamp=timestamp, marker=marker)
+    packet._data = data  # type: ignore[attr-defined]  # what aiortc's depayload sets
+    return packet
+
+
+def test_immediate_audio_buffer_hands_over_at_once_and_drops_late() -> None:
+    """Every newer packet comes out at once; older or duplicate ones are dropped."""
+    buffer = ImmediateAudioJitterBuffer()
+    out = [buffer.add(_packet(seq, seq * 960))[1] for seq in (65534, 65535, 1, 0, 1, 2)]
+    assert [f.timestamp if f else None for f in out] == [
+        65534 * 960, 65535 * 960, 960, None, None, 1920
+    ]
+    assert buffer.late == 2 and buffer.packets == 4
+
+
+def test_marker_video_buffer_releases_a_frame_on_its_last_packet() -> None:
+    """A frame comes out when its marked last packet arrives, not one frame later."""
+    buffer = MarkerVideoJitterBuffer(capacity=64)
+    assert buffer.add(_packet(10, 3000, data=b"a"))[1] is None
+    frame = buffer.add(_packet(11, 3000, marker=1, data=b"b"))[1]
+    assert frame is not None and frame.data == b"ab" and frame.timestamp == 3000
+    # A gap (packet 13 missing) holds the next frame back, as aiortc's buffer does.
+    assert buffer.add(_packet(12, 6000, data=b"c"))[1] is None
+    assert buffer.add(_packet(14, 6000, marker=1, data=b"e"))[1] is None
+    frame = buffer.add(_packet(13, 6000, data=b"d"))[1]
+    assert frame is not None and frame.data == b"cde"
+    # Without a marker the frame still completes when the next one starts.
+    assert buffer.add(_packet(15, 9000, data=b"f"))[1] is None
+    frame = buffer.add(_packet(16, 12000, data=b"g"))[1]
+    assert frame is not None and frame.data == b"f"
+
+
+class _FakeReceiver:
+    pass
+
+
+def test_install_fails_loudly_when_aiortc_internals_move() -> None:
+    """A receiver without aiortc's private jitter buffer raises, it is not silently skipped."""
+    with pytest.raises(AiortcInternalsChanged, match=r"update callclient\.media\.receive"):
+        install_low_latency_buffers(_FakeReceiver(), "audio")  # type: ignore[arg-type]
+
+
+async def test_recv_newest_fails_loudly_without_a_queue() -> None:
+    """A track without aiortc's ``_queue`` raises instead of reading stale frames."""
+    with pytest.raises(AiortcInternalsChanged, match="_queue"):
+        await recv_newest(VideoStreamTrack())
+
+
+def _frame(pts: int) -> av.VideoFrame:
+    frame = av.VideoFrame(16, 16, "yuv420p")
+    frame.pts = pts
+    return frame
+
+
+async def test_slow_consumer_sees_the_newest_frame() -> None:
+    """With five frames waiting, recv_newest returns the fifth and reports four skipped;
+    the end of the track still raises after the last frame."""
+    track = RemoteStreamTrack(kind="video")
+    queue = track._queue
+    for pts in range(5):
+        queue.put_nowait(_frame(pts))
+    frame, skipped = await recv_newest(track)
+    assert frame.pts == 4 and skipped == 4
+    queue.put_nowait(_frame(5))
+    queue.put_nowait(None)  # what aiortc's decoder thread sends at the end
+    frame, skipped = await recv_newest(track)
+    assert frame.pts == 5 and skipped == 0
+    with pytest.raises(MediaStreamError):
+        await recv_newest(track)
+
+
+async def _pair(*tracks: MediaStreamTrack) -> tuple[RTCPeerConnection, RTCPeerConnection,
+                                                    dict[str, MediaStreamTrack]]:
+    """Two in-process connections; the receiver installs the buffers on its track event."""
+    sender_pc, receiver_pc = RTCPeerConnection(), RTCPeerConnection()
+    received: dict[str, MediaStreamTrack] = {}
+    both = asyncio.Event()
+
+    @receiver_pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        for transceiver in receiver_pc.getTransceivers():
+            if transceiver.receiver.track is track:
+                install_low_latency_buffers(transceiver.receiver, track.kind)
+        received[track.kind] = track
+        if len(received) == len(tracks):
+            both.set()
+
+    for track in tracks:
+        sender_pc.addTrack(track)
+    await sender_pc.setLocalDescription(await sender_pc.createOffer())
+    await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+    await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+    await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+    await both.wait()
+    return sender_pc, receiver_pc, received
+
+
+class _StampedVideo(VideoStreamTrack):
+    """Small frames carrying their send time in pts (microseconds)."""
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.sleep(1 / 30)
+        image = np.full((64, 64, 3), 128, dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts = round(time.time() * 1e6) % (1 << 31)
+        frame.time_base = fractions.Fraction(1, 1_000_000)
+        return frame
+
+
+async def test_installed_over_a_real_connection() -> None:
+    """Over a real connection both buffers are in place, used, and media flows; a slow
+    consumer of the real remote track gets a recent frame, not a queued old one."""
+    sender_pc, receiver_pc, received = await _pair(AudioStreamTrack(), _StampedVideo())
+    try:
+        async with asyncio.timeout(10):
+            audio = await received["audio"].recv()
+            assert isinstance(audio, av.AudioFrame)
+            await received["video"].recv()
+        buffers: dict[str, Any] = {
+            r.track.kind: getattr(r, _JITTER) for r in receiver_pc.getReceivers()
+        }
+        assert isinstance(buffers["audio"], ImmediateAudioJitterBuffer)
+        assert buffers["audio"].packets > 0
+        assert isinstance(buffers["video"], MarkerVideoJitterBuffer)
+        assert isinstance(buffers["video"], JitterBuffer)
+        # Installing again keeps the installed buffers.
+        for receiver in receiver_pc.getReceivers():
+            install_low_latency_buffers(receiver, receiver.track.kind)
+            assert getattr(receiver, _JITTER) is buffers[receiver.track.kind]
+        await asyncio.sleep(0.5)  # a slow consumer: ~15 frames pile up
+        _, skipped = await recv_newest(received["video"])
+        assert skipped >= 5
+        queue = received["video"]._queue  # type: ignore[attr-defined]
+        assert queue.qsize() == 0
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
