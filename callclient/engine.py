@@ -230,6 +230,11 @@ class CallEngine:
         return self._signaling is not None and self._user_id is not None
 
     @property
+    def connected(self) -> bool:
+        """Whether the signaling connection is up right now (False while reconnecting)."""
+        return self._signaling is not None and self._signaling.connected
+
+    @property
     def current_call(self) -> CallInfo | None:
         """The call in progress (ringing or connected), if any."""
         return self._call

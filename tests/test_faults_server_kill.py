@@ -127,6 +127,7 @@ async def test_server_sigkill_mid_call(server: ServerProcess) -> None:
         assert dead_for >= 2.0
         assert min(arrived) >= 10 * DEAD_FOR_S, f"frames while the server was dead: {arrived}"
         assert alice.engine.current_call is not None and bob.engine.current_call is not None
+        assert not alice.engine.connected and not bob.engine.connected
 
         restarted_at = time.monotonic()
         await server.start()  # same port, same database
@@ -134,7 +135,7 @@ async def test_server_sigkill_mid_call(server: ServerProcess) -> None:
         for me, mark in zip((alice, bob), marks, strict=True):
             await me.rec.wait_for("on_call_end", start=mark, timeout=5.0)
             relogin.append(time.monotonic() - restarted_at)
-            assert me.engine.logged_in and me.engine.current_call is None
+            assert me.engine.connected and me.engine.current_call is None
         assert max(relogin) < 5.0, relogin
         print(f"frames while dead {arrived} in {dead_for:.1f} s; "
               f"logged in again {[round(t, 2) for t in relogin]} s after the restart")
