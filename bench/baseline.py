@@ -49,6 +49,7 @@ from bench.probes import (
     wait_first_frames,
 )
 from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE, RenderedFrame
+from callclient.media.tracks import frame_to_bgr
 
 __all__ = ["BareParticipant", "CameraSourceTrack", "ClickTrack", "main"]
 
@@ -63,7 +64,8 @@ def _to_yuv(image: np.ndarray[Any, Any]) -> av.VideoFrame:
 
 
 def _to_bgr(frame: av.VideoFrame) -> np.ndarray[Any, Any]:
-    return np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
+    # The same conversion the engine uses, so the comparison is about the stack, not this.
+    return frame_to_bgr(frame)
 
 
 class CameraSourceTrack(VideoStreamTrack):

@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from callclient.errors import DeviceError, ErrorCode
 from callclient.media.base import CapturedFrame, VideoSource
+from callclient.media.tracks import frame_to_bgr
 
 __all__ = ["FileVideoSource", "media_streams"]
 
@@ -132,7 +133,7 @@ class FileVideoSource(VideoSource):
                 logger.warning("decoding %s failed: %s", self.path, exc)
                 frame = None
             if frame is not None:
-                return np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
+                return frame_to_bgr(frame)
             if not self.loop or attempt:
                 break
             self._open()
