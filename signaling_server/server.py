@@ -31,6 +31,7 @@ from websockets.protocol import State
 
 from callclient import protocol
 from callclient.errors import ErrorCode
+from callclient.types import CallResultType, CallRole
 from signaling_server.auth import verify_user_sig
 from signaling_server.core import (
     CallCore,
@@ -43,7 +44,7 @@ from signaling_server.core import (
     StoreRequest,
 )
 from signaling_server.http_api import HttpApi, HttpApiConfig
-from signaling_server.store import CallStore, RecordWriter
+from signaling_server.store import CallStore, RecordWriter, StoredCall
 from signaling_server.webhooks import WebhookService, WebhookSettings
 
 __all__ = [
@@ -273,7 +274,8 @@ class SignalingServer:
         store = await asyncio.to_thread(CallStore, self.config.db)
         self._writer = RecordWriter(store)
         try:
-            interrupted = await self._writer.run_query(store.interrupt_open_calls, time.time())
+            now = time.time()
+            interrupted = await self._writer.run_query(store.interrupt_open_calls, now)
             if interrupted:
                 logger.info("%d call(s) left open by the last run interrupted", len(interrupted))
             cfg = self.config
@@ -281,6 +283,8 @@ class SignalingServer:
                 store, cfg.sdk_app_id, cfg.webhooks, writer=self._writer
             )
             await self.webhooks.start()
+            for call in interrupted:
+                self._notify_interrupted_after_crash(call, now)
             if cfg.http_port is not None:
                 self.http_api = HttpApi(
                     HttpApiConfig(
@@ -455,6 +459,20 @@ class SignalingServer:
             logger.error("call %s not recorded: the record writer is closed", out.call.call_id)
             return
         self._writer.submit(out.call)
+
+    def _notify_interrupted_after_crash(self, call: StoredCall, now: float) -> None:
+        """``call_interrupted`` for a call the last run left open (it died without a stop).
+
+        The record does not say who was still connected when it died; the caller and every
+        invitee who had answered were in the call.
+        """
+        for user_id, outcome in call.participants.items():
+            caller = outcome.role == CallRole.CALLER
+            if caller or outcome.result_type == CallResultType.INCOMING:
+                self._deliver_notice(Notice(
+                    "call_interrupted", user_id, "caller" if caller else "called", call, now,
+                    client_ip="", platform="",
+                ))
 
     def _deliver_notice(self, notice: Notice) -> None:
         for sink in (self.webhooks.notice_sink if self.webhooks else None, self.notice_sink):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from pathlib import Path
@@ -112,3 +113,39 @@ async def test_callbacks_pending_at_stop_are_sent_after_restart(tmp_path: Path) 
         await receiver.stop()
     assert [r.command for r in got] == pending
     assert {r.body["CallResult"] for r in got[-2:]} == {"interrupt"}
+
+
+async def test_calls_left_open_by_a_crash_are_reported_interrupted_at_start(
+    tmp_path: Path,
+) -> None:
+    """A call a killed server left open becomes interrupt at the next start, and its caller
+    and the invitee who had answered get call_interrupted; an invitee still ringing does not."""
+    from signaling_server.store import CallStore, ParticipantOutcome, StoredCall
+
+    db = str(tmp_path / "db")
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        async with running_server(db=db, http_port=0, webhooks=FAST) as server:
+            await rest(server, "callback/create_config", {"url": receiver.url})
+        # What a SIGKILL leaves behind: a connected call with no result.
+        store = CallStore(db)
+        store.save_calls([StoredCall(
+            call_id="crashed", sdk_app_id=APP, caller="alice", callees=["bob", "carol"],
+            scene=0, media_type=2, room_id=42, group_id="", start_ts=1000.0,
+            accept_ts=1001.0, end_ts=None, result="",
+            participants={"alice": ParticipantOutcome(1, 3), "bob": ParticipantOutcome(2, 2),
+                          "carol": ParticipantOutcome(2, 1)},
+        )])
+        store.close()
+        async with running_server(db=db, webhooks=FAST) as server:
+            await receiver.wait_for(2)
+            await server.webhooks.flush()  # anything else queued would be sent by now
+            await asyncio.sleep(0.3)
+            got = list(receiver.received)
+    finally:
+        await receiver.stop()
+    assert sorted(r.command for r in got) == ["callee_call_interrupted", "caller_call_interrupted"]
+    assert {r.body["UserId"] for r in got} == {"alice", "bob"}
+    assert {r.body["CallId"] for r in got} == {"crashed"}
+    assert {r.body["CallResult"] for r in got} == {"interrupt"}
