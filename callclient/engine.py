@@ -21,7 +21,6 @@ import av
 import numpy as np
 import numpy.typing as npt
 from aiortc import MediaStreamTrack
-from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
 from callclient.errors import (
@@ -33,6 +32,7 @@ from callclient.errors import (
     RequestRefusedError,
     RequestRepeatedError,
 )
+from callclient.media.audio_encoding import AudioEncoderSession
 from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE, AudioSink, RenderedFrame, VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.encoding import VideoEncoderSession
@@ -194,9 +194,9 @@ class CallEngine:
         self._render_params: dict[str, VideoRenderParams] = {}
         self._encoder_params = VideoEncoderParams()
         self._mixer = Mixer(_PLAYOUT_MAX_BLOCKS, adaptive=True)
-        self._relay = MediaRelay()
         self._camera_track: CameraTrack | None = None
         self._video_encoder: VideoEncoderSession | None = None
+        self._audio_encoder: AudioEncoderSession | None = None
         self._mic_track: MicrophoneTrack | None = None
         self._camera: Camera | None = None
         self._local_view: VideoView | None = None
@@ -344,6 +344,8 @@ class CallEngine:
                 track.stop()
         if self._video_encoder is not None:
             await self._video_encoder.aclose()
+        if self._audio_encoder is not None:
+            await self._audio_encoder.aclose()
         if self._camera_track is not None:
             await self._camera_track.aclose()
         for stream in self._observers:
@@ -945,6 +947,12 @@ class CallEngine:
             )
         return self._video_encoder
 
+    def _ensure_audio_encoder(self) -> AudioEncoderSession:
+        """The one Opus encoder of the microphone track, shared by every peer's sender."""
+        if self._audio_encoder is None:
+            self._audio_encoder = AudioEncoderSession(self._ensure_mic_track())
+        return self._audio_encoder
+
     def _ensure_mic_track(self) -> MicrophoneTrack:
         if self._mic_track is None:
             self._mic_track = MicrophoneTrack(on_error=self._device_failed)
@@ -1053,7 +1061,6 @@ class CallEngine:
         if remote.peer is None and self._user_id is not None and self._call is not None:
             call_id = self._call.call_id
             video_encoder = self._ensure_video_encoder()
-            mic_track = self._ensure_mic_track()
 
             async def send_relay(kind: str, payload: dict[str, Any]) -> None:
                 deadline = time.monotonic() + _RELAY_RETRY_SECONDS
@@ -1080,7 +1087,7 @@ class CallEngine:
                 user_id,
                 self.peer_config,
                 send_relay,
-                self._relay.subscribe(mic_track, buffered=False),
+                self._ensure_audio_encoder().subscribe(),
                 video_encoder.subscribe(),
                 self._on_remote_track,
                 self._on_peer_unresponsive,

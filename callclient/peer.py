@@ -32,6 +32,7 @@ from aiortc import (
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
+from callclient.media.audio_encoding import EncodedAudioTrack
 from callclient.media.encoding import EncodedVideoTrack
 from callclient.media.receive import install_low_latency_buffers
 
@@ -259,8 +260,9 @@ class PeerLink:
         if self._closed:
             return
         self._closed = True
-        if isinstance(self._video_track, EncodedVideoTrack):
-            self._video_track.stop()  # leave the shared encoder
+        for track in (self._audio_track, self._video_track):
+            if isinstance(track, EncodedVideoTrack | EncodedAudioTrack):
+                track.stop()  # this link's subscription: leave the shared encoder
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

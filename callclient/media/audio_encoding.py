@@ -1,0 +1,185 @@
+"""One Opus encode of the microphone for every peer.
+
+aiortc's RTP sender encodes what its track yields, so in a mesh call the same 20 ms of audio
+would be encoded once per peer (and its level computed once per peer for the RTP header
+extension). :class:`AudioEncoderSession` reads the microphone track once, encodes each frame
+once, and hands the packets to a :class:`EncodedAudioTrack` per peer; aiortc's sender then only
+packetizes them (``OpusEncoder.pack``), as it does for the shared video encoder
+(:mod:`callclient.media.encoding`).
+
+Opus is encoded mono at 48 kHz, 20 ms per packet, on the event loop: a frame costs tens of
+microseconds, less than a thread hand-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fractions
+import logging
+from typing import Any
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE
+
+__all__ = ["AudioEncoderSession", "EncodedAudioTrack"]
+
+logger = logging.getLogger(__name__)
+
+_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+_QUEUE_LIMIT = 10
+"""Packets (200 ms) a subscriber may leave unread; older ones are dropped, never queued up."""
+
+
+class AudioEncoderSession:
+    """Encodes the frames of an audio ``source`` track once for every subscriber.
+
+    The source must give s16 mono 48 kHz frames of 20 ms (what
+    :class:`~callclient.media.tracks.MicrophoneTrack` gives). It is read only while some
+    subscriber is reading. The session never stops ``source``: its owner does.
+    """
+
+    def __init__(self, source: MediaStreamTrack, bitrate: int = 32_000) -> None:
+        self.source = source
+        self.bitrate = bitrate
+        self._codec: Any = None
+        self._subscribers: list[EncodedAudioTrack] = []
+        self._demand = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self._samples = 0
+        self._next_pts = 0
+        self._closed = False
+        self.encodes = 0
+        """Frames encoded (one per frame read, whatever the number of subscribers)."""
+
+    @property
+    def subscribers(self) -> int:
+        """Subscribed tracks not yet stopped."""
+        return len(self._subscribers)
+
+    def subscribe(self) -> EncodedAudioTrack:
+        """A new track yielding this session's Opus packets."""
+        if self._closed:
+            raise RuntimeError("the audio encoder session is closed")
+        track = EncodedAudioTrack(self)
+        self._subscribers.append(track)
+        return track
+
+    async def aclose(self) -> None:
+        """Stop every subscriber and the pump task. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for track in list(self._subscribers):
+            track.stop()
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        self._codec = None
+
+    def _activated(self) -> None:
+        self._demand.set()
+        if self._pump is None and not self._closed:
+            self._pump = asyncio.get_running_loop().create_task(
+                self._run(), name="audio encoder session"
+            )
+
+    def _unsubscribe(self, track: EncodedAudioTrack) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(track)
+        if not any(s.active for s in self._subscribers):
+            self._demand.clear()
+
+    def _encode(self, frame: av.AudioFrame) -> list[av.Packet[Any]]:
+        if self._codec is None:
+            codec = av.CodecContext.create("libopus", "w")
+            codec.bit_rate = self.bitrate
+            codec.sample_rate = SAMPLE_RATE
+            codec.layout = "mono"
+            codec.format = "s16"
+            codec.time_base = _TIME_BASE
+            self._codec = codec
+        frame.pts = self._samples
+        frame.time_base = _TIME_BASE
+        packets: list[av.Packet[Any]] = list(self._codec.encode(frame))
+        for packet in packets:
+            # Each packet holds 20 ms: number them on that clock from 0, so RTP timestamps
+            # advance by 960 per packet (libopus' own pts start at minus its pre-skip).
+            packet.pts = self._next_pts
+            packet.time_base = _TIME_BASE
+            self._next_pts += BLOCK_SAMPLES
+        self._samples += frame.samples
+        self.encodes += 1
+        return packets
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._demand.wait()
+                frame = await self.source.recv()
+                if not isinstance(frame, av.AudioFrame):
+                    raise TypeError(f"audio source gave {type(frame).__name__}, not a frame")
+                for packet in self._encode(frame):
+                    for track in list(self._subscribers):
+                        track._offer(packet)
+        except MediaStreamError:
+            logger.info("audio source ended; ending %d subscribers", len(self._subscribers))
+        except Exception:
+            logger.exception("audio encoder session failed")
+        self._pump = None
+        for track in list(self._subscribers):
+            track.stop()
+
+
+class EncodedAudioTrack(MediaStreamTrack):
+    """One peer's subscription to an :class:`AudioEncoderSession`: yields Opus packets.
+
+    It becomes active on its first ``recv()``. A subscriber that falls more than 200 ms
+    behind loses its oldest packets: audio that late is useless to a call.
+    """
+
+    kind = "audio"
+
+    def __init__(self, session: AudioEncoderSession) -> None:
+        super().__init__()
+        self._session = session
+        self._queue: collections.deque[av.Packet[Any]] = collections.deque(maxlen=_QUEUE_LIMIT)
+        self._ready = asyncio.Event()
+        self.active = False
+        self.packets_sent = 0
+        """Packets returned by ``recv()``."""
+
+    async def recv(self) -> av.Packet[Any]:
+        """The next packet."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        if not self.active:
+            self.active = True
+            self._session._activated()
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+            if self.readyState != "live":
+                raise MediaStreamError
+        self.packets_sent += 1
+        return self._queue.popleft()
+
+    def stop(self) -> None:
+        """End the subscription. Idempotent."""
+        if self.readyState == "live":
+            super().stop()
+            self.active = False
+            self._queue.clear()
+            self._session._unsubscribe(self)
+        self._ready.set()
+
+    def _offer(self, packet: av.Packet[Any]) -> None:
+        if self.active:
+            self._queue.append(packet)
+            self._ready.set()
