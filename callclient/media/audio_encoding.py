@@ -104,6 +104,8 @@ class AudioEncoderSession:
             codec.layout = "mono"
             codec.format = "s16"
             codec.time_base = _TIME_BASE
+            # Speech tuning: what a call carries, and about half the CPU of the default.
+            codec.options = {"application": "voip"}
             self._codec = codec
         frame.pts = self._samples
         frame.time_base = _TIME_BASE

@@ -100,6 +100,13 @@ class AudioConverter:
     def convert(self, frame: av.AudioFrame) -> Block:
         """The frame's samples as int16 mono at 48 kHz (may be empty while the resampler fills)."""
         key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key == ("s16", "stereo", SAMPLE_RATE):
+            # What aiortc's Opus decoder gives, for every remote user 50 times a second:
+            # averaging the two channels in numpy takes half the time of a resampler call
+            # (and is exact when both channels are equal).
+            pairs = frame.to_ndarray().reshape(-1, 2).astype(np.int32)
+            mono: Block = ((pairs[:, 0] + pairs[:, 1]) >> 1).astype(np.int16)
+            return mono
         if self._resampler is None or key != self._key:
             self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             self._key = key
