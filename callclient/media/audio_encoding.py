@@ -25,6 +25,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE
+from callclient.media.fanout import FanoutSession
 
 __all__ = ["AudioEncoderSession", "EncodedAudioTrack"]
 
@@ -35,7 +36,7 @@ _QUEUE_LIMIT = 10
 """Packets (200 ms) a subscriber may leave unread; older ones are dropped, never queued up."""
 
 
-class AudioEncoderSession:
+class AudioEncoderSession(FanoutSession["EncodedAudioTrack"]):
     """Encodes the frames of an audio ``source`` track once for every subscriber.
 
     The source must give s16 mono 48 kHz frames of 20 ms (what
@@ -43,45 +44,26 @@ class AudioEncoderSession:
     subscriber is reading. The session never stops ``source``: its owner does.
     """
 
+    kind = "audio encoder"
+
     def __init__(self, source: MediaStreamTrack, bitrate: int = 32_000) -> None:
+        super().__init__()
         self.source = source
         self.bitrate = bitrate
         self._codec: Any = None
-        self._subscribers: list[EncodedAudioTrack] = []
         self._demand = asyncio.Event()
-        self._pump: asyncio.Task[None] | None = None
         self._samples = 0
         self._next_pts = 0
-        self._closed = False
         self.encodes = 0
         """Frames encoded (one per frame read, whatever the number of subscribers)."""
 
-    @property
-    def subscribers(self) -> int:
-        """Subscribed tracks not yet stopped."""
-        return len(self._subscribers)
-
-    def subscribe(self) -> EncodedAudioTrack:
-        """A new track yielding this session's Opus packets."""
-        if self._closed:
-            raise RuntimeError("the audio encoder session is closed")
-        track = EncodedAudioTrack(self)
-        self._subscribers.append(track)
-        return track
+    def _new_subscriber(self) -> EncodedAudioTrack:
+        return EncodedAudioTrack(self)
 
     async def aclose(self) -> None:
         """Stop every subscriber and the pump task. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for track in list(self._subscribers):
-            track.stop()
-        pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        self._codec = None
+        if await self._stop_fanout():
+            self._codec = None
 
     def _activated(self) -> None:
         self._demand.set()

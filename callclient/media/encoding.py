@@ -61,6 +61,8 @@ from aiortc.rtp import (
 )
 from av.video.frame import PictureType
 
+from callclient.media.fanout import FanoutSession
+
 __all__ = [
     "DEFAULT_KEYFRAME_INTERVAL",
     "DEFAULT_MIN_BITRATE",
@@ -238,7 +240,7 @@ def _thread_count(pixels: int) -> int:
     return max(1, min(wanted, (os.cpu_count() or 1) - 1))
 
 
-class VideoEncoderSession:
+class VideoEncoderSession(FanoutSession["EncodedVideoTrack"]):
     """Encodes the frames of ``source`` once and hands the packets to every subscriber.
 
     The session reads ``source`` only while some subscriber is reading; each frame read is
@@ -250,6 +252,8 @@ class VideoEncoderSession:
     stops ``source``: its owner does.
     """
 
+    kind = "video encoder"
+
     def __init__(
         self,
         source: MediaStreamTrack,
@@ -260,6 +264,7 @@ class VideoEncoderSession:
         min_bitrate: int = DEFAULT_MIN_BITRATE,
         retune_interval: float = DEFAULT_RETUNE_INTERVAL,
     ) -> None:
+        super().__init__()
         if retune_interval < 0:
             raise ValueError(f"retune_interval must not be negative, got {retune_interval}")
         self.source = source
@@ -271,13 +276,10 @@ class VideoEncoderSession:
         self._applied_at = 0.0
         self._preset_changed = False
         self._keyframe_wanted = False
-        self._subscribers: list[EncodedVideoTrack] = []
         self._demand = asyncio.Event()
-        self._pump: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="video-encoder"
         )
-        self._closed = False
         self.keyframe_requests = 0
         """Keyframe requests received (from subscribers, their senders or the API)."""
 
@@ -306,11 +308,6 @@ class VideoEncoderSession:
             target = min(target, max(estimate, self.min_bitrate))
         return target
 
-    @property
-    def subscribers(self) -> int:
-        """Subscribed tracks not yet stopped."""
-        return len(self._subscribers)
-
     def set_bitrate(self, bitrate: int) -> None:
         """Set the recommended bitrate (bit/s); it applies from the next frame on."""
         self._recommended = _check_bitrate(bitrate)
@@ -321,26 +318,14 @@ class VideoEncoderSession:
         self.keyframe_requests += 1
         self._keyframe_wanted = True
 
-    def subscribe(self) -> EncodedVideoTrack:
-        """A new track yielding this session's packets, starting with a keyframe."""
-        if self._closed:
-            raise RuntimeError("the video encoder session is closed")
-        track = EncodedVideoTrack(self)
-        self._subscribers.append(track)
-        return track
+    def _new_subscriber(self) -> EncodedVideoTrack:
+        # Its packets start with a keyframe: it requests one when it becomes active.
+        return EncodedVideoTrack(self)
 
     async def aclose(self) -> None:
         """Stop every subscriber, the pump task and the worker thread. Idempotent."""
-        if self._closed:
+        if not await self._stop_fanout():
             return
-        self._closed = True
-        for track in list(self._subscribers):
-            track.stop()
-        pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
         # Queued behind any encode still running in the worker, so it never races it.
         await asyncio.get_running_loop().run_in_executor(self._executor, self.encoder.close)
         self._executor.shutdown(wait=False)
