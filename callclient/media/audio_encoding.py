@@ -14,7 +14,6 @@ microseconds, less than a thread hand-off.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import fractions
 import logging
@@ -25,7 +24,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE
-from callclient.media.fanout import FanoutSession
+from callclient.media.fanout import FanoutSession, PacketSubscriber
 
 __all__ = ["AudioEncoderSession", "EncodedAudioTrack"]
 
@@ -65,7 +64,7 @@ class AudioEncoderSession(FanoutSession["EncodedAudioTrack"]):
         if await self._stop_fanout():
             self._codec = None
 
-    def _activated(self) -> None:
+    def _activated(self, track: EncodedAudioTrack) -> None:
         self._demand.set()
         if self._pump is None and not self._closed:
             self._pump = asyncio.get_running_loop().create_task(
@@ -121,7 +120,7 @@ class AudioEncoderSession(FanoutSession["EncodedAudioTrack"]):
             track.stop()
 
 
-class EncodedAudioTrack(MediaStreamTrack):
+class EncodedAudioTrack(PacketSubscriber):
     """One peer's subscription to an :class:`AudioEncoderSession`: yields Opus packets.
 
     It becomes active on its first ``recv()``. A subscriber that falls more than 200 ms
@@ -131,39 +130,8 @@ class EncodedAudioTrack(MediaStreamTrack):
     kind = "audio"
 
     def __init__(self, session: AudioEncoderSession) -> None:
-        super().__init__()
-        self._session = session
-        self._queue: collections.deque[av.Packet[Any]] = collections.deque(maxlen=_QUEUE_LIMIT)
-        self._ready = asyncio.Event()
-        self.active = False
-        self.packets_sent = 0
-        """Packets returned by ``recv()``."""
-
-    async def recv(self) -> av.Packet[Any]:
-        """The next packet."""
-        if self.readyState != "live":
-            raise MediaStreamError
-        if not self.active:
-            self.active = True
-            self._session._activated()
-        while not self._queue:
-            self._ready.clear()
-            await self._ready.wait()
-            if self.readyState != "live":
-                raise MediaStreamError
-        self.packets_sent += 1
-        return self._queue.popleft()
-
-    def stop(self) -> None:
-        """End the subscription. Idempotent."""
-        if self.readyState == "live":
-            super().stop()
-            self.active = False
-            self._queue.clear()
-            self._session._unsubscribe(self)
-        self._ready.set()
+        super().__init__(session, maxlen=_QUEUE_LIMIT)
 
     def _offer(self, packet: av.Packet[Any]) -> None:
         if self.active:
-            self._queue.append(packet)
-            self._ready.set()
+            self._push(packet)

@@ -37,7 +37,6 @@ sends real RTCP over a real connection, so an aiortc change that breaks it fails
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import fractions
@@ -61,7 +60,7 @@ from aiortc.rtp import (
 )
 from av.video.frame import PictureType
 
-from callclient.media.fanout import FanoutSession
+from callclient.media.fanout import FanoutSession, PacketSubscriber
 
 __all__ = [
     "DEFAULT_KEYFRAME_INTERVAL",
@@ -398,7 +397,7 @@ class VideoEncoderSession(FanoutSession["EncodedVideoTrack"]):
             track.stop()
 
 
-class EncodedVideoTrack(MediaStreamTrack):
+class EncodedVideoTrack(PacketSubscriber):
     """One peer's subscription to a :class:`VideoEncoderSession`: yields encoded packets.
 
     Give it to ``RTCPeerConnection.addTrack`` and then pass the returned sender to
@@ -411,23 +410,17 @@ class EncodedVideoTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, session: VideoEncoderSession) -> None:
-        super().__init__()
-        self._session = session
-        self._queue: collections.deque[av.Packet[Any]] = collections.deque()
-        self._ready = asyncio.Event()
-        self._active = False
+        super().__init__(session)
+        self._video_session = session
         self._need_keyframe = True
         self.bitrate_estimate: int | None = None
         """The last REMB estimate (bit/s) from this track's sender, None before one."""
-        self.packets_sent = 0
-        """Packets returned by ``recv()``."""
         self.pauses = 0
         """Times the track fell too far behind and was paused."""
 
-    @property
-    def active(self) -> bool:
-        """Whether the track is being read (and so receives packets)."""
-        return self._active
+    def _activate(self) -> None:
+        self._need_keyframe = True
+        super()._activate()
 
     def attach_sender(self, sender: RTCRtpSender) -> None:
         """Route ``sender``'s keyframe requests and bitrate estimates to the session."""
@@ -436,36 +429,11 @@ class EncodedVideoTrack(MediaStreamTrack):
     def request_keyframe(self) -> None:
         """Ask the shared encoder for a keyframe (what a PLI or FIR does)."""
         if self.readyState == "live":
-            self._session.request_keyframe()
+            self._video_session.request_keyframe()
 
     def report_bitrate_estimate(self, bitrate: int) -> None:
         """Record the receiver's bitrate estimate (what a REMB does)."""
         self.bitrate_estimate = max(int(bitrate), 1)
-
-    async def recv(self) -> av.Packet[Any]:
-        """The next packet; the first one after (re)activation is a keyframe."""
-        if self.readyState != "live":
-            raise MediaStreamError
-        if not self._active:
-            self._active = True
-            self._need_keyframe = True
-            self._session._activated(self)
-        while not self._queue:
-            self._ready.clear()
-            await self._ready.wait()
-            if self.readyState != "live":
-                raise MediaStreamError
-        self.packets_sent += 1
-        return self._queue.popleft()
-
-    def stop(self) -> None:
-        """End the subscription. Idempotent."""
-        if self.readyState == "live":
-            super().stop()
-            self._active = False
-            self._queue.clear()
-            self._session._unsubscribe(self)
-        self._ready.set()
 
     def _offer(self, packet: av.Packet[Any]) -> None:
         if not self._active:
@@ -478,10 +446,9 @@ class EncodedVideoTrack(MediaStreamTrack):
             self.pauses += 1
             self._queue.clear()
             self._active = False
-            self._session._update_demand()
+            self._video_session._update_demand()
             return
-        self._queue.append(packet)
-        self._ready.set()
+        self._push(packet)
 
 
 def watch_sender_feedback(

@@ -3,23 +3,31 @@
 The video and the audio encoder sessions (:mod:`callclient.media.encoding`,
 :mod:`callclient.media.audio_encoding`) each encode a local track once and hand the packets to
 one subscriber track per peer. This base keeps the subscriber list, creates subscriptions and
-closes them together with the session's pump task.
+closes them together with the session's pump task; :class:`PacketSubscriber` is the per-peer
+track.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["FanoutSession"]
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+__all__ = ["FanoutSession", "PacketSubscriber"]
 
 
-class _Subscriber(Protocol):
-    def stop(self) -> None: ...
+class _Session(Protocol):
+    def _activated(self, track: Any) -> None: ...
+
+    def _unsubscribe(self, track: Any) -> None: ...
 
 
-T = TypeVar("T", bound=_Subscriber)
+T = TypeVar("T", bound="PacketSubscriber")
 
 
 class FanoutSession(Generic[T]):
@@ -61,3 +69,57 @@ class FanoutSession(Generic[T]):
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
         return True
+
+
+class PacketSubscriber(MediaStreamTrack):
+    """One peer's subscription to a fan-out session: a track that yields encoded packets.
+
+    aiortc's sender only packetizes what such a track yields. The track becomes active on its
+    first ``recv()`` (:meth:`_activate` tells the session); ``stop()`` leaves the session.
+    Subclasses decide in ``_offer`` what to queue.
+    """
+
+    def __init__(self, session: _Session, maxlen: int | None = None) -> None:
+        super().__init__()
+        self._session = session
+        self._queue: collections.deque[av.Packet[Any]] = collections.deque(maxlen=maxlen)
+        self._ready = asyncio.Event()
+        self._active = False
+        self.packets_sent = 0
+        """Packets returned by ``recv()``."""
+
+    @property
+    def active(self) -> bool:
+        """Whether the track is being read (and so receives packets)."""
+        return self._active
+
+    def _activate(self) -> None:
+        self._active = True
+        self._session._activated(self)
+
+    async def recv(self) -> av.Packet[Any]:
+        """The next packet."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        if not self._active:
+            self._activate()
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+            if self.readyState != "live":
+                raise MediaStreamError
+        self.packets_sent += 1
+        return self._queue.popleft()
+
+    def stop(self) -> None:
+        """End the subscription. Idempotent."""
+        if self.readyState == "live":
+            super().stop()
+            self._active = False
+            self._queue.clear()
+            self._session._unsubscribe(self)
+        self._ready.set()
+
+    def _push(self, packet: av.Packet[Any]) -> None:
+        self._queue.append(packet)
+        self._ready.set()

@@ -122,6 +122,13 @@ def audio_frame_to_mono(frame: av.AudioFrame) -> Block:
     return AudioConverter().convert(frame)
 
 
+def _device_error(name: str, exc: Exception, code: int) -> DeviceError:
+    """``exc`` as the DeviceError a source failure is reported with."""
+    if isinstance(exc, DeviceError):
+        return exc
+    return DeviceError(f"{name} failed: {exc!r}", code)
+
+
 def _check_video_size(size: tuple[int, int]) -> tuple[int, int]:
     width, height = (int(v) for v in size)
     if width < 2 or height < 2 or width % 2 or height % 2:
@@ -316,11 +323,7 @@ class CameraTrack(VideoStreamTrack):
     def _source_failed(self, source: VideoSource, exc: Exception) -> None:
         if source is not self._source:
             return
-        error = (
-            exc
-            if isinstance(exc, DeviceError)
-            else DeviceError(f"{source.name} failed: {exc!r}", ErrorCode.CAMERA_STOPPED)
-        )
+        error = _device_error(source.name, exc, ErrorCode.CAMERA_STOPPED)
         logger.warning("video source %s stopped delivering: %s", source.name, error)
         self._source = None
         self._reader = None
@@ -407,11 +410,7 @@ class MicrophoneTrack(AudioStreamTrack):
     def _source_failed(self, source: AudioSource, exc: Exception) -> None:
         if source is not self._source:
             return
-        error = (
-            exc
-            if isinstance(exc, DeviceError)
-            else DeviceError(f"{source.name} failed: {exc!r}", ErrorCode.MIC_START_FAIL)
-        )
+        error = _device_error(source.name, exc, ErrorCode.MIC_START_FAIL)
         logger.warning("audio source %s stopped delivering: %s", source.name, error)
         self._source = None
         if self.on_error is not None:
