@@ -44,6 +44,7 @@ from bench.probes import (
     CountingCamera,
     CpuMeter,
     OnsetDetector,
+    Participant,
     StampView,
     run_participant,
     wait_first_frames,
@@ -135,7 +136,7 @@ class CountingTrack(MediaStreamTrack):
         self.inner.stop()
 
 
-class BareParticipant:
+class BareParticipant(Participant):
     """The command handlers of one bare-aiortc process."""
 
     def __init__(self) -> None:
@@ -154,13 +155,6 @@ class BareParticipant:
         self.heard: dict[str, OnsetDetector] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.call_start = 0.0
-
-    async def dispatch(self, cmd: str, args: dict[str, Any]) -> Any:
-        """Run command ``cmd`` with ``args``."""
-        handler = getattr(self, f"cmd_{cmd}", None)
-        if handler is None:
-            raise ValueError(f"unknown command {cmd!r}")
-        return await handler(**args)
 
     async def cmd_setup(
         self, name: str, width: int, height: int, fps: float, send_video: bool = True,

@@ -57,6 +57,7 @@ __all__ = [
     "CountingCamera",
     "CpuMeter",
     "OnsetDetector",
+    "Participant",
     "RecordingSpeaker",
     "StampView",
     "die_with_parent",
@@ -360,6 +361,17 @@ def _protocol_stdout() -> IO[str]:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return out
+
+
+class Participant:
+    """A participant process: JSON commands ``cmd`` run the methods ``cmd_<cmd>(**args)``."""
+
+    async def dispatch(self, cmd: str, args: dict[str, Any]) -> Any:
+        """Run command ``cmd`` with ``args``."""
+        handler = getattr(self, f"cmd_{cmd}", None)
+        if handler is None:
+            raise ValueError(f"unknown command {cmd!r}")
+        return await handler(**args)
 
 
 async def serve(dispatch: Dispatch) -> None:

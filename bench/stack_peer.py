@@ -29,6 +29,7 @@ from bench.probes import (
     CountingCamera,
     CpuMeter,
     OnsetDetector,
+    Participant,
     RecordingSpeaker,
     StampView,
     run_participant,
@@ -50,7 +51,7 @@ from signaling_server.server import DEV_SDK_APP_ID, DEV_SECRET_KEY
 __all__ = ["EngineParticipant", "main"]
 
 
-class EngineParticipant:
+class EngineParticipant(Participant):
     """The command handlers of one engine process."""
 
     def __init__(self) -> None:
@@ -65,13 +66,6 @@ class EngineParticipant:
         self.invited = asyncio.Event()
         self.ended = asyncio.Event()
         self.call_start = 0.0
-
-    async def dispatch(self, cmd: str, args: dict[str, Any]) -> Any:
-        """Run command ``cmd`` with ``args``."""
-        handler = getattr(self, f"cmd_{cmd}", None)
-        if handler is None:
-            raise ValueError(f"unknown command {cmd!r}")
-        return await handler(**args)
 
     def _engine(self) -> CallEngine:
         if self.engine is None:

@@ -17,7 +17,6 @@ import contextlib
 import fractions
 import logging
 import re
-import threading
 import time
 import wave
 from collections.abc import Callable
@@ -89,8 +88,6 @@ class Mp4View(VideoView):
         self._stream: Any = None
         self._first_time: float | None = None
         self._last_pts = -1
-        self._closed = False
-        self._lock = threading.Lock()
         self._worker: DroppingWorker[RenderedFrame] = DroppingWorker(
             f"mp4 {self.path.name}", self._encode, max_pending, self._finish
         )
@@ -112,11 +109,7 @@ class Mp4View(VideoView):
         self._worker.put(frame)
 
     def close(self) -> None:
-        """Encode what is queued, flush the encoder and close the file (blocks until done)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+        """Encode what is queued, flush, close the file (blocks until done). Idempotent."""
         self._worker.close()
 
     # -- worker thread
@@ -185,8 +178,6 @@ class WavWriter:
         self.path = Path(path)
         self.samples_written = 0
         self._wav: wave.Wave_write | None = None
-        self._closed = False
-        self._lock = threading.Lock()
         self._worker: DroppingWorker[npt.NDArray[np.int16]] = DroppingWorker(
             f"wav {self.path.name}", self._write, max_pending, self._finish
         )
@@ -207,10 +198,6 @@ class WavWriter:
 
     def close(self) -> None:
         """Write what is queued and finalize the file (blocks until done). Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
         self._worker.close()
 
     def _write(self, block: npt.NDArray[np.int16]) -> None:
