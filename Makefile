@@ -24,7 +24,7 @@ sysdeps:
 	@./scripts/ensure-sysdeps $(APT_PKGS)
 
 demo: setup
-	@$(PY) -m callclient.apps.demo
+	@$(PY) -m callclient demo
 
 test: setup
 	@$(PY) -m pytest -q
@@ -33,8 +33,8 @@ bench: setup
 	@$(PY) -m bench
 
 lint: setup
-	@.venv/bin/ruff check callclient signaling_server tests bench
-	@.venv/bin/mypy callclient signaling_server
+	@.venv/bin/ruff check callwire callclient signaling_server tests bench
+	@.venv/bin/mypy callwire callclient signaling_server
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache out

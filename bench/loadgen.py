@@ -34,8 +34,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.bare_relay import raise_fd_limit
-from callclient import protocol
-from signaling_server.auth import generate_user_sig
+from callwire import protocol
+from callwire.usersig import generate_user_sig
 
 __all__ = ["FRAMES_PER_CYCLE", "main"]
 

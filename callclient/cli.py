@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from callclient.argtypes import LOG_LEVELS, positive_float, positive_int
 from callclient.errors import CallError
 from callclient.types import CallMediaType, Resolution, resolution_size
-from signaling_server.server import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.argtypes import LOG_LEVELS, positive_float, positive_int
+from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 
 __all__ = ["main", "parse_resolution"]
 

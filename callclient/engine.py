@@ -43,7 +43,6 @@ from callclient.media.tracks import AudioConverter, CameraTrack, MicrophoneTrack
 from callclient.monitor import CallMonitor
 from callclient.observer import CallObserver, EventQueueObserver
 from callclient.peer import IceServer, PeerConfig, PeerLink
-from callclient.protocol import Event, Relay
 from callclient.signaling import Credentials, SignalingClient
 from callclient.types import (
     AudioPlaybackDevice,
@@ -63,6 +62,7 @@ from callclient.types import (
     resolution_bitrate_kbps,
     resolution_size,
 )
+from callwire.protocol import Event, Relay
 
 __all__ = ["AudioTap", "CallEngine", "CallInfo", "RemoteStats"]
 

@@ -1,13 +1,12 @@
-"""One exception tree for the client and one table of error codes for the whole system.
+"""The client's exception tree: one root, a subclass per cause, each with its error code.
 
-Codes below zero are TUICallDefine's error codes (``ERROR_PARAM_INVALID`` is -1202 and so on)
-or TRTC's device error codes; 70001..70009 are the REST API's codes, reused where the meaning
-is the same (a bad or expired userSig); 4000..4999 are this project's protocol codes.
+The codes themselves (:class:`~callwire.codes.ErrorCode`) are part of the wire contract and
+live in :mod:`callwire.codes`; they are re-exported here for applications.
 """
 
 from __future__ import annotations
 
-import enum
+from callwire.codes import ErrorCode
 
 __all__ = [
     "CallError",
@@ -23,42 +22,6 @@ __all__ = [
     "UserSigError",
     "error_for_code",
 ]
-
-
-class ErrorCode(enum.IntEnum):
-    """Every numeric error code the system uses; see docs/protocol.md for each meaning."""
-
-    # TUICallDefine
-    PERMISSION_DENIED = -1101
-    INIT_FAIL = -1201  # not logged in
-    PARAM_INVALID = -1202
-    REQUEST_REFUSED = -1203  # the current state does not allow this
-    REQUEST_REPEATED = -1204
-    SCENE_NOT_SUPPORTED = -1205
-    SIGNALING_SEND_FAIL = -1406
-    # TRTC device errors
-    CAMERA_START_FAIL = -1301
-    MIC_START_FAIL = -1302
-    CAMERA_STOPPED = -1316
-    SPEAKER_START_FAIL = -1321
-    # REST API codes, also used at login
-    REST_INVALID_PARAMETERS = 70001
-    USER_SIG_INVALID = 70002
-    USER_SIG_EXPIRED = 70003
-    NOT_ADMINISTRATOR = 70004
-    RATE_LIMITED = 70005
-    BODY_UNPARSEABLE = 70009
-    # protocol
-    MALFORMED_FRAME = 4000
-    UNKNOWN_TYPE = 4001
-    FRAME_TOO_LARGE = 4002
-    TOO_MANY_MESSAGES = 4003
-    UNSUPPORTED_VERSION = 4004
-    CALL_NOT_FOUND = 4040
-    USER_OFFLINE = 4041
-    CALL_FULL = 4090
-    INTERNAL = 4500
-    SERVER_SHUTTING_DOWN = 4503
 
 
 class CallError(Exception):

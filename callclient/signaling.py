@@ -21,16 +21,15 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from callclient import protocol
 from callclient.errors import CallError, ConnectionClosedError, ErrorCode, error_for_code
-from callclient.protocol import Event, ProtocolViolation, Relay, Reply
+from callwire import protocol
+from callwire.codes import FINAL_CLOSE_CODES
+from callwire.protocol import Event, ProtocolViolation, Relay, Reply
 
 __all__ = ["Credentials", "SignalingClient"]
 
 logger = logging.getLogger(__name__)
 
-# Close codes after which logging in again would be wrong (see docs/protocol.md).
-_FINAL_CLOSE_CODES = frozenset({4001, 4003})
 
 
 @dataclass(frozen=True)
@@ -271,7 +270,7 @@ class SignalingClient:
                 return
             if self._on_disconnected is not None:
                 self._on_disconnected()
-            if not self._reconnect or code in _FINAL_CLOSE_CODES:
+            if not self._reconnect or code in FINAL_CLOSE_CODES:
                 self._ws = None
                 return
             if not await self._reconnect_loop():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from callwire.enums import CallMediaType, CallResultType, CallRole, CallScene, NetworkQuality
+
 __all__ = [
     "AudioPlaybackDevice",
     "CallMediaType",
@@ -35,48 +37,12 @@ __all__ = [
 ]
 
 
-class CallMediaType(enum.IntEnum):
-    """TUICallMediaType."""
-
-    NONE = 0
-    AUDIO = 1
-    VIDEO = 2
-
-
-class CallRole(enum.IntEnum):
-    """TUICallRole."""
-
-    NONE = 0
-    CALLER = 1
-    CALLED = 2
-
-
 class CallStatus(enum.IntEnum):
     """TUICallStatus."""
 
     NONE = 0
     WAITING = 1
     ACCEPT = 2
-
-
-class CallScene(enum.IntEnum):
-    """TUICallScene."""
-
-    GROUP_CALL = 0
-    MULTI_CALL = 1
-    SINGLE_CALL = 2
-
-
-class NetworkQuality(enum.IntEnum):
-    """TUINetworkQuality: UNKNOWN until there is data, DOWN when nothing arrives."""
-
-    UNKNOWN = 0
-    EXCELLENT = 1
-    GOOD = 2
-    POOR = 3
-    BAD = 4
-    VBAD = 5
-    DOWN = 6
 
 
 class FillMode(enum.IntEnum):
@@ -162,15 +128,6 @@ class AudioPlaybackDevice(enum.IntEnum):
 
     SPEAKERPHONE = 0
     EARPIECE = 1
-
-
-class CallResultType(enum.IntEnum):
-    """TUICallResultType: the kind of a call record for one user."""
-
-    UNKNOWN = 0
-    MISSED = 1
-    INCOMING = 2
-    OUTGOING = 3
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,12 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 
-from callclient.argtypes import LOG_LEVELS, non_negative_int, port, positive_float, positive_int
-from signaling_server.auth import DEFAULT_EXPIRE_S, generate_user_sig
+from callwire.argtypes import LOG_LEVELS, non_negative_int, port, positive_float, positive_int
+from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from signaling_server.server import (
     DEFAULT_DB_PATH,
     DEFAULT_PORT,
-    DEV_SDK_APP_ID,
-    DEV_SECRET_KEY,
     ServerConfig,
     SignalingServer,
 )

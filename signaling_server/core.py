@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from callclient import protocol
-from callclient.errors import ErrorCode
-from callclient.protocol import ProtocolViolation, Request
-from callclient.types import CallResultType, CallRole, CallScene
-from signaling_server.store import ParticipantOutcome, StoredCall
+from callwire import protocol
+from callwire.codes import CloseCode, ErrorCode
+from callwire.enums import CallResultType, CallRole, CallScene
+from callwire.protocol import ProtocolViolation, Request
+from signaling_server.records import ParticipantOutcome, StoredCall
 
 __all__ = [
     "CallCore",
@@ -94,13 +94,8 @@ Output = Send | Close | SaveCall | StoreRequest | Notice
 
 SigVerifier = Callable[[str, str, float], float]
 """``verify(user_sig, user_id, now) -> expires_at``; raises an exception with ``code`` and
-``message`` attributes (see :mod:`signaling_server.auth`) when the userSig is refused."""
+``message`` attributes (see :mod:`callwire.usersig`) when the userSig is refused."""
 
-# websocket close codes (4000-4999 are free for applications)
-CLOSE_KICKED: Final = 4001
-CLOSE_SIG_EXPIRED: Final = 4003
-CLOSE_RATE_LIMITED: Final = 4008
-CLOSE_GOING_AWAY: Final = 1001
 
 
 @dataclass(frozen=True)
@@ -285,7 +280,7 @@ class CallCore:
             self._send_error_event(
                 conn, ErrorCode.TOO_MANY_MESSAGES, "too many messages: connection closed"
             )
-            self._out.append(Close(conn, CLOSE_RATE_LIMITED, "rate limit exceeded"))
+            self._out.append(Close(conn, CloseCode.RATE_LIMITED, "rate limit exceeded"))
             self._drop_session(session, now, graceful=False)
             return self._flush()
         try:
@@ -298,7 +293,7 @@ class CallCore:
             session.invalid_frames += 1
             self._send(conn, protocol.encode_reply_error(exc.request_id, exc.code, exc.message))
             if session.invalid_frames > self.config.max_invalid_frames:
-                self._out.append(Close(conn, 1008, "too many invalid frames"))
+                self._out.append(Close(conn, CloseCode.POLICY_VIOLATION, "too many invalid frames"))
                 self._drop_session(session, now, graceful=False)
             return self._flush()
         session.invalid_frames = 0
@@ -377,7 +372,7 @@ class CallCore:
             self._send_error_event(
                 conn, ErrorCode.SERVER_SHUTTING_DOWN, "server is shutting down; reconnect later"
             )
-            self._out.append(Close(conn, CLOSE_GOING_AWAY, "server shutting down"))
+            self._out.append(Close(conn, CloseCode.GOING_AWAY, "server shutting down"))
         self._sessions.clear()
         self._users.clear()
         return self._flush()
@@ -570,7 +565,7 @@ class CallCore:
                         {"userID": user_id, "reason": "logged in from another connection"},
                     ),
                 )
-                self._out.append(Close(old, CLOSE_KICKED, "logged in elsewhere"))
+                self._out.append(Close(old, CloseCode.KICKED, "logged in elsewhere"))
                 if old_session is not None:
                     self._detach(old_session, now, kicked=True)
                     del self._sessions[old]
@@ -712,7 +707,7 @@ class CallCore:
                 {"userID": session.user_id, "msg": "userSig expired; log in with a new one"},
             ),
         )
-        self._out.append(Close(conn, CLOSE_SIG_EXPIRED, "userSig expired"))
+        self._out.append(Close(conn, CloseCode.SIG_EXPIRED, "userSig expired"))
         self._drop_session(session, now, graceful=False)
 
     # ------------------------------------------------------------------ call requests

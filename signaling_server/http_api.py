@@ -23,10 +23,11 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from aiohttp import web
 
-from callclient.errors import ErrorCode
-from callclient.types import CallResultType
-from signaling_server.auth import UserSigError, verify_user_sig
-from signaling_server.store import CallStore, RecordWriter, StoredCall
+from callwire.codes import ErrorCode
+from callwire.enums import CallResultType
+from callwire.usersig import UserSigRefused, verify_user_sig
+from signaling_server.records import StoredCall
+from signaling_server.store import CallStore, RecordWriter
 from signaling_server.webhooks import CallbackConfigError, WebhookService
 
 __all__ = [
@@ -291,7 +292,7 @@ class HttpApi:
             verify_user_sig(
                 query["usersig"], self.config.sdk_app_id, self.config.secret_key, identifier
             )
-        except UserSigError as exc:
+        except UserSigRefused as exc:
             raise RestError(exc.code, exc.message) from None
 
     def _take_token(self, sdk_app_id: int) -> None:

@@ -29,10 +29,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from callclient import protocol
-from callclient.errors import ErrorCode
-from callclient.types import CallResultType, CallRole
-from signaling_server.auth import verify_user_sig
+from callwire import protocol
+from callwire.codes import ErrorCode
+from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.enums import CallResultType, CallRole
+from callwire.usersig import verify_user_sig
 from signaling_server.core import (
     CallCore,
     Close,
@@ -44,14 +45,13 @@ from signaling_server.core import (
     StoreRequest,
 )
 from signaling_server.http_api import HttpApi, HttpApiConfig
-from signaling_server.store import CallStore, RecordWriter, StoredCall
+from signaling_server.records import StoredCall
+from signaling_server.store import CallStore, RecordWriter
 from signaling_server.webhooks import WebhookService, WebhookSettings
 
 __all__ = [
     "DEFAULT_DB_PATH",
     "DEFAULT_PORT",
-    "DEV_SDK_APP_ID",
-    "DEV_SECRET_KEY",
     "NoticeSink",
     "ServerConfig",
     "SignalingServer",
@@ -60,9 +60,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT: Final = 8765
-DEV_SDK_APP_ID: Final = 1400000001
-DEV_SECRET_KEY: Final = "callclient-development-secret-key-do-not-use-in-production"
-"""Built-in key so the server runs with no setup; anyone can mint userSigs with it."""
 
 DEFAULT_DB_PATH: Final = os.path.join("data", "records.db")
 """Relative to the working directory (``data/`` is git-ignored); ``":memory:"`` keeps nothing."""

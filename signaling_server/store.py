@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -19,17 +18,11 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final, ParamSpec, TypeVar
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "CallStore",
-    "ParticipantOutcome",
-    "RecordWriter",
-    "StoredCall",
-    "snapshot",
-]
+from signaling_server.records import ParticipantOutcome, StoredCall, snapshot
+
+__all__ = ["SCHEMA_VERSION", "CallStore", "RecordWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,45 +33,6 @@ SCHEMA_VERSION: Final = 2
 """``PRAGMA user_version`` of a database this module created; see :data:`_MIGRATIONS`."""
 
 _CHUNK: Final = 500  # bound parameters per IN (...) list, well below SQLite's limit
-
-
-@dataclass
-class ParticipantOutcome:
-    """One user's part in a call: CallRole and CallResultType values."""
-
-    role: int
-    result_type: int
-
-
-@dataclass
-class StoredCall:
-    """One call as stored; ``result`` is ``""`` while the call is in progress."""
-
-    call_id: str
-    sdk_app_id: int
-    caller: str
-    callees: list[str]
-    scene: int
-    media_type: int
-    room_id: int | str
-    group_id: str
-    start_ts: float
-    accept_ts: float | None
-    end_ts: float | None
-    result: str
-    participants: dict[str, ParticipantOutcome] = field(default_factory=dict)
-    user_data: str = ""
-
-
-def snapshot(call: StoredCall) -> StoredCall:
-    """A copy of ``call`` that shares no mutable list or dict with it."""
-    return dataclasses.replace(
-        call,
-        callees=list(call.callees),
-        participants={
-            user: ParticipantOutcome(p.role, p.result_type) for user, p in call.participants.items()
-        },
-    )
 
 
 # Each entry upgrades a database from user_version ``index`` to ``index + 1``.

@@ -33,7 +33,8 @@ import aiohttp
 from yarl import URL
 
 from signaling_server.core import Notice
-from signaling_server.store import CallStore, RecordWriter, StoredCall
+from signaling_server.records import StoredCall
+from signaling_server.store import CallStore, RecordWriter
 
 __all__ = [
     "EVENTS",

@@ -37,8 +37,8 @@ from callclient.types import (
     VideoEncoderParams,
     resolution_size,
 )
-from signaling_server.auth import generate_user_sig
-from signaling_server.server import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.usersig import generate_user_sig
 
 __all__ = ["Bot", "BotConfig", "EventSink"]
 

@@ -30,10 +30,11 @@ from callclient.errors import CallError
 from callclient.media.deviceset import DeviceSet
 from callclient.media.virtual import Tone
 from callclient.types import CallMediaType
-from signaling_server.auth import generate_user_sig
-from signaling_server.server import DEV_SDK_APP_ID, DEV_SECRET_KEY, ServerConfig, SignalingServer
+from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.usersig import generate_user_sig
+from signaling_server.server import ServerConfig, SignalingServer
 
-__all__ = ["PNG_NAME", "main", "run_demo"]
+__all__ = ["PNG_NAME", "run_demo"]
 
 PNG_NAME = "alice-sees-bob.png"
 _BOT_START_TIMEOUT = 20.0
@@ -195,13 +196,3 @@ async def _alice(
           flush=True)
     return 0 if last is not None and got_recording and seen.frames > 0 else 1
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m callclient.apps.demo [--seconds S] [--out DIR]`` = ``callclient demo``."""
-    from callclient.cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

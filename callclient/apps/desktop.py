@@ -1312,7 +1312,7 @@ def _window_size(text: str) -> tuple[int, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from signaling_server.server import DEV_SDK_APP_ID, DEV_SECRET_KEY
+    from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 
     parser = argparse.ArgumentParser(
         prog="callclient app",
@@ -1376,7 +1376,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.usersig:
         user_sig = args.usersig
     else:
-        from signaling_server.auth import generate_user_sig
+        from callwire.usersig import generate_user_sig
 
         user_sig = generate_user_sig(args.sdkappid, args.secret_key, args.user)
     targets = tuple(args.group.split(",")) if args.group else (args.call,) if args.call else ()

@@ -29,8 +29,9 @@ from callclient.types import (
     VideoEncoderParams,
     resolution_size,
 )
-from signaling_server.auth import generate_user_sig
-from signaling_server.server import DEV_SDK_APP_ID, DEV_SECRET_KEY, ServerConfig, SignalingServer
+from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.usersig import generate_user_sig
+from signaling_server.server import ServerConfig, SignalingServer
 
 __all__ = ["LoopbackReport", "StreamReport", "run_loopback", "tone_for"]
 

@@ -1,0 +1,141 @@
+"""The ``signaling-server`` command, run as ``python -m signaling_server`` subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from callwire.dev import DEV_SDK_APP_ID
+from tests.helpers.wsclient import WsClient
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any CALLSERVER_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLSERVER_")}
+    env.update(extra)
+    return env
+
+
+async def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m signaling_server ARGS`` to completion: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling_server", *args,
+        cwd=cwd, env=env or clean_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_serve_login_and_sigterm(tmp_path: Path) -> None:
+    """It prints where it listens, accepts a login with its usersig, and SIGTERM exits 0."""
+    code, out, _ = await run("usersig", "alice", cwd=tmp_path)
+    assert code == 0
+    user_sig = out.strip()
+    assert re.fullmatch(r"[A-Za-z0-9*\-_]+", user_sig)
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling_server", "--port", "0",
+        cwd=tmp_path, env=clean_env(CALLSERVER_DB="calls.db"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        async with asyncio.timeout(20):
+            line = (await proc.stdout.readline()).decode()
+        match = re.fullmatch(
+            r"signaling-server listening on (ws://127\.0\.0\.1:(\d+)) "
+            r"\(sdkappid (\d+), db calls\.db\)\n",
+            line,
+        )
+        assert match, line
+        assert int(match.group(3)) == DEV_SDK_APP_ID
+        async with await WsClient.connect(match.group(1)) as alice:
+            reply = await alice.login("alice", user_sig=user_sig, sdkAppId=DEV_SDK_APP_ID)
+            assert reply["userID"] == "alice"
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(5):
+                assert await proc.wait() == 0
+            assert (await alice.closed()).code == 1001
+        err = (await proc.stderr.read()).decode()
+        assert "development secret key" in err
+        assert "Traceback" not in err
+        assert (tmp_path / "calls.db").exists()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_bad_flag_exits_2(tmp_path: Path) -> None:
+    """A malformed or unknown flag is an argparse error: exit 2 with a message."""
+    code, _, err = await run("--port", "eighty", cwd=tmp_path)
+    assert code == 2
+    assert "--port" in err and "'eighty' is not a port number" in err
+    code, _, err = await run("serve", "--colour", "blue", cwd=tmp_path)
+    assert code == 2
+    assert "unrecognized arguments: --colour blue" in err
+
+
+async def test_busy_port_exits_1_without_traceback(tmp_path: Path) -> None:
+    """A port already in use: one clear error line, exit 1, no traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = await run("--port", str(port), "--db", ":memory:", cwd=tmp_path)
+    assert code == 1
+    assert out == ""
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert errors == [
+        f"signaling-server: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    ]
+
+
+async def test_rest_api_flags_and_env(tmp_path: Path) -> None:
+    """--http-port serves the REST API and prints its URL; --admin names the only account it
+    accepts; CALLSERVER_REST_RATE sets the rate limit."""
+    code, out, _ = await run("usersig", "ops", cwd=tmp_path)
+    assert code == 0
+    ops_sig = out.strip()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling_server", "--port", "0", "--http-port", "0",
+        "--admin", "ops",
+        cwd=tmp_path, env=clean_env(CALLSERVER_DB=":memory:", CALLSERVER_REST_RATE="2"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            await proc.stdout.readline()
+            line = (await proc.stdout.readline()).decode()
+        match = re.fullmatch(r"signaling-server REST API on (http://127\.0\.0\.1:\d+/v1/)\n", line)
+        assert match, line
+        query = {"sdkappid": str(DEV_SDK_APP_ID), "identifier": "ops", "usersig": ops_sig,
+                 "random": "1", "contenttype": "json"}
+        codes = []
+        async with aiohttp.ClientSession() as session:
+            for identifier in ("administrator", "ops", "ops", "ops"):
+                async with session.post(
+                    match.group(1) + "callback/get_config",
+                    params=query | {"identifier": identifier}, data=b"{}",
+                ) as response:
+                    codes.append((await response.json())["errorCode"])
+        assert codes == [70004, 0, 0, 70005]
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
