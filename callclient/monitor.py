@@ -43,6 +43,7 @@ from aiortc import RTCPeerConnection
 
 from callclient.media.levels import VolumeTracker
 from callclient.media.quality import QualityRater, worst
+from callclient.observer import Notification, UserNetworkQualityChanged, UserVoiceVolumeChanged
 from callclient.types import NetworkQuality, NetworkQualityInfo
 
 __all__ = ["CallMonitor"]
@@ -70,12 +71,12 @@ class _Link:
 
 
 class CallMonitor:
-    """Volume and network quality of one call, reported through ``fire``."""
+    """Volume and network quality of one call, reported through ``notify``."""
 
     def __init__(
         self,
         local_id: str,
-        fire: Callable[..., None],
+        notify: Callable[[Notification], None],
         send_uplink: Callable[[NetworkQuality], Awaitable[None]],
         *,
         volume_interval: float = 0.3,
@@ -85,7 +86,7 @@ class CallMonitor:
         down_after: float = 2.5,
     ) -> None:
         self.local_id = local_id
-        self._fire = fire
+        self._notify = notify
         self._send_uplink = send_uplink
         self.volume_interval = volume_interval
         self.quality_interval = quality_interval
@@ -178,7 +179,7 @@ class CallMonitor:
     async def _volume_loop(self) -> None:
         while True:
             await asyncio.sleep(self.volume_interval)
-            self._fire("on_user_voice_volume_changed", self.volume_map())
+            self._notify(UserVoiceVolumeChanged(self.volume_map()))
 
     async def _quality_loop(self) -> None:
         next_emit = time.monotonic() + self.quality_interval
@@ -199,7 +200,7 @@ class CallMonitor:
             if now >= next_emit or newly_down:
                 next_emit = now + self.quality_interval
                 self._last_emitted = {info.user_id: info.quality for info in qualities}
-                self._fire("on_user_network_quality_changed", qualities)
+                self._notify(UserNetworkQualityChanged(qualities))
                 with contextlib.suppress(Exception):
                     await self._send_uplink(qualities[0].quality)
 

@@ -1,24 +1,54 @@
-"""CallObserver: every callback of TUICallObserver, and an async-iterator form for bots.
+"""CallObserver: every callback of TUICallObserver, as methods and as values.
 
 Subclass :class:`CallObserver` and override what you need; every method is a no-op by default.
 Callbacks run on the engine's event loop and must not block. An observer that raises is logged
 and the engine goes on.
 
-Bots that prefer ``async for`` use :meth:`CallEngine.events`, which yields :class:`CallEvent`
-records named after the callbacks (``"on_call_received"``, ...) with their arguments.
+Each callback also exists as a value, a :class:`Notification` (``CallBegin(room_id, ...)``):
+the engine's call core decides *which* callbacks fire in *which* order by returning these, and
+the engine delivers them (:meth:`Notification.deliver`), so mypy checks every callback's name
+and arguments. :class:`EventRecorder` is the base of observers that want every callback as one
+:class:`CallEvent` record (name and arguments); bots that prefer ``async for`` use
+:meth:`CallEngine.events`, an :class:`EventQueueObserver`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from callclient.types import CallMediaType, CallRole, NetworkQualityInfo, RoomId
 
-__all__ = ["CALLBACK_NAMES", "CallEvent", "CallObserver", "EventQueueObserver"]
+__all__ = [
+    "CALLBACK_NAMES",
+    "NOTIFICATION_TYPES",
+    "CallBegin",
+    "CallCancelled",
+    "CallEnd",
+    "CallEvent",
+    "CallMediaTypeChanged",
+    "CallObserver",
+    "CallReceived",
+    "Error",
+    "EventQueueObserver",
+    "EventRecorder",
+    "KickedOffline",
+    "Notification",
+    "UserAudioAvailable",
+    "UserJoin",
+    "UserLeave",
+    "UserLineBusy",
+    "UserNetworkQualityChanged",
+    "UserNoResponse",
+    "UserReject",
+    "UserSigExpired",
+    "UserVideoAvailable",
+    "UserVoiceVolumeChanged",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +147,267 @@ class CallEvent:
     args: tuple[Any, ...]
 
 
-class EventQueueObserver(CallObserver):
+# ------------------------------------------------------------------ callbacks as values
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One observer callback with its arguments; the fields are the arguments, in order."""
+
+    callback: ClassVar[str]
+    """The :class:`CallObserver` method this notification calls."""
+
+    def deliver(self, observer: CallObserver) -> None:
+        """Call the observer's callback with the arguments."""
+        raise NotImplementedError
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The callback's arguments in order."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def as_event(self) -> CallEvent:
+        """This notification as a :class:`CallEvent` record."""
+        return CallEvent(self.callback, self.args)
+
+
+@dataclass(frozen=True)
+class Error(Notification):
+    """:meth:`CallObserver.on_error`."""
+
+    callback: ClassVar[str] = "on_error"
+    code: int
+    message: str
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_error(self.code, self.message)
+
+
+@dataclass(frozen=True)
+class CallReceived(Notification):
+    """:meth:`CallObserver.on_call_received`."""
+
+    callback: ClassVar[str] = "on_call_received"
+    caller_id: str
+    callee_id_list: list[str]
+    group_id: str
+    call_media_type: CallMediaType
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_call_received(
+            self.caller_id, self.callee_id_list, self.group_id, self.call_media_type
+        )
+
+
+@dataclass(frozen=True)
+class CallCancelled(Notification):
+    """:meth:`CallObserver.on_call_cancelled`."""
+
+    callback: ClassVar[str] = "on_call_cancelled"
+    user_id: str
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_call_cancelled(self.user_id)
+
+
+@dataclass(frozen=True)
+class CallBegin(Notification):
+    """:meth:`CallObserver.on_call_begin`."""
+
+    callback: ClassVar[str] = "on_call_begin"
+    room_id: RoomId
+    call_media_type: CallMediaType
+    call_role: CallRole
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_call_begin(self.room_id, self.call_media_type, self.call_role)
+
+
+@dataclass(frozen=True)
+class CallEnd(Notification):
+    """:meth:`CallObserver.on_call_end`."""
+
+    callback: ClassVar[str] = "on_call_end"
+    room_id: RoomId
+    call_media_type: CallMediaType
+    call_role: CallRole
+    total_time: float
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_call_end(self.room_id, self.call_media_type, self.call_role, self.total_time)
+
+
+@dataclass(frozen=True)
+class CallMediaTypeChanged(Notification):
+    """:meth:`CallObserver.on_call_media_type_changed`."""
+
+    callback: ClassVar[str] = "on_call_media_type_changed"
+    old_call_media_type: CallMediaType
+    new_call_media_type: CallMediaType
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_call_media_type_changed(self.old_call_media_type, self.new_call_media_type)
+
+
+@dataclass(frozen=True)
+class UserReject(Notification):
+    """:meth:`CallObserver.on_user_reject`."""
+
+    callback: ClassVar[str] = "on_user_reject"
+    user_id: str
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_reject(self.user_id)
+
+
+@dataclass(frozen=True)
+class UserNoResponse(Notification):
+    """:meth:`CallObserver.on_user_no_response`."""
+
+    callback: ClassVar[str] = "on_user_no_response"
+    user_id: str
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_no_response(self.user_id)
+
+
+@dataclass(frozen=True)
+class UserLineBusy(Notification):
+    """:meth:`CallObserver.on_user_line_busy`."""
+
+    callback: ClassVar[str] = "on_user_line_busy"
+    user_id: str
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_line_busy(self.user_id)
+
+
+@dataclass(frozen=True)
+class UserJoin(Notification):
+    """:meth:`CallObserver.on_user_join`."""
+
+    callback: ClassVar[str] = "on_user_join"
+    user_id: str
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_join(self.user_id)
+
+
+@dataclass(frozen=True)
+class UserLeave(Notification):
+    """:meth:`CallObserver.on_user_leave`."""
+
+    callback: ClassVar[str] = "on_user_leave"
+    user_id: str
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_leave(self.user_id)
+
+
+@dataclass(frozen=True)
+class UserVideoAvailable(Notification):
+    """:meth:`CallObserver.on_user_video_available`."""
+
+    callback: ClassVar[str] = "on_user_video_available"
+    user_id: str
+    is_video_available: bool
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_video_available(self.user_id, self.is_video_available)
+
+
+@dataclass(frozen=True)
+class UserAudioAvailable(Notification):
+    """:meth:`CallObserver.on_user_audio_available`."""
+
+    callback: ClassVar[str] = "on_user_audio_available"
+    user_id: str
+    is_audio_available: bool
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_audio_available(self.user_id, self.is_audio_available)
+
+
+@dataclass(frozen=True)
+class UserVoiceVolumeChanged(Notification):
+    """:meth:`CallObserver.on_user_voice_volume_changed`."""
+
+    callback: ClassVar[str] = "on_user_voice_volume_changed"
+    volume_map: dict[str, int]
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_voice_volume_changed(self.volume_map)
+
+
+@dataclass(frozen=True)
+class UserNetworkQualityChanged(Notification):
+    """:meth:`CallObserver.on_user_network_quality_changed`."""
+
+    callback: ClassVar[str] = "on_user_network_quality_changed"
+    network_quality_list: list[NetworkQualityInfo]
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_network_quality_changed(self.network_quality_list)
+
+
+@dataclass(frozen=True)
+class KickedOffline(Notification):
+    """:meth:`CallObserver.on_kicked_offline`."""
+
+    callback: ClassVar[str] = "on_kicked_offline"
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_kicked_offline()
+
+
+@dataclass(frozen=True)
+class UserSigExpired(Notification):
+    """:meth:`CallObserver.on_user_sig_expired`."""
+
+    callback: ClassVar[str] = "on_user_sig_expired"
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_sig_expired()
+
+
+NOTIFICATION_TYPES: tuple[type[Notification], ...] = (
+    Error, CallReceived, CallCancelled, CallBegin, CallEnd, CallMediaTypeChanged, UserReject,
+    UserNoResponse, UserLineBusy, UserJoin, UserLeave, UserVideoAvailable, UserAudioAvailable,
+    UserVoiceVolumeChanged, UserNetworkQualityChanged, KickedOffline, UserSigExpired,
+)
+"""One notification per callback, in :data:`CALLBACK_NAMES` order."""
+
+
+# ------------------------------------------------------------------ recording observers
+
+
+class EventRecorder(CallObserver):
+    """An observer that turns every callback into one :class:`CallEvent` for :meth:`record`.
+
+    Subclass it and override :meth:`record` (bots logging JSON lines, test recorders, the
+    :meth:`CallEngine.events` stream). The engine hands it each notification as one record.
+    """
+
+    def record(self, event: CallEvent) -> None:
+        """Handle one callback; called on the engine's event loop, must not block."""
+        raise NotImplementedError
+
+
+def _recording(name: str) -> Callable[..., None]:
+    def callback(self: EventRecorder, *args: Any) -> None:
+        self.record(CallEvent(name, args))
+
+    callback.__name__ = name
+    callback.__doc__ = getattr(CallObserver, name).__doc__
+    return callback
+
+
+for _name in CALLBACK_NAMES:
+    setattr(EventRecorder, _name, _recording(_name))
+del _name
+
+
+class EventQueueObserver(EventRecorder):
     """An observer that queues every callback as a :class:`CallEvent` for ``async for``.
 
     The queue is bounded (``maxsize``); when a consumer falls behind, the oldest events are
@@ -128,7 +418,7 @@ class EventQueueObserver(CallObserver):
         self._queue: asyncio.Queue[CallEvent | None] = asyncio.Queue(maxsize)
         self._dropped = 0
 
-    def put(self, event: CallEvent) -> None:
+    def record(self, event: CallEvent) -> None:
         """Queue an event without blocking."""
         if self._queue.full():
             self._dropped += 1
@@ -157,11 +447,3 @@ class EventQueueObserver(CallObserver):
         if item is None:
             raise StopAsyncIteration
         return item
-
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith("on_") and name in CALLBACK_NAMES:
-            def record(*args: Any) -> None:
-                self.put(CallEvent(name, args))
-
-            return record
-        return super().__getattribute__(name)

@@ -432,7 +432,8 @@ class KeyBindings:
 class EngineLike(Protocol):
     """The part of :class:`~callclient.engine.CallEngine` the app uses (fakes implement it)."""
 
-    devices: DeviceSet
+    @property
+    def devices(self) -> DeviceSet: ...
 
     @property
     def user_id(self) -> str | None: ...

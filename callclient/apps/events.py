@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from callclient.observer import CALLBACK_NAMES, CallObserver
+from callclient.observer import CallEvent, EventRecorder
 from callclient.types import RoomId
 
 __all__ = ["CallbackObserver", "event_record", "format_human", "format_json", "jsonable"]
@@ -63,18 +63,12 @@ def format_human(record: dict[str, Any], since: float | None = None) -> str:
     return f"{stamp} {record.get('user', '')}: {record.get('event', '')}({args})"
 
 
-class CallbackObserver(CallObserver):
+class CallbackObserver(EventRecorder):
     """An observer that hands every callback to ``handler(name, args)`` as it happens."""
 
     def __init__(self, handler: Callable[[str, tuple[Any, ...]], None]) -> None:
         self._handler = handler
 
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith("on_") and name in CALLBACK_NAMES:
-            handler = object.__getattribute__(self, "_handler")
-
-            def callback(*args: Any) -> None:
-                handler(name, args)
-
-            return callback
-        return super().__getattribute__(name)
+    def record(self, event: CallEvent) -> None:
+        """Pass the callback on to the handler."""
+        self._handler(event.name, event.args)

@@ -329,7 +329,7 @@ class Recorder:
         return recording.video
 
     def audio_tap(self, user_id: str, block: npt.NDArray[np.int16]) -> None:
-        """An :data:`~callclient.engine.AudioTap`: record ``block`` if ``user_id`` is recorded."""
+        """An :data:`~callclient.media.remote.AudioTap`: record ``block`` of recorded users."""
         recording = self._active.get(user_id)
         if recording is not None:
             recording.add_audio(block, time.time())

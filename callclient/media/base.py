@@ -23,6 +23,7 @@ __all__ = [
     "SAMPLE_RATE",
     "AudioSink",
     "AudioSource",
+    "Block",
     "CapturedFrame",
     "MemoryView",
     "RenderedFrame",
@@ -40,6 +41,8 @@ BLOCK_SECONDS = BLOCK_SAMPLES / SAMPLE_RATE
 """Duration of one audio block in seconds (0.02)."""
 
 ImageArray = npt.NDArray[np.uint8]
+Block = npt.NDArray[np.int16]
+"""One block of int16 mono samples at 48 kHz (20 ms, :data:`BLOCK_SAMPLES`, unless said)."""
 
 
 @dataclass(frozen=True)

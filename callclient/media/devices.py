@@ -37,6 +37,7 @@ from callclient.media.base import (
     SAMPLE_RATE,
     AudioSink,
     AudioSource,
+    Block,
     CapturedFrame,
     VideoSource,
 )
@@ -58,7 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Block = npt.NDArray[np.int16]
 Image = npt.NDArray[np.uint8]
 DeviceSpec = int | str | None
 """A device by index, by name (a unique substring, for audio) or path/URL; None: the default."""

@@ -14,16 +14,14 @@ import threading
 from collections import deque
 
 import numpy as np
-import numpy.typing as npt
 
-from callclient.media.base import BLOCK_SAMPLES
+from callclient.media.base import BLOCK_SAMPLES, Block
 from callclient.media.playout import PlayoutBuffer
 
 __all__ = ["Mixer"]
 
 logger = logging.getLogger(__name__)
 
-Block = npt.NDArray[np.int16]
 _INT16_MIN = np.iinfo(np.int16).min
 _INT16_MAX = np.iinfo(np.int16).max
 

@@ -32,13 +32,11 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
-import numpy.typing as npt
 
-from callclient.media.base import BLOCK_SAMPLES
+from callclient.media.base import BLOCK_SAMPLES, Block
 
 __all__ = ["PlayoutBuffer"]
 
-Block = npt.NDArray[np.int16]
 
 _DEFAULT_CONCEAL = (0.9, 0.7, 0.5, 0.3, 0.1)
 _FADE_IN = np.linspace(0.0, 1.0, BLOCK_SAMPLES, dtype=np.float32)

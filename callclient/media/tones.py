@@ -21,10 +21,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-import numpy.typing as npt
 
 from callclient.errors import DeviceError, ErrorCode
-from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE, AudioSink
+from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE, AudioSink, Block
 
 __all__ = [
     "TONE_RATE",
@@ -39,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Block = npt.NDArray[np.int16]
 Pull = Callable[[], Block]
 
 TONE_RATE = 16000

@@ -34,6 +34,7 @@ from callclient.media.base import (
     BLOCK_SECONDS,
     SAMPLE_RATE,
     AudioSource,
+    Block,
     CapturedFrame,
     RenderedFrame,
     VideoSource,
@@ -63,7 +64,6 @@ _RESYNC_SECONDS = 0.1
 _FILL = VideoRenderParams(fill_mode=FillMode.FILL)
 
 Image = npt.NDArray[np.uint8]
-Block = npt.NDArray[np.int16]
 
 
 _reformatters = threading.local()

@@ -29,6 +29,7 @@ from callclient.media.base import (
     SAMPLE_RATE,
     AudioSink,
     AudioSource,
+    Block,
     CapturedFrame,
     VideoSource,
 )
@@ -47,7 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Block = npt.NDArray[np.int16]
 _RESYNC_SECONDS = 0.1
 """An audio device later than this behind its schedule restarts the schedule (no burst)."""
 

@@ -18,6 +18,7 @@ from callclient.errors import (
 )
 from callclient.media.deviceset import DeviceSet
 from callclient.types import CallMediaType
+from callwire.protocol import Event
 from callwire.usersig import generate_user_sig
 from tests.helpers.engine import MakeParty
 from tests.helpers.servers import APP, sig
@@ -126,3 +127,25 @@ async def test_operations_after_close(make_party: MakeParty) -> None:
         await alice.login()
     with pytest.raises(RequestRefusedError, match="closed"):
         await alice.engine.call("bob", CallMediaType.AUDIO)
+
+
+async def test_malformed_server_event_is_logged_not_raised(
+    make_party: MakeParty, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server event missing a field the engine needs is a logged protocol error: no
+    exception, no callback, and the call goes on."""
+    alice, bob = await make_party("alice"), await make_party("bob")
+    await alice.engine.call("bob", CallMediaType.VIDEO)
+    await bob.rec.wait_for("on_call_received")
+    call = bob.engine.current_call
+    assert call is not None
+    mark = bob.rec.mark()
+    with caplog.at_level("WARNING", logger="callclient.engine"):
+        bob.engine._on_event(Event("USER_ENTER", {"callId": call.call_id}))  # no userID
+        bob.engine._on_event(Event("ON_CALL_BEGIN", {"callId": call.call_id,
+                                                     "callMediaType": "video"}))
+    assert bob.rec.names(mark) == []
+    assert "malformed USER_ENTER event" in caplog.text and "'userID'" in caplog.text
+    assert "'callMediaType'" in caplog.text
+    await bob.engine.accept()
+    await alice.rec.wait_for("on_user_join", "bob")

@@ -62,7 +62,7 @@ async def test_participant_killed_mid_call(
     await alice.rec.wait_for("on_user_leave", "bob", start=mark, timeout=5.0)
     assert time.monotonic() - killed_at < 5.0
     await alice.rec.wait_names(["on_user_leave", "on_call_end"], start=mark)
-    end = alice.rec.events[-1].args
+    end = alice.rec.signal()[-1].args
     assert end[1:3] == (CallMediaType.VIDEO, CallRole.CALLER)
     assert alice.engine.current_call is None
 

@@ -53,17 +53,17 @@ async def test_one_accepts_one_rejects(make_party: MakeParty) -> None:
     mark_a, mark_b = alice.rec.mark(), bob.rec.mark()
     await carol.engine.reject()
     await carol.rec.wait_names(["on_call_received", "on_call_cancelled"])
-    assert carol.rec.events[-1].args == ("carol",)
+    assert carol.rec.signal()[-1].args == ("carol",)
     await alice.rec.wait_names(["on_user_reject"], start=mark_a)
     await bob.rec.wait_names(["on_user_reject"], start=mark_b)
-    assert alice.rec.events[-1].args == ("carol",) == bob.rec.events[-1].args
+    assert alice.rec.signal()[-1].args == ("carol",) == bob.rec.signal()[-1].args
     call = alice.engine.current_call
     assert call is not None and call.status is CallStatus.ACCEPT, "two joined: the call goes on"
 
     await alice.engine.hangup()
     await alice.rec.wait_names(["on_user_reject", "on_call_end"], start=mark_a)
     await bob.rec.wait_names(["on_user_reject", "on_user_leave", "on_call_end"], start=mark_b)
-    leave, end = bob.rec.events[-2:]
+    leave, end = bob.rec.signal()[-2:]
     assert leave.args == ("alice",)
     assert end.args[1:3] == (VIDEO, CallRole.CALLED)
 
@@ -80,9 +80,9 @@ async def test_one_accepts_one_times_out(make_party: MakeParty) -> None:
         ["on_call_received", "on_call_begin", "on_user_join", *AVAILABILITY,
          "on_user_no_response"]
     )
-    assert alice.rec.events[-1].args == ("carol",) == bob.rec.events[-1].args
+    assert alice.rec.signal()[-1].args == ("carol",) == bob.rec.signal()[-1].args
     await carol.rec.wait_names(["on_call_received", "on_call_cancelled"])
-    assert carol.rec.events[-1].args == ("carol",)
+    assert carol.rec.signal()[-1].args == ("carol",)
     assert carol.engine.current_call is None
     assert alice.engine.current_call is not None
 
@@ -106,7 +106,7 @@ async def test_all_accept_and_leave_one_by_one(make_party: MakeParty) -> None:
     assert [e.args[0] for e in carol.rec.events if e.name == "on_user_join"] == ["alice", "bob"]
     await alice.rec.wait_names(["on_user_join", *AVAILABILITY], start=mark_a)
     await bob.rec.wait_names(["on_user_join", *AVAILABILITY], start=mark_b)
-    assert alice.rec.events[mark_a].args == ("carol",) == bob.rec.events[mark_b].args
+    assert alice.rec.signal(mark_a)[0].args == ("carol",) == bob.rec.signal(mark_b)[0].args
 
     # The caller leaves: two are still joined, so the call goes on.
     mark_b, mark_c = bob.rec.mark(), carol.rec.mark()
@@ -121,7 +121,7 @@ async def test_all_accept_and_leave_one_by_one(make_party: MakeParty) -> None:
     await bob.engine.hangup()
     await bob.rec.wait_names(["on_user_leave", "on_call_end"], start=mark_b)
     await carol.rec.wait_names(["on_user_leave", "on_user_leave", "on_call_end"], start=mark_c)
-    assert carol.rec.events[-2].args == ("bob",)
+    assert carol.rec.signal()[-2].args == ("bob",)
     assert carol.engine.current_call is None
 
 
@@ -150,7 +150,7 @@ async def test_invite_mid_call_then_join_by_call_id(make_party: MakeParty) -> No
     assert begin is not None and begin.args[1:] == (VIDEO, CallRole.CALLED)
     for member, mark in ((alice, mark_a), (bob, mark_b)):
         await member.rec.wait_names(["on_user_join", *AVAILABILITY], start=mark)
-        assert member.rec.events[mark].args == ("carol",)
+        assert member.rec.signal(mark)[0].args == ("carol",)
         assert member.rec.find("on_user_video_available", "carol", True, start=mark) is not None
     await frames_advance(alice.view_of("carol"))
     await frames_advance(bob.view_of("carol"))

@@ -113,11 +113,11 @@ async def test_close_and_open_camera(make_party: MakeParty) -> None:
     mark = bob.rec.mark()
     await alice.engine.close_camera()
     await bob.rec.wait_names(["on_user_video_available"], start=mark)
-    assert bob.rec.events[mark].args == ("alice", False)
+    assert bob.rec.signal(mark)[0].args == ("alice", False)
 
     await alice.engine.open_camera()
     await bob.rec.wait_names(["on_user_video_available", "on_user_video_available"], start=mark)
-    assert bob.rec.events[-1].args == ("alice", True)
+    assert bob.rec.signal()[-1].args == ("alice", True)
     await frames_advance(bob.view_of("alice"))
 
 
@@ -129,14 +129,14 @@ async def test_close_and_open_microphone(make_party: MakeParty) -> None:
     mark = bob.rec.mark()
     await alice.engine.close_microphone()
     await bob.rec.wait_names(["on_user_audio_available"], start=mark)
-    assert bob.rec.events[mark].args == ("alice", False)
+    assert bob.rec.signal(mark)[0].args == ("alice", False)
     await eventually(
         lambda: rms_dbfs(recent_audio(speaker.samples())) < -60.0, "silence on bob's speaker"
     )
 
     await alice.engine.open_microphone()
     await bob.rec.wait_names(["on_user_audio_available", "on_user_audio_available"], start=mark)
-    assert bob.rec.events[-1].args == ("alice", True)
+    assert bob.rec.signal()[-1].args == ("alice", True)
     await eventually(lambda: tone_present(recent_audio(speaker.samples()), 440.0), "the tone")
 
 
@@ -152,8 +152,8 @@ async def test_switch_video_to_audio(make_party: MakeParty) -> None:
         await me.rec.wait_names(
             ["on_call_media_type_changed", "on_user_video_available"], start=mark
         )
-        assert me.rec.events[mark].args == (CallMediaType.VIDEO, CallMediaType.AUDIO)
-        assert me.rec.events[mark + 1].args == (other.user_id, False)
+        assert me.rec.signal(mark)[0].args == (CallMediaType.VIDEO, CallMediaType.AUDIO)
+        assert me.rec.signal(mark)[1].args == (other.user_id, False)
         call = me.engine.current_call
         assert call is not None and call.media_type is CallMediaType.AUDIO
     # Audio goes on.

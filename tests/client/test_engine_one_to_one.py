@@ -64,9 +64,9 @@ async def test_accepted_call_then_callee_hangs_up(make_party: MakeParty) -> None
     await bob.engine.hangup()
     await alice.rec.wait_names(["on_user_leave", "on_call_end"], start=mark_a)
     await bob.rec.wait_names(["on_call_end"], start=mark_b)
-    assert alice.rec.events[mark_a].args == ("bob",)
-    end_a = alice.rec.events[-1].args
-    end_b = bob.rec.events[-1].args
+    assert alice.rec.signal(mark_a)[0].args == ("bob",)
+    end_a = alice.rec.signal()[-1].args
+    end_b = bob.rec.signal()[-1].args
     assert end_a[1:3] == (VIDEO, CallRole.CALLER)
     assert end_b[1:3] == (VIDEO, CallRole.CALLED)
     assert end_a[3] >= 0 and end_b[3] >= 0
@@ -94,8 +94,8 @@ async def test_caller_hangs_up_connected_audio_call(make_party: MakeParty) -> No
     await alice.engine.hangup()
     await alice.rec.wait_names(["on_call_end"], start=mark_a)
     await bob.rec.wait_names(["on_user_leave", "on_call_end"], start=mark_b)
-    assert bob.rec.events[mark_b].args == ("alice",)
-    assert bob.rec.events[-1].args[1:3] == (AUDIO, CallRole.CALLED)
+    assert bob.rec.signal(mark_b)[0].args == ("alice",)
+    assert bob.rec.signal()[-1].args[1:3] == (AUDIO, CallRole.CALLED)
 
 
 async def _wait_tone(samples: Callable[[], npt.NDArray[np.int16]], freq: float) -> None:
@@ -111,10 +111,10 @@ async def test_callee_rejects(make_party: MakeParty) -> None:
     await ring(alice, bob)
     await bob.engine.reject()
     await alice.rec.wait_names(["on_user_reject", "on_call_cancelled"])
-    assert alice.rec.events[0].args == ("bob",)
-    assert alice.rec.events[1].args == ("alice",)
+    assert alice.rec.signal()[0].args == ("bob",)
+    assert alice.rec.signal()[1].args == ("alice",)
     await bob.rec.wait_names(["on_call_received", "on_call_cancelled"])
-    assert bob.rec.events[1].args == ("bob",)
+    assert bob.rec.signal()[1].args == ("bob",)
     assert alice.engine.current_call is None and bob.engine.current_call is None
 
 
@@ -124,10 +124,10 @@ async def test_callee_ignores(make_party: MakeParty) -> None:
     await ring(alice, bob)
     await bob.engine.ignore()
     await alice.rec.wait_names(["on_user_line_busy", "on_call_cancelled"])
-    assert alice.rec.events[0].args == ("bob",)
-    assert alice.rec.events[1].args == ("alice",)
+    assert alice.rec.signal()[0].args == ("bob",)
+    assert alice.rec.signal()[1].args == ("alice",)
     await bob.rec.wait_names(["on_call_received", "on_call_cancelled"])
-    assert bob.rec.events[1].args == ("bob",)
+    assert bob.rec.signal()[1].args == ("bob",)
 
 
 async def test_callee_busy(make_party: MakeParty) -> None:
@@ -136,8 +136,8 @@ async def test_callee_busy(make_party: MakeParty) -> None:
     await ring(alice, bob)
     await carol.engine.call("bob", VIDEO)
     await carol.rec.wait_names(["on_user_line_busy", "on_call_cancelled"])
-    assert carol.rec.events[0].args == ("bob",)
-    assert carol.rec.events[1].args == ("carol",)
+    assert carol.rec.signal()[0].args == ("bob",)
+    assert carol.rec.signal()[1].args == ("carol",)
     assert carol.engine.current_call is None
     assert bob.rec.names() == ["on_call_received"]
     call = bob.engine.current_call
@@ -149,10 +149,10 @@ async def test_callee_does_not_answer(make_party: MakeParty) -> None:
     alice, bob = await make_party("alice"), await make_party("bob")
     await ring(alice, bob, ring_s=1)
     await alice.rec.wait_names(["on_user_no_response", "on_call_cancelled"])
-    assert alice.rec.events[0].args == ("bob",)
-    assert alice.rec.events[1].args == ("alice",)
+    assert alice.rec.signal()[0].args == ("bob",)
+    assert alice.rec.signal()[1].args == ("alice",)
     await bob.rec.wait_names(["on_call_received", "on_call_cancelled"])
-    assert bob.rec.events[1].args == ("bob",)
+    assert bob.rec.signal()[1].args == ("bob",)
 
 
 async def test_caller_cancels(make_party: MakeParty) -> None:
@@ -161,9 +161,9 @@ async def test_caller_cancels(make_party: MakeParty) -> None:
     await ring(alice, bob)
     await alice.engine.hangup()
     await alice.rec.wait_names(["on_call_cancelled"])
-    assert alice.rec.events[0].args == ("alice",)
+    assert alice.rec.signal()[0].args == ("alice",)
     await bob.rec.wait_names(["on_call_received", "on_call_cancelled"])
-    assert bob.rec.events[1].args == ("alice",)
+    assert bob.rec.signal()[1].args == ("alice",)
     assert alice.engine.current_call is None and bob.engine.current_call is None
 
 

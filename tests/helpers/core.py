@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from callwire import protocol
+from callwire import messages, protocol
 from signaling_server.core import (
     CallCore,
     Close,
@@ -105,9 +105,11 @@ class CoreHarness:
                 assert out.conn in self.open_conns, f"frame sent to closed conn {out.conn}: {out}"
                 body = json.loads(out.text)
                 assert isinstance(body, dict)
-                protocol.parse_server_frame(out.text)  # raises if malformed
-                if body["type"] == "event":
-                    assert body["event"] in protocol.EVENT_NAMES, body
+                frame = protocol.parse_server_frame(out.text)  # raises if malformed
+                if isinstance(frame, protocol.Event):
+                    assert frame.name in protocol.EVENT_NAMES, body
+                    # Every event is one a client's typed parser accepts (raises if not).
+                    assert not isinstance(messages.parse_event(frame), messages.UnknownEvent)
                 self.inbox[out.conn].append(Frame(out.conn, self.now, body))
             elif isinstance(out, Close):
                 assert out.conn in self.open_conns, f"closing a closed conn: {out}"

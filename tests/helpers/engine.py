@@ -29,7 +29,7 @@ from callclient.media.base import MemoryView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.pattern import read_stamp
 from callclient.media.virtual import VirtualSpeaker
-from callclient.observer import CALLBACK_NAMES, CallEvent, CallObserver
+from callclient.observer import CallEvent, EventRecorder
 from callclient.types import AudioPlaybackDevice, CallMediaType
 from tests.helpers.servers import APP, sig
 from tests.helpers.waits import T, eventually
@@ -48,20 +48,11 @@ __all__ = [
 ]
 
 
-
 NOISE = frozenset({"on_user_voice_volume_changed", "on_user_network_quality_changed"})
 """Periodic callbacks left out of order assertions."""
 
 
-def _recording_method(name: str) -> Callable[..., None]:
-    def record(self: Recorder, *args: Any) -> None:
-        self.record(CallEvent(name, args))
-
-    record.__name__ = name
-    return record
-
-
-class Recorder(CallObserver):
+class Recorder(EventRecorder):
     """An observer that keeps every callback, in order, with helpers to wait for one."""
 
     def __init__(self, who: str) -> None:
@@ -78,6 +69,10 @@ class Recorder(CallObserver):
     def names(self, start: int = 0, *, noise: bool = False) -> list[str]:
         """Callback names from index ``start`` on (periodic ones left out unless ``noise``)."""
         return [e.name for e in self.events[start:] if noise or e.name not in NOISE]
+
+    def signal(self, start: int = 0) -> list[CallEvent]:
+        """The events from index ``start`` on without the periodic ones: what tests index."""
+        return [e for e in self.events[start:] if e.name not in NOISE]
 
     def mark(self) -> int:
         """The index the next event will have (pass it as ``start`` to later waits)."""
@@ -135,10 +130,6 @@ class Recorder(CallObserver):
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
-
-
-for _name in CALLBACK_NAMES:
-    setattr(Recorder, _name, _recording_method(_name))
 
 
 @dataclass

@@ -250,9 +250,9 @@ async def test_file_cameras_in_a_call_and_switch_camera(
         return value is not None and low <= value < high
 
     await eventually(lambda: showing(0, 60), "bob sees the front file's frames")
-    remote = alice.engine._remotes["bob"]  # the peer connection, to check no renegotiation
-    assert remote.peer is not None
-    pc = remote.peer.pc
+    mesh = alice.engine._media.mesh  # the peer connection, to check no renegotiation
+    assert mesh is not None
+    pc = mesh.peers["bob"].pc
     sdp = pc.localDescription.sdp, pc.remoteDescription.sdp
     errors = alice.rec.mark()
 
@@ -262,7 +262,7 @@ async def test_file_cameras_in_a_call_and_switch_camera(
     count = view.count
     await view.wait_frames(count + 10, T)
     assert showing(100_000, 100_060)
-    assert remote.peer is not None and remote.peer.pc is pc
+    assert mesh.peers["bob"].pc is pc
     assert (pc.localDescription.sdp, pc.remoteDescription.sdp) == sdp
     assert alice.rec.find("on_error", start=errors) is None
     await alice.engine.hangup()

@@ -1,0 +1,514 @@
+"""The client's call state and its rules, with no I/O: events and a clock in, effects out.
+
+:class:`CallState` is to :class:`~callclient.engine.CallEngine` what
+:class:`signaling_server.core.CallCore` is to the server: it holds the current call
+(:class:`CallInfo`) and decides
+
+* which request is allowed in which state (the ``check_*`` methods raise the reference's
+  errors, ``ERROR_REQUEST_REFUSED`` naming the state, before anything is sent);
+* what each server event does to the call, and which observer callbacks fire in which order
+  (:meth:`CallState.receive` returns them as :class:`Notify` effects, in order);
+* what reconnection and a peer going silent mean (:meth:`reconnected`,
+  :meth:`peer_unresponsive`).
+
+Every input returns a list of effects for the engine to carry out in order: notify observers,
+connect or disconnect the media of a remote user, apply a relayed negotiation message, start
+or end the call's media, close the camera, pass a quality report on, end the session. Nothing
+here touches a socket, a device or the event loop, so the rules are tested with plain values
+(``tests/client/test_callstate.py``) and paired with the server's core in memory under one
+fake clock (``tests/client/test_callstate_with_server.py``).
+
+Only this module changes :class:`CallInfo`; the engine reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from callclient import observer as note
+from callclient.errors import (
+    InvalidParameterError,
+    NotLoggedInError,
+    RequestRefusedError,
+    RequestRepeatedError,
+)
+from callclient.types import (
+    CallMediaType,
+    CallParams,
+    CallRole,
+    CallScene,
+    CallStatus,
+    NetworkQuality,
+    RoomId,
+)
+from callwire import messages as ev
+from callwire.protocol import Relay
+
+__all__ = [
+    "ApplyRelay",
+    "CallInfo",
+    "CallState",
+    "CloseCameraForAudio",
+    "ConnectPeer",
+    "DisconnectPeer",
+    "Effect",
+    "EndCallMedia",
+    "EndSession",
+    "Notify",
+    "RemoteAudioMuted",
+    "RemoteUplinkReported",
+    "StartCallMedia",
+    "calls_request",
+    "check_media_type",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CallInfo:
+    """The current call as the engine knows it (read it; :class:`CallState` changes it)."""
+
+    call_id: str
+    role: CallRole
+    media_type: CallMediaType
+    room_id: RoomId
+    status: CallStatus
+    caller: str
+    callees: list[str]
+    group_id: str = ""
+    user_data: str = ""
+    begin_time: float | None = None
+    remote_users: list[str] = field(default_factory=list)
+    """Users joined in the call besides this one, in the order they joined."""
+
+    @property
+    def scene(self) -> CallScene:
+        """Single or group call."""
+        if len(self.callees) == 1 and not self.group_id:
+            return CallScene.SINGLE_CALL
+        return CallScene.GROUP_CALL
+
+
+# ------------------------------------------------------------------ effects
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Deliver one observer callback."""
+
+    notification: note.Notification
+
+
+@dataclass(frozen=True)
+class ConnectPeer:
+    """Make sure media flows with ``user_id`` (a peer connection in a mesh call)."""
+
+    user_id: str
+
+
+@dataclass(frozen=True)
+class DisconnectPeer:
+    """Stop the media with ``user_id`` and forget what was received from them."""
+
+    user_id: str
+
+
+@dataclass(frozen=True)
+class ApplyRelay:
+    """Hand a relayed negotiation message (offer, answer, candidate) to its peer."""
+
+    relay: Relay
+
+
+@dataclass(frozen=True)
+class StartCallMedia:
+    """The call connected: speaker and microphone on, volume and quality reports started."""
+
+
+@dataclass(frozen=True)
+class EndCallMedia:
+    """The call is over here: tear down every peer, the speaker and the reports."""
+
+
+@dataclass(frozen=True)
+class CloseCameraForAudio:
+    """The call became audio-only: close the camera if it is open."""
+
+
+@dataclass(frozen=True)
+class RemoteAudioMuted:
+    """``user_id`` closed the microphone: their volume is 0 from now on."""
+
+    user_id: str
+
+
+@dataclass(frozen=True)
+class RemoteUplinkReported:
+    """``user_id`` reported the quality of its uplink."""
+
+    user_id: str
+    quality: NetworkQuality
+
+
+@dataclass(frozen=True)
+class EndSession:
+    """The server ended this login (kicked out, userSig expired): drop the connection."""
+
+
+Effect = (
+    Notify | ConnectPeer | DisconnectPeer | ApplyRelay | StartCallMedia | EndCallMedia
+    | CloseCameraForAudio | RemoteAudioMuted | RemoteUplinkReported | EndSession
+)
+
+
+def check_media_type(value: CallMediaType | int) -> CallMediaType:
+    """``value`` as a call media type; audio or video, else ERROR_PARAM_INVALID."""
+    try:
+        media = CallMediaType(value)
+    except ValueError as exc:
+        raise InvalidParameterError(
+            f"media type must be 1 (audio) or 2 (video), not {value!r}"
+        ) from exc
+    if media is CallMediaType.NONE:
+        raise InvalidParameterError("media type must be audio or video, not none")
+    return media
+
+
+def calls_request(
+    user_ids: list[str], media: CallMediaType, params: CallParams, group_id: str = ""
+) -> dict[str, Any]:
+    """The data of a ``calls`` request (``docs/protocol.md``)."""
+    if not user_ids:
+        raise InvalidParameterError("calls: user_ids must not be empty")
+    data: dict[str, Any] = {
+        "userIDList": list(user_ids),
+        "mediaType": int(media),
+        "timeout": int(params.timeout),
+        "userData": params.user_data,
+    }
+    if params.room_id.is_set:
+        data["roomId"] = {
+            "intRoomId": params.room_id.int_room_id,
+            "strRoomId": params.room_id.str_room_id,
+        }
+    if group_id:
+        data["groupId"] = group_id
+    return data
+
+
+def _status_name(call: CallInfo | None) -> str:
+    return "none" if call is None else call.status.name.lower()
+
+
+class CallState:
+    """The call state of one logged-in user; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.user_id: str | None = None
+        self.call: CallInfo | None = None
+
+    # ------------------------------------------------------------------ session
+
+    def logged_in(self, user_id: str) -> None:
+        """The login succeeded."""
+        self.user_id = user_id
+
+    def logged_out(self) -> list[Effect]:
+        """The application logged out or closed the engine: the call ends here, silently."""
+        effects = self._end_call()
+        self.user_id = None
+        return effects
+
+    # ------------------------------------------------------------------ request rules
+
+    def require_login(self, action: str) -> str:
+        """The logged-in user id, or ERROR_INIT_FAIL."""
+        if self.user_id is None:
+            raise NotLoggedInError(f"cannot {action}: not logged in")
+        return self.user_id
+
+    def check_new_call(self, action: str = "call") -> None:
+        """A new call may start only when there is none."""
+        self.require_login(action)
+        call = self.call
+        if call is not None:
+            raise RequestRefusedError(
+                f"cannot {action}: already in call {call.call_id} "
+                f'(status "{_status_name(call)}")'
+            )
+
+    def require_call(
+        self, action: str, *statuses: CallStatus, role: CallRole | None = None
+    ) -> CallInfo:
+        """The current call, if it is in one of ``statuses`` (and ``role``), else refused."""
+        self.require_login(action)
+        call = self.call
+        if call is None or call.status not in statuses:
+            raise RequestRefusedError(f'cannot {action}: call status is "{_status_name(call)}"')
+        if role is not None and call.role is not role:
+            raise RequestRefusedError(
+                f"cannot {action}: you are the {call.role.name.lower()} of this call"
+            )
+        return call
+
+    def check_answer(self, action: str) -> CallInfo:
+        """accept / reject / ignore: only a ringing invitee."""
+        return self.require_call(action, CallStatus.WAITING, role=CallRole.CALLED)
+
+    def check_hangup(self) -> CallInfo:
+        """hangup: any call, ringing or connected."""
+        self.require_login("hang up")
+        if self.call is None:
+            raise RequestRefusedError('cannot hang up: call status is "none"')
+        return self.call
+
+    def check_invite(self) -> CallInfo:
+        """invite: a connected member, or the caller while the call rings."""
+        call = self.require_call("invite", CallStatus.ACCEPT, CallStatus.WAITING)
+        if call.status is CallStatus.WAITING and call.role is not CallRole.CALLER:
+            raise RequestRefusedError('cannot invite: call status is "waiting"')
+        return call
+
+    def check_switch_media_type(
+        self, media_type: CallMediaType | int
+    ) -> tuple[CallInfo, CallMediaType]:
+        """switch_media_type: a connected call, to the other media type."""
+        call = self.require_call("switch media type", CallStatus.ACCEPT)
+        media = check_media_type(media_type)
+        if media is call.media_type:
+            raise RequestRepeatedError(f"the call is already {media.name.lower()}")
+        return call, media
+
+    # ------------------------------------------------------------------ request outcomes
+
+    def call_created(
+        self,
+        reply: ev.CallCreatedReply,
+        media_type: CallMediaType,
+        callees: list[str],
+        group_id: str = "",
+        user_data: str = "",
+    ) -> CallInfo:
+        """The server made our call (runs before the events the request caused)."""
+        self.call = CallInfo(
+            call_id=reply.call_id,
+            role=CallRole.CALLER,
+            media_type=media_type,
+            room_id=RoomId.from_value(reply.room_id),
+            status=CallStatus.WAITING,
+            caller=self.user_id or "",
+            callees=list(callees),
+            group_id=group_id,
+            user_data=user_data,
+        )
+        return self.call
+
+    def invited(self, reply: ev.InvitedReply) -> list[str]:
+        """More users ring in the call; returns them."""
+        call = self.call
+        if call is not None:
+            call.callees.extend(u for u in reply.user_ids if u not in call.callees)
+        return reply.user_ids
+
+    def begin_join(self, call_id: str) -> None:
+        """join(call_id): allowed when in no call, or ringing in that call."""
+        self.require_login("join")
+        call = self.call
+        if call is not None and call.call_id != call_id:
+            raise RequestRefusedError(
+                f"cannot join: already in call {call.call_id} "
+                f'(status "{_status_name(call)}")'
+            )
+        if call is not None and call.status is CallStatus.ACCEPT:
+            raise RequestRepeatedError("cannot join: already in this call")
+        if call is None:
+            # What the call is becomes known from the reply and ON_CALL_BEGIN.
+            self.call = CallInfo(
+                call_id=call_id, role=CallRole.CALLED, media_type=CallMediaType.AUDIO,
+                room_id=RoomId(), status=CallStatus.WAITING, caller="", callees=[],
+            )
+
+    def join_failed(self, call_id: str) -> None:
+        """The join was refused: forget a call that never connected."""
+        call = self.call
+        if call is not None and call.call_id == call_id and call.status is CallStatus.WAITING:
+            self.call = None
+
+    def joined(self, reply: ev.JoinedReply) -> None:
+        """The join (or accept) was granted."""
+        call = self.call
+        if call is not None and call.call_id == reply.call_id:
+            call.media_type = reply.media_type
+            call.room_id = RoomId.from_value(reply.room_id)
+
+    def hangup_found_no_call(self) -> list[Effect]:
+        """The server no longer knows our call (4040 to hangup): end it here."""
+        return self._end_call()
+
+    # ------------------------------------------------------------------ server input
+
+    def receive(self, event: ev.ServerEvent, now: float) -> list[Effect]:
+        """What a server event does; ``now`` is wall-clock seconds (``time.time()``)."""
+        match event:
+            case ev.SdkReady():  # SDK_READY
+                logger.info("logged in as %s", event.user_id)
+                return []
+            case ev.ErrorEvent():  # ERROR
+                return [Notify(note.Error(event.code, event.message))]
+            case ev.KickedOut():  # KICKED_OUT
+                return self._lose_session(note.KickedOffline())
+            case ev.UserSigExpired():  # USER_SIG_EXPIRED
+                return self._lose_session(note.UserSigExpired())
+            case ev.OnCallReceived():  # ON_CALL_RECEIVED
+                return self._call_received(event)
+            case ev.UnknownEvent():
+                logger.debug("unhandled event %s", event.name)
+                return []
+        call = self.call
+        if call is None or getattr(event, "call_id", None) != call.call_id:
+            return []  # about another call (an old one, or one we are not in)
+        match event:
+            case ev.OnCallCanceled():  # ON_CALL_CANCELED
+                return self._call_canceled(call, event)
+            case ev.OnCallBegin():  # ON_CALL_BEGIN
+                call.status = CallStatus.ACCEPT
+                call.begin_time = now
+                call.media_type = event.media_type
+                call.room_id = RoomId.from_value(event.room_id)
+                return [Notify(note.CallBegin(call.room_id, call.media_type, call.role)),
+                        StartCallMedia()]
+            case ev.CallingEnd():  # CALLING_END
+                return [*self._end_call(), Notify(note.CallEnd(
+                    call.room_id, call.media_type, call.role, event.total_time))]
+            case ev.UserEnter():  # USER_ENTER
+                if event.user_id == self.user_id:
+                    return []
+                if event.user_id not in call.remote_users:
+                    call.remote_users.append(event.user_id)
+                return [ConnectPeer(event.user_id), Notify(note.UserJoin(event.user_id))]
+            case ev.UserLeave():  # USER_LEAVE
+                return self._remote_left(call, event.user_id)
+            case ev.UserAccept():  # USER_ACCEPT: no callback; USER_ENTER follows
+                return []
+            case ev.Reject():  # REJECT
+                return [Notify(note.UserReject(event.user_id))]
+            case ev.NoResp():  # NO_RESP
+                return [Notify(note.UserNoResponse(user)) for user in event.user_ids]
+            case ev.LineBusy():  # LINE_BUSY
+                return [Notify(note.UserLineBusy(event.user_id))]
+            case ev.CallTypeChanged():  # CALL_TYPE_CHANGED
+                call.media_type = event.new
+                effects: list[Effect] = []
+                if event.new is CallMediaType.AUDIO:
+                    effects.append(CloseCameraForAudio())
+                effects.append(Notify(note.CallMediaTypeChanged(event.old, event.new)))
+                return effects
+            case ev.UserVideoAvailable():  # USER_VIDEO_AVAILABLE
+                return [Notify(note.UserVideoAvailable(event.user_id, event.available))]
+            case ev.UserAudioAvailable():  # USER_AUDIO_AVAILABLE
+                muted: list[Effect] = [] if event.available else [RemoteAudioMuted(event.user_id)]
+                return [*muted, Notify(note.UserAudioAvailable(event.user_id, event.available))]
+            case ev.OnUserNetworkQualityChanged():  # ON_USER_NETWORK_QUALITY_CHANGED
+                # Others report their uplink; the monitor combines it with what we measure.
+                return [RemoteUplinkReported(user, quality) for user, quality in event.qualities]
+            case ev.GroupCallInviteeListUpdate():  # GROUP_CALL_INVITEE_LIST_UPDATE
+                call.callees = list(event.user_ids)
+                return []
+            case ev.UserInfoChanged():  # USER_INFO_CHANGED
+                return []
+        return []
+
+    def relay(self, relay: Relay) -> list[Effect]:
+        """A negotiation message from another member: only the current call's count."""
+        call = self.call
+        if call is None or relay.call_id != call.call_id:
+            logger.debug("relay for another call %s ignored", relay.call_id)
+            return []
+        return [ConnectPeer(relay.sender), ApplyRelay(relay)]
+
+    def reconnected(self, active_call_id: str | None, now: float) -> list[Effect]:
+        """Signaling came back; ``active_call_id`` is the call the server still has for us."""
+        call = self.call
+        if call is None:
+            return []
+        if active_call_id == call.call_id:
+            logger.info("call %s resumed after reconnect", call.call_id)
+            return []
+        # The server no longer knows the call (it restarted): end it here too.
+        logger.info("call %s is gone after reconnect; ending it", call.call_id)
+        effects = self._end_call()
+        if call.status is CallStatus.ACCEPT:
+            effects.append(Notify(note.CallEnd(
+                call.room_id, call.media_type, call.role, now - (call.begin_time or now))))
+        else:
+            who = call.caller if call.role is CallRole.CALLED else self.user_id or ""
+            effects.append(Notify(note.CallCancelled(who)))
+        return effects
+
+    def peer_unresponsive(self, user_id: str, signaling_up: bool, now: float) -> list[Effect]:
+        """``user_id``'s media went silent.
+
+        While signaling is up the server knows whether the user left (USER_LEAVE follows if
+        so; a silent path alone is a quality problem, reported DOWN). With signaling down too,
+        the user is taken as gone, and the call ends when nobody is left.
+        """
+        call = self.call
+        if call is None or signaling_up:
+            return []
+        logger.info("%s unresponsive while signaling is down: treating as left", user_id)
+        effects = self._remote_left(call, user_id)
+        if not call.remote_users:
+            effects += self._end_call()
+            effects.append(Notify(note.CallEnd(
+                call.room_id, call.media_type, call.role, now - (call.begin_time or now))))
+        return effects
+
+    # ------------------------------------------------------------------ rules
+
+    def _call_received(self, event: ev.OnCallReceived) -> list[Effect]:
+        if self.call is not None:
+            logger.warning("invitation %s while in call %s", event.call_id, self.call.call_id)
+            return []
+        self.call = CallInfo(
+            call_id=event.call_id,
+            role=CallRole.CALLED,
+            media_type=event.media_type,
+            room_id=RoomId.from_value(event.room_id),
+            status=CallStatus.WAITING,
+            caller=event.sponsor,
+            callees=list(event.user_ids),
+            group_id=event.group_id,
+            user_data=event.user_data,
+        )
+        return [Notify(note.CallReceived(
+            event.sponsor, list(event.user_ids), event.group_id, event.media_type))]
+
+    def _call_canceled(self, call: CallInfo, event: ev.OnCallCanceled) -> list[Effect]:
+        # The caller gets its own id; an invitee the caller's when the caller cancelled (or
+        # vanished), else its own (it rejected, timed out, answered elsewhere, ...).
+        if call.role is CallRole.CALLER:
+            user_id = call.caller
+        elif event.reason in ("cancel", "interrupted"):
+            user_id = event.sponsor or call.caller
+        else:
+            user_id = self.user_id or ""
+        return [*self._end_call(), Notify(note.CallCancelled(user_id))]
+
+    def _remote_left(self, call: CallInfo, user_id: str) -> list[Effect]:
+        if user_id in call.remote_users:
+            call.remote_users.remove(user_id)
+        return [DisconnectPeer(user_id), Notify(note.UserLeave(user_id))]
+
+    def _lose_session(self, notification: note.Notification) -> list[Effect]:
+        effects = self._end_call()
+        self.user_id = None
+        return [*effects, EndSession(), Notify(notification)]
+
+    def _end_call(self) -> list[Effect]:
+        if self.call is None:
+            return []
+        self.call = None
+        return [EndCallMedia()]

@@ -1,0 +1,221 @@
+"""The client call core's rules on plain values: which request is allowed when, what each
+event does, and the effects of losing the session. No server, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from callclient import observer as note
+from callclient.callstate import (
+    ApplyRelay,
+    CallState,
+    CloseCameraForAudio,
+    ConnectPeer,
+    EndCallMedia,
+    EndSession,
+    Notify,
+    RemoteAudioMuted,
+    RemoteUplinkReported,
+)
+from callclient.errors import (
+    ErrorCode,
+    InvalidParameterError,
+    NotLoggedInError,
+    RequestRefusedError,
+    RequestRepeatedError,
+)
+from callclient.types import CallMediaType, CallRole, CallScene, CallStatus, NetworkQuality
+from callwire import messages as ev
+from callwire.protocol import Relay
+
+NOW = 1_700_000_000.0
+
+
+def logged_in(user: str = "bob") -> CallState:
+    state = CallState()
+    state.logged_in(user)
+    return state
+
+
+def invitation(call_id: str = "c1", sponsor: str = "alice", users: tuple[str, ...] = ("bob",),
+               group: str = "") -> ev.OnCallReceived:
+    return ev.OnCallReceived(call_id, sponsor, list(users), group, CallMediaType.VIDEO, 42, "ud",
+                             "", "")
+
+
+def ringing(user: str = "bob") -> CallState:
+    state = logged_in(user)
+    state.receive(invitation(), NOW)
+    return state
+
+
+def connected(user: str = "bob") -> CallState:
+    state = ringing(user)
+    state.receive(ev.OnCallBegin("c1", 42, CallMediaType.VIDEO), NOW)
+    state.receive(ev.UserEnter("c1", "alice", "", ""), NOW)
+    return state
+
+
+def notes(effects: list[object]) -> list[note.Notification]:
+    return [e.notification for e in effects if isinstance(e, Notify)]
+
+
+def test_requests_need_a_login() -> None:
+    """Before login every call request is ERROR_INIT_FAIL naming the action."""
+    state = CallState()
+    with pytest.raises(NotLoggedInError, match="cannot call: not logged in") as caught:
+        state.check_new_call()
+    assert caught.value.code == ErrorCode.INIT_FAIL
+    with pytest.raises(NotLoggedInError, match="accept"):
+        state.check_answer("accept")
+
+
+def test_answers_only_while_ringing_as_invitee() -> None:
+    """accept/reject/ignore: refused with no call, as the caller, or once connected."""
+    state = logged_in()
+    with pytest.raises(RequestRefusedError, match='cannot accept: call status is "none"'):
+        state.check_answer("accept")
+    state = ringing()
+    assert state.check_answer("reject").call_id == "c1"
+    state.receive(ev.OnCallBegin("c1", 42, CallMediaType.VIDEO), NOW)
+    with pytest.raises(RequestRefusedError, match='call status is "accept"'):
+        state.check_answer("accept")
+    caller = logged_in("alice")
+    caller.call_created(ev.CallCreatedReply("c2", 7, []), CallMediaType.AUDIO, ["bob"])
+    with pytest.raises(RequestRefusedError, match="you are the caller of this call"):
+        caller.check_answer("accept")
+
+
+def test_no_second_call_and_media_type_checks() -> None:
+    """A call while in one is refused naming it; media type none or 7 is invalid."""
+    state = ringing()
+    with pytest.raises(RequestRefusedError, match='already in call c1 \\(status "waiting"\\)'):
+        state.check_new_call()
+    state = connected()
+    with pytest.raises(RequestRepeatedError, match="already video"):
+        state.check_switch_media_type(CallMediaType.VIDEO)
+    with pytest.raises(InvalidParameterError, match="not none"):
+        state.check_switch_media_type(CallMediaType.NONE)
+    with pytest.raises(InvalidParameterError, match="1 \\(audio\\) or 2 \\(video\\)"):
+        state.check_switch_media_type(7)
+    call, media = state.check_switch_media_type(CallMediaType.AUDIO)
+    assert call.call_id == "c1" and media is CallMediaType.AUDIO
+
+
+def test_invite_rules() -> None:
+    """A connected member may invite; while ringing only the caller may."""
+    with pytest.raises(RequestRefusedError, match='cannot invite: call status is "waiting"'):
+        ringing().check_invite()
+    assert connected().check_invite().call_id == "c1"
+    caller = logged_in("alice")
+    caller.call_created(ev.CallCreatedReply("c2", 7, []), CallMediaType.AUDIO, ["bob"])
+    assert caller.check_invite().call_id == "c2"
+    assert caller.invited(ev.InvitedReply(["carol", "bob"], [])) == ["carol", "bob"]
+    assert caller.call is not None and caller.call.callees == ["bob", "carol"]
+    assert caller.call.scene is CallScene.GROUP_CALL
+
+
+def test_join_rules() -> None:
+    """join: refused in another call, repeated in this one; a refused join forgets the call."""
+    state = ringing()
+    with pytest.raises(RequestRefusedError, match="already in call c1"):
+        state.begin_join("other")
+    state = connected()
+    with pytest.raises(RequestRepeatedError, match="already in this call"):
+        state.begin_join("c1")
+    state = logged_in()
+    state.begin_join("c9")
+    assert state.call is not None and state.call.status is CallStatus.WAITING
+    state.join_failed("c9")
+    assert state.call is None
+    state.begin_join("c9")
+    state.joined(ev.JoinedReply("c9", "room", CallMediaType.VIDEO, ["alice", "bob"]))
+    assert state.call is not None and state.call.media_type is CallMediaType.VIDEO
+    assert state.call.room_id.str_room_id == "room"
+
+
+def test_events_about_another_call_change_nothing() -> None:
+    """Events and relays for a call that is not the current one are ignored."""
+    state = connected()
+    before = state.call
+    assert state.receive(ev.CallingEnd("old", "alice", 3.0, "hangup"), NOW) == []
+    assert state.receive(ev.UserLeave("old", "alice", "hangup"), NOW) == []
+    assert state.relay(Relay("old", "alice", "offer", {"sdp": "x"})) == []
+    assert state.call is before and state.call is not None
+    assert state.call.remote_users == ["alice"]
+
+
+def test_an_invitation_while_in_a_call_is_ignored() -> None:
+    """A second invitation does not replace the current call (the server says busy)."""
+    state = connected()
+    assert state.receive(invitation("c2", "carol"), NOW) == []
+    assert state.call is not None and state.call.call_id == "c1"
+
+
+def test_relay_connects_the_sender_first() -> None:
+    """A relay of the current call: connect its sender, then apply it."""
+    state = connected()
+    relay = Relay("c1", "carol", "offer", {"sdp": "v=0"})
+    assert state.relay(relay) == [ConnectPeer("carol"), ApplyRelay(relay)]
+
+
+def test_own_user_enter_is_not_a_join() -> None:
+    """USER_ENTER about oneself fires nothing; a repeated one does not duplicate the user."""
+    state = connected()
+    assert state.receive(ev.UserEnter("c1", "bob", "", ""), NOW) == []
+    state.receive(ev.UserEnter("c1", "alice", "", ""), NOW)
+    assert state.call is not None and state.call.remote_users == ["alice"]
+
+
+def test_audio_muted_and_quality_reports_reach_the_monitor() -> None:
+    """Audio off mutes the user's volume before the callback; quality goes to the monitor."""
+    state = connected()
+    effects = state.receive(ev.UserAudioAvailable("c1", "alice", False), NOW)
+    assert effects == [RemoteAudioMuted("alice"),
+                       Notify(note.UserAudioAvailable("alice", False))]
+    assert state.receive(ev.OnUserNetworkQualityChanged(
+        "c1", [("alice", NetworkQuality.POOR)]), NOW) == [
+        RemoteUplinkReported("alice", NetworkQuality.POOR)]
+
+
+def test_switch_to_audio_closes_the_camera_before_the_callback() -> None:
+    """CALL_TYPE_CHANGED to audio: the camera is closed, then the callback fires."""
+    state = connected()
+    effects = state.receive(
+        ev.CallTypeChanged("c1", CallMediaType.VIDEO, CallMediaType.AUDIO, "alice"), NOW)
+    assert effects == [CloseCameraForAudio(), Notify(
+        note.CallMediaTypeChanged(CallMediaType.VIDEO, CallMediaType.AUDIO))]
+    assert state.call is not None and state.call.media_type is CallMediaType.AUDIO
+
+
+def test_kicked_out_ends_call_and_session_then_notifies() -> None:
+    """KICKED_OUT: the call's media ends, the session ends, then on_kicked_offline."""
+    state = connected()
+    effects = state.receive(ev.KickedOut("logged in elsewhere"), NOW)
+    assert effects == [EndCallMedia(), EndSession(), Notify(note.KickedOffline())]
+    assert state.call is None and state.user_id is None
+
+
+def test_logout_ends_the_call_silently() -> None:
+    """An application logout ends the call's media without callbacks."""
+    state = connected()
+    assert state.logged_out() == [EndCallMedia()]
+    assert state.user_id is None and state.call is None
+
+
+def test_call_begin_records_time_and_room() -> None:
+    """ON_CALL_BEGIN: accepted at the clock's time, with the event's room and media."""
+    state = ringing()
+    effects = state.receive(ev.OnCallBegin("c1", "r9", CallMediaType.AUDIO), NOW + 5)
+    call = state.call
+    assert call is not None and call.begin_time == NOW + 5 and call.room_id.str_room_id == "r9"
+    assert notes(effects) == [note.CallBegin(call.room_id, CallMediaType.AUDIO, CallRole.CALLED)]
+
+
+def test_hangup_of_a_call_the_server_lost_ends_it() -> None:
+    """hangup answered 4040: the call ends here with no callback."""
+    state = connected()
+    assert state.hangup_found_no_call() == [EndCallMedia()]
+    assert state.call is None
+    with pytest.raises(RequestRefusedError, match='cannot hang up: call status is "none"'):
+        state.check_hangup()
