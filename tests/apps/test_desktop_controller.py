@@ -11,46 +11,25 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
 
-from callclient.apps.desktop.controller import AppConfig, DesktopApp, Phase, phase_of
+from callclient.apps.desktop.controller import AppConfig, DesktopApp
 from callclient.apps.desktop.keys import Command
+from callclient.apps.desktop.phase import Phase
 from callclient.media.tones import SharedSink
 from callclient.media.virtual import VirtualSpeaker
 from callclient.observer import CALLBACK_NAMES, CallObserver
 from callclient.types import (
     AudioPlaybackDevice,
     CallMediaType,
-    CallRole,
     CallStatus,
     Camera,
     FillMode,
     Rotation,
     VideoRenderParams,
 )
-from tests.helpers.desktop import FakeCall, FakeEngine
+from tests.helpers.desktop import FakeEngine
 from tests.helpers.engine import MakeParty, Party
 from tests.helpers.waits import T, eventually
-
-# ---------------------------------------------------------------------------- phase_of
-
-
-@pytest.mark.parametrize(
-    ("call", "dialing", "phase"),
-    [
-        (None, False, Phase.IDLE),
-        (None, True, Phase.CALLING),
-        (FakeCall(CallStatus.NONE, CallRole.CALLER), False, Phase.IDLE),
-        (FakeCall(CallStatus.WAITING, CallRole.CALLER), False, Phase.CALLING),
-        (FakeCall(CallStatus.WAITING, CallRole.CALLED, caller="carol"), False, Phase.INCOMING),
-        (FakeCall(CallStatus.ACCEPT, CallRole.CALLER), False, Phase.CONNECTED),
-        (FakeCall(CallStatus.ACCEPT, CallRole.CALLED), True, Phase.CONNECTED),
-    ],
-)
-def test_phase_of_call_status(call: FakeCall | None, dialing: bool, phase: Phase) -> None:
-    """Status and role decide the phase; a pending dial only counts while there is no call."""
-    assert phase_of(call, dialing=dialing) is phase
-
 
 # ---------------------------------------------------------------------------- fake engine
 

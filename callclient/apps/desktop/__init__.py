@@ -13,8 +13,9 @@ One module per concern, each importing only those above it in this list:
 - :mod:`~callclient.apps.desktop.state`: what the window shows, as immutable data.
 - :mod:`~callclient.apps.desktop.drawing`: pure functions that draw a state into an image.
 - :mod:`~callclient.apps.desktop.keys`: the key table, key codes to commands.
+- :mod:`~callclient.apps.desktop.phase`: the call phase, from the engine's call status.
 - :mod:`~callclient.apps.desktop.controller`: :class:`DesktopApp`, engine callbacks and
-  commands in, states out; its call phase is the engine's call status.
+  commands in, states out.
 - :mod:`~callclient.apps.desktop.window`: the OpenCV window thread, the event-loop thread and
   the hand-off between them.
 - :mod:`~callclient.apps.desktop.cli`: the command line, :func:`main`.
@@ -28,9 +29,10 @@ from __future__ import annotations
 import cv2  # noqa: F401
 
 from callclient.apps.desktop.cli import main
-from callclient.apps.desktop.controller import AppConfig, DesktopApp, Phase
+from callclient.apps.desktop.controller import AppConfig, DesktopApp
 from callclient.apps.desktop.drawing import Layout, compose_frame
 from callclient.apps.desktop.keys import Command, KeyBindings
+from callclient.apps.desktop.phase import Phase
 from callclient.apps.desktop.state import AppState, TileState, TileView
 from callclient.apps.desktop.window import run_app
 

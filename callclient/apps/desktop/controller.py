@@ -6,17 +6,16 @@ up, dial, microphone, camera, routes, tiles), plays the ringtone and the ringbac
 every change publishes an immutable :class:`~callclient.apps.desktop.state.AppState` for the
 window to draw.
 
-The call phase is never kept here: :attr:`DesktopApp.phase` reads it from the engine's
-current call (:func:`phase_of` of ``engine.current_call``'s status and role), which the
-engine updates before it fires the callback that reports the change. The one thing the
-engine cannot know is a ``calls`` request still on its way, shown as "calling" too.
+The call phase is never kept here: :attr:`DesktopApp.phase` is
+:func:`~callclient.apps.desktop.phase.phase_of` the engine's current call, which the engine
+updates before it fires the callback that reports the change; so are the call's media type,
+caller and start time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -29,6 +28,7 @@ import numpy.typing as npt
 
 from callclient.apps.desktop.assets import asset
 from callclient.apps.desktop.keys import Command, KeyBindings
+from callclient.apps.desktop.phase import CallLike, Phase, phase_of
 from callclient.apps.desktop.state import AppState, TileState, TileView, duration_text
 from callclient.errors import CallError
 from callclient.media.base import AudioSink, VideoView
@@ -40,7 +40,6 @@ from callclient.types import (
     CallMediaType,
     CallParams,
     CallRole,
-    CallStatus,
     Camera,
     FillMode,
     NetworkQuality,
@@ -50,50 +49,11 @@ from callclient.types import (
     VideoRenderParams,
 )
 
-__all__ = ["AppConfig", "CallLike", "DesktopApp", "EngineLike", "Phase", "phase_of"]
+__all__ = ["AppConfig", "DesktopApp", "EngineLike"]
 
 logger = logging.getLogger(__name__)
 
 _HANGUP_TIMEOUT = 3.0
-
-
-class Phase(enum.StrEnum):
-    """Where the app's call is, as the status bar names it."""
-
-    IDLE = "idle"
-    CALLING = "calling"
-    """An outgoing call rings (or its ``calls`` request is on its way)."""
-    INCOMING = "incoming"
-    CONNECTED = "connected"
-
-
-class CallLike(Protocol):
-    """The part of the engine's current call (``CallInfo``) the app reads."""
-
-    @property
-    def status(self) -> CallStatus: ...
-
-    @property
-    def role(self) -> CallRole: ...
-
-    @property
-    def media_type(self) -> CallMediaType: ...
-
-    @property
-    def caller(self) -> str: ...
-
-    @property
-    def begin_time(self) -> float | None:
-        """When the call connected (``time.time()``), None while it rings."""
-
-
-def phase_of(call: CallLike | None, *, dialing: bool = False) -> Phase:
-    """The phase for the engine's current call; ``dialing``: a ``calls`` request is pending."""
-    if call is None or call.status is CallStatus.NONE:
-        return Phase.CALLING if dialing else Phase.IDLE
-    if call.status is CallStatus.ACCEPT:
-        return Phase.CONNECTED
-    return Phase.CALLING if call.role is CallRole.CALLER else Phase.INCOMING
 
 
 class EngineLike(Protocol):
