@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from callclient.apps.desktop import Layout
+from callclient.apps.desktop.drawing import Layout
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.media.pattern import read_stamp

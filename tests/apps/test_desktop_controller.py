@@ -1,0 +1,289 @@
+"""The desktop app's controller: keys to engine calls, tones, tiles, and its call phase.
+
+The phase is never the controller's own: it follows the engine's current call. A fake engine
+(which changes its call before it fires the callback, as the engine does) checks each key's
+engine call; real engine pairs on a real server check the phase through ringing, connected
+and ended, both ways round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from callclient.apps.desktop.controller import AppConfig, DesktopApp
+from callclient.apps.desktop.keys import Command
+from callclient.apps.desktop.phase import Phase
+from callclient.media.tones import SharedSink
+from callclient.media.virtual import VirtualSpeaker
+from callclient.observer import CALLBACK_NAMES, CallObserver
+from callclient.types import (
+    AudioPlaybackDevice,
+    CallMediaType,
+    CallStatus,
+    Camera,
+    FillMode,
+    Rotation,
+    VideoRenderParams,
+)
+from tests.helpers.desktop import FakeEngine
+from tests.helpers.engine import MakeParty, Party
+from tests.helpers.waits import T, eventually
+
+# ---------------------------------------------------------------------------- fake engine
+
+async def _press(app: DesktopApp, engine: FakeEngine, key: str) -> list[tuple[object, ...]]:
+    before = len(engine.calls_made)
+    await app.handle_key(ord(key))
+    return engine.calls_made[before:]
+
+
+def test_every_command_has_an_action() -> None:
+    """The controller runs every command of the key table."""
+    app = DesktopApp(FakeEngine(), AppConfig("alice"))
+    assert set(app.actions) == set(Command)
+
+
+async def test_keys_call_engine_methods() -> None:
+    """Each key of a connected call calls the right engine method with the right arguments."""
+    engine = FakeEngine()
+    app = DesktopApp(engine, AppConfig("alice", call=("bob",)))
+    await app.start()
+    assert engine.calls_made[:2] == [("open_camera", Camera.FRONT),
+                                     ("calls", ["bob"], CallMediaType.VIDEO)]
+    assert app.phase is Phase.CALLING and "bob" in engine.views
+    assert "Calling bob" in app.state.banner
+    engine.begin()
+    engine.join("bob")
+    assert app.phase is Phase.CONNECTED and app.state.banner == ""
+    assert app.state.tiles[0].since == 1000.0 and app.state.tiles[1].status == "connected"
+
+    assert await _press(app, engine, "m") == [("close_microphone",)]
+    assert await _press(app, engine, "m") == [("open_microphone",)]
+    assert await _press(app, engine, "c") == [("close_camera",)]
+    assert await _press(app, engine, "c") == [("open_camera", Camera.FRONT)]
+    assert await _press(app, engine, "s") == [("switch_camera", Camera.BACK)]
+    assert await _press(app, engine, "p") == [
+        ("select_audio_playback_device", AudioPlaybackDevice.EARPIECE)]
+    fit = VideoRenderParams(FillMode.FIT, Rotation.ROTATION_0)
+    assert await _press(app, engine, "f") == [("set_video_render_params", "bob", fit)]
+    assert await _press(app, engine, "o") == [
+        ("set_video_render_params", "bob", VideoRenderParams(FillMode.FIT, Rotation.ROTATION_90))]
+    assert await _press(app, engine, "\t") == []
+    assert await _press(app, engine, "f") == [("set_video_render_params", "alice", fit)]
+    assert await _press(app, engine, "v") == [("switch_call_media_type", CallMediaType.AUDIO)]
+    assert not app.state.show_help
+    assert await _press(app, engine, "?") == []
+    assert app.state.show_help
+    assert await _press(app, engine, "z") == []
+    assert await _press(app, engine, "h") == [("hangup",)]
+    assert app.state.tiles[1].params.fill_mode is FillMode.FIT
+    app.press(ord("q"))
+    assert app.quit_requested
+    await app.close()
+
+
+async def test_incoming_call_rings_until_accepted() -> None:
+    """An incoming call shows the caller and rings through the speaker until accepted."""
+    engine = FakeEngine()
+    app = DesktopApp(engine, AppConfig("alice"))
+    await app.start()
+    shared = engine.devices.speakers[AudioPlaybackDevice.SPEAKERPHONE]
+    assert isinstance(shared, SharedSink)
+    speaker = shared.inner
+    assert isinstance(speaker, VirtualSpeaker)
+    engine.ring_in("carol", CallMediaType.VIDEO)
+    assert app.phase is Phase.INCOMING
+    assert "carol" in app.state.banner and app.state.tiles[1].user_id == "carol"
+    await eventually(lambda: speaker.played_samples >= 48000 * 0.3, "the ringtone plays")
+    assert shared.owner == "tone"
+    assert int(np.abs(speaker.samples()).max()) > 5000
+    assert await _press(app, engine, "a") == [("accept",)]
+    assert shared.owner is None and not speaker.running
+    engine.begin()
+    assert app.phase is Phase.CONNECTED and app.state.tiles[1].status == "connecting"
+    await shared.start(lambda: np.zeros(960, np.int16))  # the engine takes the output
+    assert shared.owner == "call"
+    await shared.stop()
+    engine.end(3.0)
+    assert app.phase is Phase.IDLE and len(app.state.tiles) == 1
+    assert "call ended after 00:03" in app.state.status
+    await app.close()
+
+
+async def test_mute_mode_and_reject() -> None:
+    """With mute mode an incoming call does not ring; 'r' rejects it; refusals are shown."""
+    engine = FakeEngine()
+    app = DesktopApp(engine, AppConfig("alice", mute_ringtone=True))
+    await app.start()
+    engine.ring_in("carol", CallMediaType.AUDIO)
+    await asyncio.sleep(0.2)
+    shared = engine.devices.speakers[AudioPlaybackDevice.SPEAKERPHONE]
+    assert isinstance(shared, SharedSink) and shared.owner is None
+    assert await _press(app, engine, "r") == [("reject",)]
+    engine.cancel("alice")
+    assert app.phase is Phase.IDLE
+    assert await _press(app, engine, "h") == []
+    assert "no call" in app.state.status
+    engine.refuse.add("calls")
+    app2 = DesktopApp(engine, AppConfig("alice", call=("bob",)))
+    await app2.perform(Command.DIAL)
+    assert app2.phase is Phase.IDLE and "cannot calls" in app2.state.status
+    assert len(app2.state.tiles) == 1 and "bob" not in engine.views
+    await app.close()
+    await app2.close()
+
+
+async def test_a_call_the_engine_forgot_loses_its_tiles() -> None:
+    """When the engine drops the call without a callback (hang-up of a call the server no
+    longer knows), the app goes idle with it and its remote tiles go."""
+    engine = FakeEngine()
+    app = DesktopApp(engine, AppConfig("alice", call=("bob",), media_type=CallMediaType.AUDIO))
+    await app.start()
+    engine.begin()
+    engine.join("bob")
+    engine.current_call = None  # what the engine's hangup() does on CALL_NOT_FOUND
+    assert await _press(app, engine, "h") == []
+    assert app.phase is Phase.IDLE and "no call" in app.state.status
+    assert len(app.state.tiles) == 1 and engine.views == {}
+    await app.close()
+
+
+async def test_close_hangs_up_and_is_idempotent() -> None:
+    """Closing during a call hangs up once and leaves the engine; a second close does nothing."""
+    engine = FakeEngine()
+    app = DesktopApp(engine, AppConfig("alice", call=("bob",)))
+    await app.start()
+    await app.close()
+    await app.close()
+    assert engine.calls_made.count(("hangup",)) == 1
+    assert engine.observers == []
+
+
+async def test_close_rejects_an_incoming_call() -> None:
+    """Closing while a call rings in rejects it instead of hanging up."""
+    engine = FakeEngine()
+    app = DesktopApp(engine, AppConfig("alice", media_type=CallMediaType.AUDIO))
+    await app.start()
+    engine.ring_in("carol", CallMediaType.AUDIO)
+    await app.close()
+    assert ("reject",) in engine.calls_made and ("hangup",) not in engine.calls_made
+
+
+# ---------------------------------------------------------------------------- real engines
+
+
+class PhaseProbe(CallObserver):
+    """Registered after the app: at each callback, the app's phase and published status."""
+
+    def __init__(self, app: DesktopApp) -> None:
+        self.app = app
+        self.seen: list[tuple[str, Phase, CallStatus, str]] = []
+
+
+def _probing(name: str) -> object:
+    def probe(self: PhaseProbe, *args: object) -> None:
+        call = self.app.engine.current_call
+        status = call.status if call is not None else CallStatus.NONE
+        self.seen.append((name, self.app.phase, status, self.app.state.status.split(" | ")[1]))
+
+    return probe
+
+
+for _name in CALLBACK_NAMES:
+    setattr(PhaseProbe, _name, _probing(_name))
+
+
+def _phases(probe: PhaseProbe, *names: str) -> list[tuple[str, Phase, CallStatus, str]]:
+    return [entry for entry in probe.seen if entry[0] in names]
+
+
+async def _app(party: Party, config: AppConfig) -> tuple[DesktopApp, PhaseProbe]:
+    app = DesktopApp(party.engine, config)
+    probe = PhaseProbe(app)
+    await app.start()
+    party.engine.add_observer(probe)  # after the app, so it sees what the app published
+    return app, probe
+
+
+async def test_outgoing_call_phase_follows_the_engine(make_party: MakeParty) -> None:
+    """Alice's app calls bob: calling while it rings, connected when bob accepts, idle when
+    bob hangs up, and the published status says the same at every callback."""
+    alice, bob = await make_party("alice"), await make_party("bob")
+    app, probe = await _app(alice, AppConfig("alice", call=("bob",),
+                                             media_type=CallMediaType.AUDIO))
+    call = alice.engine.current_call
+    assert call is not None and call.status is CallStatus.WAITING
+    assert app.phase is Phase.CALLING and "Calling bob" in app.state.banner
+    await bob.rec.wait_for("on_call_received", "alice")
+    await bob.engine.accept()
+    await alice.rec.wait_for("on_user_join", "bob")
+    await eventually(lambda: _phases(probe, "on_user_join") != [], "the probe saw bob join")
+    assert app.phase is Phase.CONNECTED
+    assert app.state.tiles[1].status == "connected" and app.state.tiles[0].since is not None
+    await bob.engine.hangup()
+    await alice.rec.wait_for("on_call_end")
+    await eventually(lambda: _phases(probe, "on_call_end") != [], "the probe saw the end")
+    assert _phases(probe, "on_call_begin", "on_user_join", "on_call_end") == [
+        ("on_call_begin", Phase.CONNECTED, CallStatus.ACCEPT, "connected"),
+        ("on_user_join", Phase.CONNECTED, CallStatus.ACCEPT, "connected"),
+        ("on_call_end", Phase.IDLE, CallStatus.NONE, "idle"),
+    ]
+    assert app.phase is Phase.IDLE and len(app.state.tiles) == 1
+    assert "call ended after" in app.state.status
+    await app.close()
+
+
+async def test_incoming_call_phase_follows_the_engine(make_party: MakeParty) -> None:
+    """Bob calls alice's app: incoming (ringing) until 'a', connected, idle after 'h'."""
+    alice, bob = await make_party("alice"), await make_party("bob")
+    app, probe = await _app(alice, AppConfig("alice", media_type=CallMediaType.AUDIO))
+    assert app.phase is Phase.IDLE
+    await bob.engine.call("alice", CallMediaType.AUDIO)
+    await alice.rec.wait_for("on_call_received", "bob")
+    await eventually(lambda: _phases(probe, "on_call_received") != [], "the probe saw the ring")
+    assert app.phase is Phase.INCOMING and "from bob" in app.state.banner
+    shared = alice.devices.speakers[AudioPlaybackDevice.SPEAKERPHONE]
+    assert isinstance(shared, SharedSink)
+    await eventually(lambda: shared.owner == "tone", "the ringtone plays")
+    await app.handle_key(ord("a"))
+    await alice.rec.wait_for("on_call_begin")
+    await eventually(lambda: _phases(probe, "on_call_begin") != [], "the probe saw the begin")
+    assert app.phase is Phase.CONNECTED
+    await app.handle_key(ord("h"))
+    await bob.rec.wait_for("on_call_end")
+    await alice.rec.wait_for("on_call_end")
+    await eventually(lambda: app.phase is Phase.IDLE, "alice's app went idle")
+    assert _phases(probe, "on_call_received", "on_call_begin", "on_call_end") == [
+        ("on_call_received", Phase.INCOMING, CallStatus.WAITING, "incoming"),
+        ("on_call_begin", Phase.CONNECTED, CallStatus.ACCEPT, "connected"),
+        ("on_call_end", Phase.IDLE, CallStatus.NONE, "idle"),
+    ]
+    await app.close()
+
+
+async def test_cancel_while_ringing_and_close_during_a_call(make_party: MakeParty) -> None:
+    """'h' while the call rings cancels it for bob and the app goes idle; a second call,
+    connected, is hung up by closing the app."""
+    alice, bob = await make_party("alice"), await make_party("bob")
+    app, probe = await _app(alice, AppConfig("alice", call=("bob",),
+                                             media_type=CallMediaType.AUDIO))
+    await bob.rec.wait_for("on_call_received", "alice")
+    await app.handle_key(ord("h"))
+    await bob.rec.wait_for("on_call_cancelled")
+    await alice.rec.wait_for("on_call_cancelled")
+    await eventually(lambda: app.phase is Phase.IDLE, "alice's app went idle")
+    assert _phases(probe, "on_call_cancelled") == [
+        ("on_call_cancelled", Phase.IDLE, CallStatus.NONE, "idle")]
+    assert len(app.state.tiles) == 1 and "call cancelled" in app.state.status
+
+    mark = bob.rec.mark()
+    await app.handle_key(ord("d"))
+    await bob.rec.wait_for("on_call_received", "alice", start=mark)
+    await bob.engine.accept()
+    await alice.rec.wait_for("on_user_join", "bob")
+    assert app.phase is Phase.CONNECTED
+    await app.close()
+    await bob.rec.wait_for("on_call_end", start=mark, timeout=T)
+    assert alice.engine.current_call is None
