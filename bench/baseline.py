@@ -12,7 +12,7 @@ participant, sending the same media as the engine:
 * audio: the same click train (:class:`~bench.probes.ClickMicrophone`), 20 ms s16 frames.
 
 Received video is read with ``track.recv()``, converted to BGR (what any renderer needs; in
-a thread from 720p on, like the engine) and handed to a :class:`~bench.probes.StampView`.
+a thread from 720p on, like the engine) and handed to a :class:`~callclient.apps.measure.StampView`.
 Received audio is checked for clicks at the time ``track.recv()`` returns: bare aiortc has no
 playout, so this "ear" is the output of aiortc's jitter buffer and decoder.
 """
@@ -45,10 +45,10 @@ from bench.probes import (
     CpuMeter,
     OnsetDetector,
     Participant,
-    StampView,
     run_participant,
     wait_first_frames,
 )
+from callclient.apps.measure import StampView
 from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE, RenderedFrame
 from callclient.media.tracks import frame_to_bgr
 
@@ -177,7 +177,7 @@ class BareParticipant(Participant):
         """A connection to ``peer`` whose received media goes to the instruments."""
         pc = RTCPeerConnection()
         self.pcs[peer] = pc
-        self.views[peer] = StampView(self.read_stamps)
+        self.views[peer] = StampView(read_stamps=self.read_stamps)
         self.heard[peer] = OnsetDetector()
         pc.on("track", lambda track: self._spawn(self._consume(peer, track)))
         return pc

@@ -1,9 +1,9 @@
 """Measuring instruments shared by the stack bench's participant processes.
 
-* :class:`StampView` is the "glass" end of the video path: a view that takes ``time.time()``
-  when a rendered frame reaches it and reads the frame's stamp (capture time) in its own
-  thread, so the latency is ``render time - capture time`` and reading costs the media path
-  nothing but a queue append. Only the centre of the frame (where the stamp is) is analysed.
+* :class:`~callclient.apps.measure.StampView` (the project's one stamp-reading view) is the
+  "glass" end of the video path: it takes ``time.time()`` when a rendered frame reaches it and
+  reads the frame's stamp (capture time) in its own thread, so the latency is ``render time -
+  capture time`` and reading costs the media path nothing but a queue append.
 * :class:`ClickMicrophone` is the "mouth": a virtual microphone playing a click train that
   records the wall time each click leaves it. :class:`OnsetDetector` finds the clicks again
   at the "ear" (:class:`RecordingSpeaker`, the virtual speaker's pulled output, or any tap).
@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ctypes
 import json
@@ -28,20 +27,18 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import IO, Any, ClassVar
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
 import psutil
 
+from callclient.apps.measure import StampView
 from callclient.media.base import (
     BLOCK_SAMPLES,
     SAMPLE_RATE,
     CapturedFrame,
-    RenderedFrame,
-    VideoView,
 )
-from callclient.media.pattern import read_stamp
 from callclient.media.virtual import (
     Sequence,
     Silence,
@@ -59,7 +56,6 @@ __all__ = [
     "OnsetDetector",
     "Participant",
     "RecordingSpeaker",
-    "StampView",
     "die_with_parent",
     "serve",
     "wait_first_frames",
@@ -103,120 +99,7 @@ async def wait_first_frames(
         async with asyncio.timeout(within):
             for view in views.values():
                 await view.first_frame.wait()
-    return {name: view.first_time for name, view in views.items()}
-
-
-def _stamp_region(image: Image) -> Image:
-    """The centred part of ``image`` that holds the stamp (the centre stays exactly central)."""
-    height, width = image.shape[:2]
-    short = min(width, height)
-    # The stamp covers 17/30 x 10/30 of the short side with its margin: keep 0.64 x 0.4.
-    margin_x = max(0, (width - int(short * 0.64)) // 2)
-    margin_y = max(0, (height - int(short * 0.40)) // 2)
-    return image[margin_y : height - margin_y, margin_x : width - margin_x]
-
-
-class StampView(VideoView):
-    """A view timing every rendered frame and reading its stamp in a worker thread.
-
-    ``on_frame`` records ``time.time()`` (the render time) and queues the frame; the worker
-    reads the stamp and stores ``(render time, render latency, receive latency)`` where the
-    receive latency uses the frame's own ``received_time`` (when the client got the decoded
-    frame, before rendering). At most ``max_pending`` frames wait; older ones are dropped
-    from the latency samples (they are still counted). With ``read_stamps=False`` frames are
-    only counted.
-    """
-
-    thread_ids: ClassVar[set[int]] = set()
-    """Native ids of every live stamp reader thread in this process (excluded from CPU)."""
-
-    def __init__(self, read_stamps: bool = True, max_pending: int = 4) -> None:
-        self.size = None
-        self.read_stamps = read_stamps
-        self.max_pending = max_pending
-        self._cond = threading.Condition()
-        self._pending: collections.deque[tuple[Image, float, float]] = collections.deque()
-        self._closing = False
-        self.render_times: list[float] = []
-        self.samples: list[tuple[float, float, float]] = []
-        self.dropped = 0
-        self.unreadable = 0
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        with contextlib.suppress(RuntimeError):
-            self._loop = asyncio.get_running_loop()
-        self.first_frame = asyncio.Event()
-        """Set once the first frame was rendered (create the view on the loop that waits)."""
-        if read_stamps:
-            self._thread = threading.Thread(target=self._run, name="stamp reader", daemon=True)
-            self._thread.start()
-
-    @property
-    def first_time(self) -> float | None:
-        """Render time of the first frame, None before it."""
-        with self._cond:
-            return self.render_times[0] if self.render_times else None
-
-    def on_frame(self, frame: RenderedFrame) -> None:
-        """Time the frame and queue it for the stamp reader (never blocks)."""
-        now = time.time()
-        with self._cond:
-            self.render_times.append(now)
-            if len(self.render_times) == 1 and self._loop is not None:
-                self._loop.call_soon_threadsafe(self.first_frame.set)
-            if not self.read_stamps or self._closing:
-                return
-            if len(self._pending) >= self.max_pending:
-                self._pending.popleft()
-                self.dropped += 1
-            self._pending.append((frame.image, frame.received_time, now))
-            self._cond.notify()
-
-    def window(self, since: float, until: float) -> dict[str, Any]:
-        """Frames, fps and latencies (ms) of the frames rendered within ``[since, until]``."""
-        with self._cond:
-            times = [t for t in self.render_times if since <= t <= until]
-            samples = [s for s in self.samples if since <= s[0] <= until]
-            dropped, unreadable = self.dropped, self.unreadable
-        span = until - since
-        return {
-            "frames": len(times),
-            "fps": len(times) / span if span > 0 else 0.0,
-            "latency_ms": [round(s[1] * 1000.0, 2) for s in samples],
-            "recv_latency_ms": [round(s[2] * 1000.0, 2) for s in samples],
-            "stamps_read": len(samples),
-            "dropped": dropped,
-            "unreadable": unreadable,
-        }
-
-    def close(self) -> None:
-        """Read what is queued and stop the worker. Idempotent."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10.0)
-
-    def _run(self) -> None:
-        ident = threading.get_native_id()
-        StampView.thread_ids.add(ident)
-        try:
-            while True:
-                with self._cond:
-                    while not self._pending and not self._closing:
-                        self._cond.wait()
-                    if not self._pending:
-                        return
-                    image, received, rendered = self._pending.popleft()
-                found = read_stamp(_stamp_region(image), rotations=False)
-                with self._cond:
-                    if found is None:
-                        self.unreadable += 1
-                    else:
-                        capture = found[1]
-                        self.samples.append((rendered, rendered - capture, received - capture))
-        finally:
-            StampView.thread_ids.discard(ident)
+    return {name: view.meter.first_render_time for name, view in views.items()}
 
 
 class CountingCamera(VirtualCamera):

@@ -8,7 +8,7 @@ processes share the machine's clock, so ``time.time()`` in one is comparable wit
 Measurement points:
 
 * **video glass-to-glass**: the sender's virtual camera stamps each frame with its counter
-  and ``time.time()`` at capture; the receiver's view (:class:`bench.probes.StampView`)
+  and ``time.time()`` at capture; the receiver's view (:class:`callclient.apps.measure.StampView`)
   takes ``time.time()`` when the rendered BGR frame reaches it and reads the stamp in a
   worker thread (only the centre of the frame, where the stamp is). Latency = render time -
   capture time, every frame (frames the reader could not keep up with are counted, not

@@ -5,7 +5,7 @@
 :class:`~callclient.engine.CallEngine` with virtual devices: a :class:`~bench.probes.CountingCamera`
 at the scenario's size, a :class:`~bench.probes.ClickMicrophone` and
 :class:`~bench.probes.RecordingSpeaker` outputs; each remote user is rendered into a
-:class:`~bench.probes.StampView`.
+:class:`~callclient.apps.measure.StampView`.
 
 Commands: ``setup`` (create the engine and log in), ``call`` / ``answer`` (one call, returning
 when the first frame of every watched user was rendered), ``measure`` (a window of
@@ -31,11 +31,11 @@ from bench.probes import (
     OnsetDetector,
     Participant,
     RecordingSpeaker,
-    StampView,
     run_participant,
     wait_first_frames,
 )
 from callclient.apps.events import CallbackObserver
+from callclient.apps.measure import StampView
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.types import (
@@ -108,7 +108,7 @@ class EngineParticipant(Participant):
         engine = self._engine()
         for view in self.views.values():
             view.close()
-        self.views = {user: StampView(self.read_stamps) for user in users}
+        self.views = {user: StampView(read_stamps=self.read_stamps) for user in users}
         self.taps = {user: OnsetDetector() for user in users}
         for user, view in self.views.items():
             engine.start_remote_view(user, view)

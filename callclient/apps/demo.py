@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 
 from callclient.apps.events import CallbackObserver, event_record, format_human
-from callclient.apps.measure import AnalyserView
+from callclient.apps.measure import StampView
 from callclient.engine import CallEngine
 from callclient.errors import CallError
 from callclient.media.deviceset import DeviceSet
@@ -148,7 +148,7 @@ async def _alice(
         say("error: bob did not log in")
         return 1
     devices = DeviceSet.virtual("alice", program=Tone(440.0, 0.3))
-    view = AnalyserView()
+    view = StampView()
     async with CallEngine(url, devices=devices) as alice:
 
         def show(name: str, args: tuple[Any, ...]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callclient.apps.events import CallbackObserver, event_record, jsonable
-from callclient.apps.measure import AnalyserView, AudioMeter
+from callclient.apps.measure import AudioMeter, StampView
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.media.virtual import Tone
@@ -150,7 +150,7 @@ class _Participant:
         self.name = name
         self.index = index
         self.engine = CallEngine(url, devices=devices)
-        self.views: dict[str, AnalyserView] = {}
+        self.views: dict[str, StampView] = {}
         self.meters: dict[str, AudioMeter] = {}
         self.invited = asyncio.Event()
         self.accept_time: float | None = None
@@ -160,7 +160,7 @@ class _Participant:
 
     def watch(self, others: list[str]) -> None:
         for other in others:
-            view = self.views[other] = AnalyserView()
+            view = self.views[other] = StampView()
             self.meters[other] = AudioMeter()
             self.engine.start_remote_view(other, view)
 

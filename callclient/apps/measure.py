@@ -6,19 +6,23 @@ sender's :class:`~callclient.media.virtual.VirtualCamera` draws into every frame
 time is when the engine got the decoded frame. Both are ``time.time()`` on the same machine
 in the loopback and the demo (across machines it includes their clock offset).
 
-:class:`AnalyserView` reads the stamp of *every* frame, in a worker thread (about 1 ms at
-640x360 and 6 ms at 1920x1080), fed by a bounded queue: when that thread falls behind, the
+:class:`StampView` reads the stamp of *every* frame, in a worker thread (only the centre of
+the frame, where the stamp is), fed by a bounded queue: when that thread falls behind, the
 oldest frames are skipped for the latency (not for the frame count) and counted in
-:attr:`VideoSummary.unread`.
+:attr:`VideoSummary.unread`. It also times when each frame reached the view, so benchmarks
+read glass-to-glass latency (render - capture) from the same instrument.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import statistics
 import threading
+import time
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -29,10 +33,10 @@ from callclient.media.base import BLOCK_SECONDS, MemoryView, RenderedFrame, Vide
 from callclient.media.pattern import read_stamp
 
 __all__ = [
-    "AnalyserView",
-    "AudioMeter",
+        "AudioMeter",
     "AudioSummary",
     "FrameMeter",
+    "StampView",
     "VideoSummary",
     "percentile",
 ]
@@ -65,26 +69,43 @@ class VideoSummary:
 
 
 class FrameMeter:
-    """Frame times and stamp latencies of one received stream. Thread-safe."""
+    """Frame times and stamp latencies of one received stream. Thread-safe.
+
+    Each frame has the time the engine received it (decoded) and, for views, the time it
+    reached the view (rendered); a stamp read gives both latencies: received - captured and
+    rendered - captured ("glass to glass").
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._times: list[float] = []
+        self._render_times: list[float] = []
         self._latencies: list[tuple[float, float]] = []
+        self._samples: list[tuple[float, float, float]] = []
+        self.unreadable = 0
+        """Frames whose stamp could not be read."""
 
-    def count(self, received_time: float) -> None:
-        """Count one frame received at ``received_time``."""
+    def count(self, received_time: float, rendered_time: float | None = None) -> None:
+        """Count one frame received at ``received_time`` (and shown at ``rendered_time``)."""
         with self._lock:
             self._times.append(received_time)
+            if rendered_time is not None:
+                self._render_times.append(rendered_time)
 
-    def read(self, image: npt.NDArray[np.uint8], received_time: float) -> float | None:
-        """Read the stamp of ``image``; record and return the latency in seconds (or None)."""
-        found = read_stamp(image, rotations=False)
+    def read(self, image: npt.NDArray[np.uint8], received_time: float,
+             rendered_time: float | None = None) -> float | None:
+        """Read the stamp of ``image``; record and return the receive latency (s) or None."""
+        found = read_stamp(_stamp_region(image), rotations=False)
         if found is None:
+            with self._lock:
+                self.unreadable += 1
             return None
-        latency = received_time - found[1]
+        capture = found[1]
+        latency = received_time - capture
         with self._lock:
             self._latencies.append((received_time, latency))
+            if rendered_time is not None:
+                self._samples.append((rendered_time, rendered_time - capture, latency))
         return latency
 
     @property
@@ -98,6 +119,12 @@ class FrameMeter:
         """When the first frame was received."""
         with self._lock:
             return self._times[0] if self._times else None
+
+    @property
+    def first_render_time(self) -> float | None:
+        """When the first frame reached the view."""
+        with self._lock:
+            return self._render_times[0] if self._render_times else None
 
     def summary(self, since: float | None = None, until: float | None = None) -> VideoSummary:
         """Frames, fps and latency of the frames received within ``[since, until]``.
@@ -126,35 +153,89 @@ class FrameMeter:
             first_frame_time=first,
         )
 
+    def render_window(self, since: float, until: float) -> dict[str, Any]:
+        """Frames and fps by render time within ``[since, until]``, with every latency (ms)."""
+        with self._lock:
+            times = [t for t in self._render_times if since <= t <= until]
+            samples = [s for s in self._samples if since <= s[0] <= until]
+            unreadable = self.unreadable
+        span = until - since
+        return {
+            "frames": len(times),
+            "fps": len(times) / span if span > 0 else 0.0,
+            "latency_ms": [round(s[1] * 1000.0, 2) for s in samples],
+            "recv_latency_ms": [round(s[2] * 1000.0, 2) for s in samples],
+            "stamps_read": len(samples),
+            "unreadable": unreadable,
+        }
+
+
+def _stamp_region(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """The centred part of ``image`` that holds the stamp (the centre stays exactly central).
+
+    Reading only this part costs a fraction of the whole frame at 720p and 1080p.
+    """
+    height, width = image.shape[:2]
+    short = min(width, height)
+    # The stamp covers 17/30 x 10/30 of the short side with its margin: keep 0.64 x 0.4.
+    margin_x = max(0, (width - int(short * 0.64)) // 2)
+    margin_y = max(0, (height - int(short * 0.40)) // 2)
+    return image[margin_y : height - margin_y, margin_x : width - margin_x]
+
 
 def _within(value: float, since: float | None, until: float | None) -> bool:
     return (since is None or value >= since) and (until is None or value <= until)
 
 
-class AnalyserView(VideoView):
-    """A view that counts every frame, reads every frame's stamp in a thread, keeps the last.
+class StampView(VideoView):
+    """The one stamp-reading view: counts every frame, reads stamps in a thread, keeps the last.
 
-    ``max_pending`` bounds the frames waiting for the analyser; :meth:`close` stops it.
+    ``on_frame`` records ``time.time()`` (the render time) and queues the frame for the stamp
+    reader (:class:`~callclient.apps.worker.DroppingWorker`): at most ``max_pending`` wait, older
+    ones are skipped for the latency (not for the count, see :attr:`VideoSummary.unread`).
+    With ``read_stamps=False`` frames are only counted. The loopback, the demo, the bot's
+    recorder and the benchmarks all measure with it.
     """
 
-    def __init__(self, size: tuple[int, int] | None = None, max_pending: int = 4) -> None:
+    thread_ids: ClassVar[set[int]] = set()
+    """Native ids of every live stamp reader thread (a CPU meter leaves them out)."""
+
+    def __init__(self, size: tuple[int, int] | None = None, max_pending: int = 4,
+                 read_stamps: bool = True) -> None:
         self.size = size
         self.meter = FrameMeter()
         self._memory = MemoryView(keep=1)
-        self._worker: DroppingWorker[RenderedFrame] = DroppingWorker(
-            "stamp reader", self._analyse, max_pending
-        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+        self.first_frame = asyncio.Event()
+        """Set at the first frame (create the view on the loop that waits for it)."""
+        self._worker: DroppingWorker[tuple[RenderedFrame, float]] | None = None
+        if read_stamps:
+            self._worker = DroppingWorker("stamp reader", self._analyse, max_pending,
+                                          on_start=StampView.thread_ids.add,
+                                          on_stop=StampView.thread_ids.discard)
 
     def on_frame(self, frame: RenderedFrame) -> None:
         """Count the frame and queue it for the stamp reader; never blocks."""
-        self.meter.count(frame.received_time)
+        now = time.time()
+        first = self.meter.frames == 0
+        self.meter.count(frame.received_time, now)
         self._memory.on_frame(frame)
-        self._worker.put(frame)
+        if first and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.first_frame.set)
+        if self._worker is not None:
+            self._worker.put((frame, now))
 
     @property
     def last(self) -> RenderedFrame | None:
         """The newest frame, or None before the first."""
         return self._memory.last
+
+    @property
+    def dropped(self) -> int:
+        """Frames the stamp reader skipped because it was behind."""
+        return self._worker.dropped if self._worker is not None else 0
 
     async def wait_frames(self, n: int, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until ``n`` frames in total arrived; ``TimeoutError`` after ``timeout``."""
@@ -164,12 +245,18 @@ class AnalyserView(VideoView):
         """See :meth:`FrameMeter.summary`."""
         return self.meter.summary(since, until)
 
+    def window(self, since: float, until: float) -> dict[str, Any]:
+        """See :meth:`FrameMeter.render_window`; also the frames the reader skipped."""
+        return {**self.meter.render_window(since, until), "dropped": self.dropped}
+
     def close(self) -> None:
         """Analyse what is queued and stop the thread. Idempotent; blocks briefly."""
-        self._worker.close()
+        if self._worker is not None:
+            self._worker.close()
 
-    def _analyse(self, frame: RenderedFrame) -> None:
-        self.meter.read(frame.image, frame.received_time)
+    def _analyse(self, item: tuple[RenderedFrame, float]) -> None:
+        frame, rendered = item
+        self.meter.read(frame.image, frame.received_time, rendered)
 
 
 @dataclass(frozen=True)
