@@ -33,6 +33,8 @@ from tests.helpers.waits import T, eventually
 
 SIZE = (160, 96)
 TONES = {"alice": 600.0, "bob": 900.0}
+LIVENESS = PeerConfig(keepalive_interval=0.1, dead_after=2.0)
+"""Pings every 0.1 s; 2 s of silence (20 pings) is unresponsive, far above any loop stall."""
 
 
 def udp_sockets() -> int:
@@ -369,8 +371,7 @@ async def test_a_silent_peer_is_reported_once_and_responsive_again_after(
 ) -> None:
     """bob's pings stop: alice reports bob unresponsive once, however long the silence; when
     they come again bob is responsive, and a second silence is reported again."""
-    config = PeerConfig(keepalive_interval=0.1, dead_after=2.0)
-    pair = await make_pair(config, media=False)
+    pair = await make_pair(LIVENESS, media=False)
     await pair.start()
     await pair.connected()
     alice_ticks = Ticks(await keepalive_channel(pair.alice))
@@ -393,8 +394,7 @@ async def test_a_silent_peer_is_reported_once_and_responsive_again_after(
 
 async def test_a_keepalive_relay_counts_as_hearing_the_peer(make_pair: MakePair) -> None:
     """A ``keepalive`` relay (allowed by the protocol) makes an unresponsive peer responsive."""
-    config = PeerConfig(keepalive_interval=0.1, dead_after=2.0)
-    pair = await make_pair(config, media=False)
+    pair = await make_pair(LIVENESS, media=False)
     await pair.start()
     await pair.connected()
     Ticks(await keepalive_channel(pair.bob)).muted = True
@@ -406,8 +406,7 @@ async def test_a_keepalive_relay_counts_as_hearing_the_peer(make_pair: MakePair)
 
 async def test_a_closed_data_channel_is_reported_unresponsive(make_pair: MakePair) -> None:
     """bob closes the keepalive channel: alice hears nothing more and reports bob, once."""
-    config = PeerConfig(keepalive_interval=0.1, dead_after=2.0)
-    pair = await make_pair(config, media=False)
+    pair = await make_pair(LIVENESS, media=False)
     await pair.start()
     await pair.connected()
     alice_channel = await keepalive_channel(pair.alice)
