@@ -62,16 +62,20 @@ class _Link:
         self.uplink = QualityRater(down_after=down_after)
         self.reported = NetworkQuality.UNKNOWN
         self.report_stamps: dict[str, Any] = {}
+        """The last receiver report seen for each kind of our streams."""
         self.packets_seen = 0
         """Packets received from the peer (all streams) at the last sample."""
         self.rated_at: float | None = None
         """When the downlink was last rated."""
-        """The last receiver report seen for each kind of our streams."""
         self.rtt_ms: float | None = None
 
 
 class CallMonitor:
-    """Volume and network quality of one call, reported through ``notify``."""
+    """Volume and network quality of one call, reported through ``notify``.
+
+    ``clock`` (seconds, monotonic) stamps audio blocks and statistics and decides when a
+    report is due; the loops themselves wake every ``volume_interval`` / ``sample_interval``.
+    """
 
     def __init__(
         self,
@@ -84,8 +88,10 @@ class CallMonitor:
         sample_interval: float = 0.1,
         rate_interval: float = 1.0,
         down_after: float = 2.5,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.local_id = local_id
+        self._clock = clock
         self._notify = notify
         self._send_uplink = send_uplink
         self.volume_interval = volume_interval
@@ -103,11 +109,11 @@ class CallMonitor:
 
     def local_audio(self, block: npt.NDArray[np.int16]) -> None:
         """A block the local microphone sent."""
-        self.volumes.update(self.local_id, block, time.monotonic())
+        self.volumes.update(self.local_id, block, self._clock())
 
     def remote_audio(self, user_id: str, block: npt.NDArray[np.int16]) -> None:
         """A block of ``user_id``'s audio about to be played."""
-        self.volumes.update(user_id, block, time.monotonic())
+        self.volumes.update(user_id, block, self._clock())
 
     def audio_muted(self, user_id: str) -> None:
         """``user_id`` (local or remote) turned the microphone off: level 0 at once."""
@@ -137,11 +143,11 @@ class CallMonitor:
 
     def volume_map(self) -> dict[str, int]:
         """The current level of every user of the call, the local user included."""
-        return self.volumes.snapshot([self.local_id, *self._users], time.monotonic())
+        return self.volumes.snapshot([self.local_id, *self._users], self._clock())
 
     def quality_list(self) -> list[NetworkQualityInfo]:
         """The current quality of the local uplink and of every remote user."""
-        now = time.monotonic()
+        now = self._clock()
         uplinks = [link.uplink.current(now) for link in self._links.values()]
         result = [NetworkQualityInfo(self.local_id, worst(*uplinks))]
         for user_id in self._users:
@@ -182,7 +188,7 @@ class CallMonitor:
             self._notify(UserVoiceVolumeChanged(self.volume_map()))
 
     async def _quality_loop(self) -> None:
-        next_emit = time.monotonic() + self.quality_interval
+        next_emit = self._clock() + self.quality_interval
         while True:
             await asyncio.sleep(self.sample_interval)
             for user_id, link in list(self._links.items()):
@@ -191,7 +197,7 @@ class CallMonitor:
                 except Exception:
                     logger.debug("stats of %s unavailable", user_id, exc_info=True)
             qualities = self.quality_list()
-            now = time.monotonic()
+            now = self._clock()
             newly_down = any(
                 info.quality is NetworkQuality.DOWN
                 and self._last_emitted.get(info.user_id) is not NetworkQuality.DOWN
@@ -206,7 +212,7 @@ class CallMonitor:
 
     async def _sample(self, link: _Link) -> None:
         report = await link.pc.getStats()
-        now = time.monotonic()
+        now = self._clock()
         received = lost = 0
         jitter_ms: float | None = None
         inbound = False

@@ -3,7 +3,8 @@
 The offer rule is deterministic: the user whose id sorts lower offers, the other answers, so
 two peers never offer to each other at once (docs/protocol.md, "Media negotiation"). aiortc
 gathers every ICE candidate before ``setLocalDescription`` returns, so the SDP sent is complete;
-candidates a remote client trickles are added as they come.
+candidates a remote client trickles are added in the order relayed, after the description
+relayed before them; an empty one signals the end of candidates.
 
 aiortc has no transient "disconnected" state, so liveness is checked on a data channel: each
 side sends a small ping every second; silence for ``dead_after`` seconds reports the peer as
@@ -162,6 +163,8 @@ class PeerLink:
                     return
                 try:
                     await self.pc.setLocalDescription(await self.pc.createOffer())
+                    if self._closed:
+                        return  # closed while gathering: the remote must not get an offer
                     await self._send_description()
                 except Exception:
                     if self._closed:
@@ -190,6 +193,8 @@ class PeerLink:
                 if not self.pc.getSenders() or all(s.track is None for s in self.pc.getSenders()):
                     self._add_local_tracks()
                 await self.pc.setLocalDescription(await self.pc.createAnswer())
+                if self._closed:
+                    return  # closed while gathering: no answer from a closed link
                 await self._send_description()
         elif kind == "answer":
             sdp = payload.get("sdp")
@@ -201,14 +206,19 @@ class PeerLink:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
         elif kind == "candidate":
             text = payload.get("candidate")
-            if not text:
-                return  # end of candidates
-            candidate = candidate_from_sdp(str(text).removeprefix("candidate:"))
-            candidate.sdpMid = payload.get("sdpMid")
-            candidate.sdpMLineIndex = payload.get("sdpMLineIndex")
-            await self.pc.addIceCandidate(candidate)
+            candidate = None  # an empty candidate: end of candidates
+            if text:
+                candidate = candidate_from_sdp(str(text).removeprefix("candidate:"))
+                candidate.sdpMid = payload.get("sdpMid")
+                candidate.sdpMLineIndex = payload.get("sdpMLineIndex")
+            # Relays are handled in concurrent tasks: the lock (first come, first served)
+            # applies a candidate after the description relayed before it, as ICE requires.
+            async with self._negotiating:
+                if self._closed:
+                    return
+                await self.pc.addIceCandidate(candidate)
         elif kind == "keepalive":
-            self.last_heard = time.monotonic()
+            self._heard()
 
     def _track(self, track: MediaStreamTrack) -> None:
         # aiortc fires "track" in setRemoteDescription, before connecting: no media yet.
@@ -226,10 +236,13 @@ class PeerLink:
 
         @channel.on("message")
         def heard(message: Any) -> None:
-            self.last_heard = time.monotonic()
-            if self.unresponsive:
-                self.unresponsive = False
-                logger.info("peer %s responsive again", self.remote_id)
+            self._heard()
+
+    def _heard(self) -> None:
+        self.last_heard = time.monotonic()
+        if self.unresponsive:
+            self.unresponsive = False
+            logger.info("peer %s responsive again", self.remote_id)
 
     def _state_changed(self) -> None:
         state = self.pc.connectionState

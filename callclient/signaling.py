@@ -21,7 +21,13 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from callclient.errors import CallError, ConnectionClosedError, ErrorCode, error_for_code
+from callclient.errors import (
+    CallError,
+    ConnectionClosedError,
+    ErrorCode,
+    RequestRepeatedError,
+    error_for_code,
+)
 from callwire import protocol
 from callwire.codes import FINAL_CLOSE_CODES
 from callwire.protocol import Event, ProtocolViolation, Relay, Reply
@@ -89,12 +95,10 @@ class SignalingClient:
         if self._closing:
             raise ConnectionClosedError("login: the signaling client is closed")
         if self._ws is not None:
-            raise CallError(
-                "login: already logged in; log out first", ErrorCode.REQUEST_REPEATED
-            )
+            raise RequestRepeatedError("login: already logged in; log out first")
         ws = await self._open()
         try:
-            reply = await self._login_on(ws, credentials)
+            reply, early = await self._login_on(ws, credentials)
         except BaseException:
             await ws.close()
             raise
@@ -104,6 +108,7 @@ class SignalingClient:
         self._reader = asyncio.get_running_loop().create_task(
             self._read_loop(), name=f"signaling-reader-{credentials.user_id}"
         )
+        self._dispatch_all(early)
         return reply
 
     async def request(
@@ -170,7 +175,14 @@ class SignalingClient:
                 f"cannot reach the signaling server at {self.url}: {exc}"
             ) from exc
 
-    async def _login_on(self, ws: ClientConnection, credentials: Credentials) -> dict[str, Any]:
+    async def _login_on(
+        self, ws: ClientConnection, credentials: Credentials
+    ) -> tuple[dict[str, Any], list[protocol.ServerFrame]]:
+        """Log in on ``ws``: the reply data, and the frames that came before the reply.
+
+        The caller dispatches those frames once it is in the logged-in state (and has handled
+        the reply), so they are seen in the order they came, after the reply.
+        """
         data = {
             "sdkAppId": credentials.sdk_app_id,
             "userID": credentials.user_id,
@@ -180,8 +192,7 @@ class SignalingClient:
         }
         request_id = next(self._ids)
         await ws.send(protocol.encode_request("login", request_id, data))
-        # Before the reader task runs, read frames here until the login reply arrives;
-        # events that come with it (SDK_READY, a ringing invitation) are dispatched after.
+        # Before the reader task runs, read frames here until the login reply arrives.
         early: list[protocol.ServerFrame] = []
         try:
             async with asyncio.timeout(self._request_timeout):
@@ -196,10 +207,8 @@ class SignalingClient:
             raise CallError(f"login: the server sent an invalid frame: {exc}") from exc
         if not frame.ok:
             raise error_for_code(frame.code, frame.message)
-        for item in early:
-            self._dispatch(item)
         # Events queued right behind the reply are read by the reader task in order.
-        return frame.data
+        return frame.data, early
 
     async def _exchange(
         self,
@@ -225,6 +234,10 @@ class SignalingClient:
         finally:
             self._pending.pop(request_id, None)
             self._on_reply.pop(request_id, None)
+
+    def _dispatch_all(self, frames: list[protocol.ServerFrame]) -> None:
+        for frame in frames:
+            self._dispatch(frame)
 
     def _dispatch(self, frame: protocol.ServerFrame) -> None:
         if isinstance(frame, Reply):
@@ -269,7 +282,10 @@ class SignalingClient:
             if self._closing:
                 return
             if self._on_disconnected is not None:
-                self._on_disconnected()
+                try:
+                    self._on_disconnected()
+                except Exception:
+                    logger.exception("on_disconnected callback failed")
             if not self._reconnect or code in FINAL_CLOSE_CODES:
                 self._ws = None
                 return
@@ -289,16 +305,19 @@ class SignalingClient:
                 logger.info("reconnect failed: %s", exc)
                 continue
             try:
-                reply = await self._login_on(ws, credentials)
+                reply, early = await self._login_on(ws, credentials)
             except CallError as exc:
                 await ws.close()
                 if exc.code in (ErrorCode.USER_SIG_INVALID, ErrorCode.USER_SIG_EXPIRED):
                     logger.warning("cannot log in again: %s", exc)
                     self._ws = None
-                    self._on_event(Event("USER_SIG_EXPIRED", {"msg": exc.message}))
+                    self._dispatch(Event("USER_SIG_EXPIRED", {"msg": exc.message}))
                     return False
                 logger.info("re-login failed: %s", exc)
                 continue
+            except BaseException:  # cancelled by close(): this connection is ours to close
+                await ws.close()
+                raise
             self._ws = ws
             self._connected.set()
             logger.info("reconnected to %s as %s", self.url, credentials.user_id)
@@ -307,6 +326,7 @@ class SignalingClient:
                     self._on_reconnected(reply)
                 except Exception:
                     logger.exception("on_reconnected callback failed")
+            self._dispatch_all(early)
             return True
         return False
 
