@@ -164,7 +164,9 @@ class CallMedia:
         self._local.on_local_audio = None
         self._remote.meter = None
         if monitor is not None:
+            # Halted now, so no volume or quality callback follows the call's end.
             self._tasks.spawn(monitor.stop(), cleanup=True, name="stop monitor")
+            monitor.halt()
         mesh, self.mesh = self.mesh, None
         consumers = self._remote.detach_all()
         speaker = self._local.detach_speaker()

@@ -248,14 +248,17 @@ class CallEngine:
             reconnect=self._reconnect,
         )
         self._signaling = signaling
+        # Logged in for the core before the reply: frames that come with it (a ringing
+        # invitation) are dispatched before login() returns.
+        self._state.logged_in(user_id)
+        self._local.user_id = user_id
         try:
             await signaling.login(Credentials(sdk_app_id, user_id, user_sig, extra))
         except BaseException:
             self._signaling = None
+            self._apply(self._state.logged_out())
             await signaling.close()
             raise
-        self._state.logged_in(user_id)
-        self._local.user_id = user_id
 
     async def logout(self) -> None:
         """End any call and log out. Idempotent."""

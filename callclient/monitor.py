@@ -173,11 +173,17 @@ class CallMonitor:
             loop.create_task(self._quality_loop(), name=f"quality {self.local_id}"),
         ]
 
-    async def stop(self) -> None:
-        """Stop reporting. Idempotent."""
+    def halt(self) -> list[asyncio.Task[None]]:
+        """Stop reporting now: nothing is reported after this returns. Returns the loops,
+        cancelled, for the caller to await (or use :meth:`stop`). Idempotent."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
+        return tasks
+
+    async def stop(self) -> None:
+        """Stop reporting and wait for the loops to end. Idempotent."""
+        tasks = self.halt()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -90,3 +90,22 @@ async def test_events_async_iterator(make_party: MakeParty) -> None:
     assert seen[0].args == ("alice", ["bob"], "", CallMediaType.AUDIO)
     assert seen[-1].args[1:3] == (CallMediaType.AUDIO, CallRole.CALLED)
     await alice.rec.wait_for("on_call_end")
+
+
+async def test_no_report_follows_the_end_of_the_call(make_party: MakeParty) -> None:
+    """Volume and quality reports stop with on_call_end: none comes after it."""
+    alice = await make_party("alice", volume_interval=0.05, quality_interval=0.2)
+    bob = await make_party("bob", volume_interval=0.05, quality_interval=0.2)
+    await alice.engine.call("bob", CallMediaType.VIDEO)
+    await bob.rec.wait_for("on_call_received")
+    await bob.engine.accept()
+    await alice.rec.wait_for("on_user_voice_volume_changed")
+    await bob.rec.wait_for("on_user_network_quality_changed")
+    await alice.engine.hangup()
+    for party in (alice, bob):
+        await party.rec.wait_for("on_call_end")
+    await asyncio.sleep(0.5)  # ten volume intervals, two quality intervals
+    for party in (alice, bob):
+        names = [e.name for e in party.rec.events]
+        after = names[names.index("on_call_end") + 1:]
+        assert after == [], f"{party.user_id}: {after}"
