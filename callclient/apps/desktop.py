@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from callclient.assets import RINGBACK, RINGTONE, asset_path
 from callclient.errors import CallError
 from callclient.media.base import AudioSink, RenderedFrame, VideoView
 from callclient.media.deviceset import DeviceSet
@@ -61,7 +62,6 @@ from callclient.types import (
 )
 
 __all__ = [
-    "ASSETS",
     "AppConfig",
     "AppState",
     "Binding",
@@ -84,9 +84,6 @@ logger = logging.getLogger(__name__)
 Image = npt.NDArray[np.uint8]
 Rect = tuple[int, int, int, int]
 """``(x, y, width, height)`` in window pixels."""
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-"""Where the default ``ringtone.wav`` and ``ringback.wav`` live."""
 
 STATUS_HEIGHT = 24
 """Height of the status bar at the bottom of the window."""
@@ -488,8 +485,8 @@ class AppConfig:
     """Users to call at start and with ``d`` (one: a 1v1 call, several: a group call)."""
     media_type: CallMediaType = CallMediaType.VIDEO
     window: tuple[int, int] = (1280, 720)
-    ringtone: Path = ASSETS / "ringtone.wav"
-    ringback: Path = ASSETS / "ringback.wav"
+    ringtone: Path = field(default_factory=lambda: asset_path(RINGTONE))
+    ringback: Path = field(default_factory=lambda: asset_path(RINGBACK))
     mute_ringtone: bool = False
     """Mute mode: an incoming call does not ring (the ringback still plays)."""
     title: str = ""
@@ -1329,9 +1326,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio", action="store_true", help="place audio calls (default video)")
     parser.add_argument("--virtual", action="store_true",
                         help="virtual camera/microphone/speakers instead of real devices")
-    parser.add_argument("--ringtone", type=Path, default=ASSETS / "ringtone.wav",
-                        help="sound file for incoming calls (default assets/ringtone.wav)")
-    parser.add_argument("--ringback", type=Path, default=ASSETS / "ringback.wav",
+    parser.add_argument("--ringtone", type=Path, default=asset_path(RINGTONE),
+                        help="sound file for incoming calls (default: the bundled ringtone)")
+    parser.add_argument("--ringback", type=Path, default=asset_path(RINGBACK),
                         help=argparse.SUPPRESS)
     parser.add_argument("--mute-ringtone", action="store_true",
                         help="mute mode: incoming calls do not ring")
