@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +25,7 @@ from callclient.media.deviceset import DeviceSet
 from callclient.media.pattern import read_stamp
 from callclient.observer import CallEvent, EventQueueObserver
 from signaling_server.server import SignalingServer
+from tests.helpers.apps import logged_process
 from tests.helpers.servers import APP, sig
 from tests.helpers.xvfb import close_window, find_window, run_x, screenshot
 
@@ -72,19 +72,12 @@ async def bot(server: SignalingServer) -> AsyncIterator[Bot]:
 async def app_process(display: str, server: SignalingServer, log: Path,
                       *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """``python -m callclient.apps.desktop --user alice --virtual ARGS`` on ``display``."""
-    env = dict(os.environ, DISPLAY=display)
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "callclient.apps.desktop", "--user", "alice",
-            "--server", server.url, "--virtual", "--window", f"{WINDOW[0]}x{WINDOW[1]}", *args,
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )
-        try:
-            yield proc
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    async with logged_process(
+        sys.executable, "-m", "callclient.apps.desktop", "--user", "alice",
+        "--server", server.url, "--virtual", "--window", f"{WINDOW[0]}x{WINDOW[1]}", *args,
+        log=log, env=dict(os.environ, DISPLAY=display), cwd=ROOT,
+    ) as proc:
+        yield proc
 
 
 async def press(display: str, window: int, *keys: str) -> None:

@@ -12,7 +12,6 @@ development environment is on the installed programs' path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.parser
 import os
 import re
@@ -22,7 +21,6 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import pytest
 from callclient.apps.desktop import Layout
 from callclient.media.pattern import read_stamp
 from callwire.version import DISTRIBUTION, __version__
+from tests.helpers.apps import logged_process
 from tests.helpers.xvfb import close_window, find_window, screenshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,22 +213,6 @@ def test_installed_demo_completes_a_call(installed: Installed) -> None:
     assert image is not None and read_stamp(image) is not None
 
 
-@contextlib.asynccontextmanager
-async def _process(installed: Installed, log: Path, *args: str,
-                   env: dict[str, str] | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            installed.bin(args[0]), *args[1:], cwd=installed.elsewhere,
-            env=env or installed.env, stdout=out, stderr=subprocess.STDOUT,
-        )
-        try:
-            yield proc
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-
-
 async def _listening_url(log: Path, proc: asyncio.subprocess.Process) -> str:
     async with asyncio.timeout(30):
         while True:
@@ -247,13 +230,15 @@ async def test_installed_desktop_app_opens_its_window(installed: Installed, disp
     window appears with the virtual camera's live preview (its stamp counting up), closing it
     exits 0, and SIGTERM stops the server with 0."""
     server_log, app_log = tmp_path / "server.log", tmp_path / "app.log"
-    async with _process(installed, server_log, "signaling-server", "--port", "0",
-                        "--db", ":memory:") as server:
+    async with logged_process(installed.bin("signaling-server"), "--port", "0", "--db",
+                              ":memory:", log=server_log, env=installed.env,
+                              cwd=installed.elsewhere) as server:
         url = await _listening_url(server_log, server)
         app_env = dict(installed.env, DISPLAY=display)
-        async with _process(installed, app_log, "callclient", "app", "--user", "alice",
-                            "--server", url, "--virtual", "--window",
-                            f"{WINDOW[0]}x{WINDOW[1]}", env=app_env) as app:
+        async with logged_process(installed.bin("callclient"), "app", "--user", "alice",
+                                  "--server", url, "--virtual", "--window",
+                                  f"{WINDOW[0]}x{WINDOW[1]}", log=app_log, env=app_env,
+                                  cwd=installed.elsewhere) as app:
             window, x, y = await find_window(display, "^callclient - alice$")
             left, top, width, height = Layout(WINDOW, 1).rects[0]  # the preview's tile
             stamps: list[int] = []
