@@ -12,7 +12,7 @@ APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
 
 .PHONY: demo test bench lint setup sysdeps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml callwire/version.py
 	@test -x $(PY) || python3 -m venv .venv
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -e '.[dev]'

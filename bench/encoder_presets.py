@@ -1,8 +1,8 @@
 """Encoder presets: exact frame size and send bitrate per preset, against aiortc's encoder.
 
 For every resolution preset in both modes (and for VP8 and H.264), 10 s of
-``assets/motion.mp4`` is scaled like the camera track scales (FILL) to the preset size, fed at
-the clip's frame rate on a simulated clock and encoded by the project's
+``bench/assets/motion.mp4`` is scaled like the camera track scales (FILL) to the preset size,
+fed at the clip's frame rate on a simulated clock and encoded by the project's
 :class:`~callclient.media.encoding.VideoEncoder` at the preset's recommended bitrate. The
 packets go through aiortc's own ``pack()`` (what the RTP sender does with them), so the
 measured bitrate is RTP payload bits / media seconds. Every packet is decoded to check the
@@ -34,7 +34,6 @@ from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
-from callclient.media.clipgen import DEFAULT_CLIP_PATH
 from callclient.media.encoding import VideoEncoder
 from callclient.media.render import render
 from callclient.types import (
@@ -49,6 +48,8 @@ from callclient.types import (
 __all__ = ["PresetResult", "main", "run"]
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "encoder_presets.json"
+CLIP_PATH = Path(__file__).resolve().parent / "assets" / "motion.mp4"
+"""The motion clip (benchmark media, not in the package; ``scripts/make-motion-clip``)."""
 LOW, HIGH = 0.75, 1.10
 _CLOCK = 90000
 _FILL = VideoRenderParams(fill_mode=FillMode.FILL)
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="encoder presets benchmark")
     parser.add_argument("--codecs", default="VP8,H264")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP_PATH)
+    parser.add_argument("--clip", type=Path, default=CLIP_PATH)
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     codecs = [c.strip().upper() for c in args.codecs.split(",") if c.strip()]

@@ -60,6 +60,7 @@ import psutil
 
 from bench.probes import CLICK_PERIOD, die_with_parent
 from callclient.types import Resolution, resolution_size
+from callwire.extras import MissingExtraError, require
 
 __all__ = ["SCENARIOS", "main", "run"]
 
@@ -783,6 +784,11 @@ def _kill_survivors() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench, print and write the table, the JSON and the plot; 0 unless it broke."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:  # before the run, not after minutes of it
+        require("matplotlib", extra="bench", feature="the latency plot of bench.stack")
+    except MissingExtraError as exc:
+        print(f"bench.stack: error: {exc}", file=sys.stderr)
+        return 2
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:

@@ -20,6 +20,7 @@ from callclient.errors import *  # noqa: F403
 from callclient.errors import __all__ as _errors_all
 from callclient.types import *  # noqa: F403
 from callclient.types import __all__ as _types_all
+from callwire.version import __version__
 
 if TYPE_CHECKING:
     from callclient.callstate import CallInfo
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
     )
     from callclient.peer import IceServer
 
-__version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "CallEngine": "callclient.engine",

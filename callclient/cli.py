@@ -4,8 +4,9 @@
 [--record DIR] ...`` logs events as JSON lines on stdout and stops on SIGINT/SIGTERM with its
 recordings finalized. ``callclient loopback [--users N] [--seconds S] [--resolution R]`` runs a
 whole call between virtual-device engines and prints what each user received.
-``callclient demo`` is ``make demo``. Errors are one line on stderr: exit 2 for bad usage,
-1 for failures (unreachable server, refused login, unreadable file).
+``callclient demo`` is ``make demo``; ``callclient --version`` prints the version. Errors are
+one line on stderr: exit 2 for bad usage, 1 for failures (unreachable server, refused login,
+unreadable file).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from callclient.errors import CallError
 from callclient.types import CallMediaType, Resolution, resolution_size
 from callwire.argtypes import LOG_LEVELS, positive_float, positive_int
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.version import __version__
 
 __all__ = ["main", "parse_resolution"]
 
@@ -85,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG, description="callclient programs: a headless bot, a loopback measurement, "
         "the demo."
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{bot,loopback,demo,app,devices}",
                                      required=True)
     # `app` and `devices` have their own parsers (see _DELEGATED); listed here for --help.

@@ -20,6 +20,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.http11 import USER_AGENT as WEBSOCKETS_USER_AGENT
 
 from callclient.errors import (
     CallError,
@@ -31,6 +32,7 @@ from callclient.errors import (
 from callwire import protocol
 from callwire.codes import FINAL_CLOSE_CODES
 from callwire.protocol import Event, ProtocolViolation, Relay, Reply
+from callwire.version import product_token
 
 __all__ = ["Credentials", "SignalingClient"]
 
@@ -165,6 +167,7 @@ class SignalingClient:
                 open_timeout=self._request_timeout,
                 ping_interval=5,
                 ping_timeout=5,
+                user_agent_header=f"{product_token('callclient')} {WEBSOCKETS_USER_AGENT}",
             )
         except InvalidURI as exc:
             raise CallError(
@@ -207,6 +210,8 @@ class SignalingClient:
             raise CallError(f"login: the server sent an invalid frame: {exc}") from exc
         if not frame.ok:
             raise error_for_code(frame.code, frame.message)
+        logger.info("logged in as %s (server version %s)", credentials.user_id,
+                    frame.data.get("serverVersion", "not given"))
         # Events queued right behind the reply are read by the reader task in order.
         return frame.data, early
 

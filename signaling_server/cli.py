@@ -8,6 +8,7 @@ option also has an environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT`
 ``CALLSERVER_SDKAPPID``, ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``,
 ``CALLSERVER_ADMIN``, ``CALLSERVER_REST_RATE``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it.
 With neither, the built-in development sdkappid and secret key are used.
+``signaling-server --version`` prints the version.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from callwire.argtypes import LOG_LEVELS, non_negative_int, port, positive_float, positive_int
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
+from callwire.version import __version__
 from signaling_server.server import (
     DEFAULT_DB_PATH,
     DEFAULT_PORT,
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Signaling server for callclient: websocket call events."
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{serve,usersig}")
 
     serve = commands.add_parser("serve", help="run the server (the default command)")
@@ -127,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``signaling-server``; returns the process exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in ("serve", "usersig", "-h", "--help"):
+    if not args_list or args_list[0] not in ("serve", "usersig", "-h", "--help", "--version"):
         args_list.insert(0, "serve")
     args = _parser().parse_args(args_list)
     if args.command == "usersig":

@@ -22,6 +22,7 @@ from callwire import protocol
 from callwire.codes import CloseCode, ErrorCode
 from callwire.enums import CallResultType, CallRole, CallScene
 from callwire.protocol import ProtocolViolation, Request
+from callwire.version import __version__
 from signaling_server.records import ParticipantOutcome, StoredCall
 
 __all__ = [
@@ -586,6 +587,7 @@ class CallCore:
         reply: dict[str, Any] = {
             "userID": user_id,
             "protocolVersion": protocol.PROTOCOL_VERSION,
+            "serverVersion": __version__,
             "serverTime": now,
             "userSigExpiresAt": expires_at,
         }

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import SERVER as WEBSOCKETS_SERVER
 from websockets.protocol import State
 
 from callwire import protocol
@@ -34,6 +35,7 @@ from callwire.codes import ErrorCode
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.enums import CallResultType, CallRole
 from callwire.usersig import verify_user_sig
+from callwire.version import product_token
 from signaling_server.core import (
     CallCore,
     Close,
@@ -306,6 +308,7 @@ class SignalingServer:
                 ping_interval=cfg.ping_interval,
                 ping_timeout=cfg.ping_timeout,
                 close_timeout=cfg.close_timeout,
+                server_header=f"{product_token('signaling-server')} {WEBSOCKETS_SERVER}",
                 logger=logging.getLogger(f"{__name__}.ws"),
             )
         except BaseException:
@@ -402,6 +405,9 @@ class SignalingServer:
         self._peers[conn_id] = peer
         address = ws.remote_address
         client_ip = str(address[0]) if isinstance(address, tuple) and address else ""
+        if logger.isEnabledFor(logging.DEBUG) and ws.request is not None:
+            logger.debug("connection %d from %s (%s)", conn_id, client_ip,
+                         ws.request.headers.get("User-Agent", "no User-Agent"))
         self._execute(self.core.open(conn_id, time.time(), client_ip))
         try:
             async for message in ws:

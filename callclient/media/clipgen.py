@@ -1,4 +1,4 @@
-"""Generate ``assets/motion.mp4``: a short synthetic motion clip for encoder benchmarks.
+"""Generate a short synthetic motion clip, the encoder benchmarks' ``bench/assets/motion.mp4``.
 
 The clip is deterministic (fixed seed) and built from the virtual camera's look: its colour
 bars and grey ramp as the backdrop, a textured band that pans like a moving camera, a few
@@ -6,7 +6,8 @@ shapes on different paths, and the :mod:`~callclient.media.pattern` stamp changi
 frame. That mix keeps a real-time encoder busy at every preset's bitrate, the way camera
 footage does, while staying small enough (about 1.5 MB) to commit.
 
-Regenerate with ``python -m callclient.media.clipgen [path]`` or ``scripts/make-motion-clip``.
+The clip is benchmark media, not shipped in the package: ``scripts/make-motion-clip`` (or
+``python -m callclient.media.clipgen PATH``) regenerates the checkout's copy.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ __all__ = [
     "CLIP_FPS",
     "CLIP_SECONDS",
     "CLIP_SIZE",
-    "DEFAULT_CLIP_PATH",
     "draw_motion_frame",
     "main",
     "make_motion_clip",
@@ -38,7 +38,6 @@ CLIP_SIZE = (960, 540)
 CLIP_FPS = 30
 CLIP_SECONDS = 10.0
 CLIP_BITRATE = 1_200_000
-DEFAULT_CLIP_PATH = Path(__file__).resolve().parents[2] / "assets" / "motion.mp4"
 _SEED = 20240604
 _EPOCH = 1_700_000_000.0
 
@@ -100,7 +99,7 @@ def _scene(size: tuple[int, int]) -> _Scene:
 
 
 def make_motion_clip(
-    path: Path = DEFAULT_CLIP_PATH,
+    path: Path,
     size: tuple[int, int] = CLIP_SIZE,
     fps: int = CLIP_FPS,
     seconds: float = CLIP_SECONDS,
@@ -127,9 +126,9 @@ def make_motion_clip(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m callclient.media.clipgen [path]``."""
+    """Command line: ``python -m callclient.media.clipgen PATH``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("path", nargs="?", type=Path, default=DEFAULT_CLIP_PATH)
+    parser.add_argument("path", type=Path, help="the MP4 file to write")
     args = parser.parse_args(argv)
     out = make_motion_clip(args.path)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")

@@ -7,7 +7,7 @@ usual, and its ``start()`` first stops a tone still playing on it (waiting for t
 finish), while a tone started through :attr:`SharedSink.tone` never interrupts a call's audio.
 
 :func:`ringtone` and :func:`ringback` synthesize the default tones, :func:`write_wav` writes
-them (``scripts/make-tones`` makes ``assets/ringtone.wav`` and ``assets/ringback.wav``).
+them (``scripts/make-tones`` writes the copies the package ships, :mod:`callclient.assets`).
 """
 
 from __future__ import annotations
@@ -271,11 +271,12 @@ class TonePlayer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m callclient.media.tones [DIR]``: write the default tones (into ``assets``)."""
+    """``python -m callclient.media.tones DIR``: write the default tones into ``DIR``."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write the ringtone and ringback WAV files.")
-    parser.add_argument("directory", nargs="?", default="assets")
+    parser.add_argument("directory", help="where to write them (the package's: "
+                        "callclient/assets in a checkout)")
     args = parser.parse_args(argv)
     for path in write_default_tones(args.directory):
         print(f"{path} ({path.stat().st_size} bytes)")

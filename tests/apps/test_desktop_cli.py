@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from callclient.apps.desktop import main
+from callclient.assets import RINGBACK, RINGTONE, asset_path
 
 
 def test_main_without_display_fails(monkeypatch: pytest.MonkeyPatch,
@@ -40,7 +41,5 @@ def test_bad_window_size_is_refused(size: str, error: str,
 
 def test_default_tones_exist() -> None:
     """The bundled ringtone and ringback the command line defaults to are there."""
-    from callclient.apps.desktop.assets import asset
-
-    for name in ("ringtone.wav", "ringback.wav"):
-        assert asset(name).is_file(), asset(name)
+    for name in (RINGTONE, RINGBACK):
+        assert asset_path(name).is_file(), asset_path(name)

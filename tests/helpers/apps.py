@@ -9,12 +9,14 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "BotProcess",
     "closed_port",
+    "logged_process",
     "run_module",
 ]
 
@@ -52,6 +54,23 @@ async def run_module(
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+@contextlib.asynccontextmanager
+async def logged_process(
+    *argv: str, log: Path, env: dict[str, str], cwd: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``argv`` running with stdout and stderr into ``log``; killed on exit if still running."""
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 class BotProcess:

@@ -1,4 +1,4 @@
-"""Call-progress tones: the generated assets, TonePlayer looping, SharedSink priority."""
+"""Call-progress tones: the shipped files, TonePlayer looping, SharedSink priority."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from callclient.assets import RINGBACK, RINGTONE, asset_names, asset_path
 from callclient.errors import DeviceError
 from callclient.media.analysis import dominant_frequency
 from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE
@@ -20,25 +21,31 @@ from callclient.media.tones import (
 )
 from callclient.media.virtual import VirtualSpeaker
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
-
-def test_assets_are_small_and_match_the_generator(tmp_path: Path) -> None:
-    """assets/ringtone.wav and ringback.wav exist, are < 200 KB and are what the script makes."""
+def test_shipped_tones_are_small_and_match_the_generator(tmp_path: Path) -> None:
+    """The package ships exactly ringtone.wav and ringback.wav, each < 200 KB and what
+    scripts/make-tones makes."""
     made = write_default_tones(tmp_path)
+    assert asset_names() == sorted(path.name for path in made) == [RINGBACK, RINGTONE]
     for path in made:
-        shipped = ASSETS / path.name
+        shipped = asset_path(path.name)
         assert shipped.stat().st_size < 200_000
         assert shipped.read_bytes() == path.read_bytes(), "regenerate with scripts/make-tones"
 
 
+def test_unknown_asset_names_the_shipped_ones() -> None:
+    """Asking for a file the package does not ship says which ones it does."""
+    with pytest.raises(FileNotFoundError, match=r"no file 'motion.mp4' .*ringback.wav"):
+        asset_path("motion.mp4")
+
+
 def test_ringback_is_425_hz_one_second_in_five() -> None:
     """The ringback: 425 Hz for 1 s, then 4 s of silence."""
-    samples = load_audio(ASSETS / "ringback.wav")
+    samples = load_audio(asset_path(RINGBACK))
     assert samples.size == 5 * SAMPLE_RATE
     assert abs(dominant_frequency(samples[: SAMPLE_RATE]) - 425) < 2
     assert int(np.abs(samples[SAMPLE_RATE + 480 :]).max()) == 0
-    ringing = load_audio(ASSETS / "ringtone.wav")
+    ringing = load_audio(asset_path(RINGTONE))
     assert int(np.abs(ringing[: SAMPLE_RATE // 5]).max()) > 5000
 
 
@@ -55,7 +62,7 @@ async def test_tone_loops_and_call_preempts_it() -> None:
     speaker = VirtualSpeaker()
     shared = SharedSink(speaker)
     player = TonePlayer(shared.tone)
-    await player.start(ASSETS / "ringback.wav")
+    await player.start(asset_path(RINGBACK))
     assert shared.owner == "tone" and player.playing is not None
     await asyncio.sleep(0.3)
     played = speaker.samples()
@@ -63,7 +70,7 @@ async def test_tone_loops_and_call_preempts_it() -> None:
     call_block = np.full(BLOCK_SAMPLES, 1234, np.int16)
     await shared.start(lambda: call_block)
     assert shared.owner == "call"
-    await player.start(ASSETS / "ringtone.wav")  # stays silent: the call owns the output
+    await player.start(asset_path(RINGTONE))  # stays silent: the call owns the output
     await asyncio.sleep(0.1)
     assert shared.owner == "call"
     assert (speaker.samples()[-BLOCK_SAMPLES:] == 1234).all()
@@ -78,7 +85,7 @@ async def test_tone_moves_to_another_output() -> None:
     """set_sink moves a playing tone to the new output."""
     first, second = VirtualSpeaker(), VirtualSpeaker()
     player = TonePlayer(SharedSink(first).tone)
-    await player.start(ASSETS / "ringtone.wav")
+    await player.start(asset_path(RINGTONE))
     await player.set_sink(SharedSink(second).tone)
     assert not first.running and second.running
     await player.stop()

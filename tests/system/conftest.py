@@ -1,4 +1,9 @@
-"""A private PulseAudio server for the sounddevice tests, reached by PortAudio through ALSA.
+"""Fixtures of the system tests: a private X server, and a private PulseAudio server.
+
+:func:`display` is a fresh Xvfb display per test (:mod:`tests.helpers.xvfb`) for the desktop
+app's tests.
+
+A private PulseAudio server for the sounddevice tests, reached by PortAudio through ALSA.
 
 The session fixture :func:`pulse` starts ``pulseaudio`` with a socket, runtime and home in a
 temporary directory (never the user's or the system's server) and three devices:
@@ -35,11 +40,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.helpers.xvfb import xvfb_display
+
 __all__ = [
     "DEBIAN_PACKAGES",
     "MIC_FREQ",
     "PulseServer",
     "Recording",
+    "display",
     "pulse",
 ]
 
@@ -136,6 +144,13 @@ class PulseServer:
             ["pactl", *args], env=self.env, check=True, capture_output=True, text=True,
             timeout=_START_TIMEOUT,
         ).stdout
+
+
+@pytest.fixture
+def display(tmp_path: Path) -> Iterator[str]:
+    """A fresh Xvfb 1280x800x24 display; fails with the packages to install if tools lack."""
+    with xvfb_display(tmp_path) as name:
+        yield name
 
 
 def _missing_requirements() -> list[str]:

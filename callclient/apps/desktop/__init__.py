@@ -9,7 +9,6 @@ hears a ringback until the call connects; closing the window hangs up and exits.
 
 One module per concern, each importing only those above it in this list:
 
-- :mod:`~callclient.apps.desktop.assets`: where the default sound files are.
 - :mod:`~callclient.apps.desktop.state`: what the window shows, as immutable data.
 - :mod:`~callclient.apps.desktop.drawing`: pure functions that draw a state into an image.
 - :mod:`~callclient.apps.desktop.keys`: the key table, key codes to commands.

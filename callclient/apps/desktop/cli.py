@@ -13,10 +13,10 @@ import os
 import sys
 from pathlib import Path
 
-from callclient.apps.desktop.assets import asset
 from callclient.apps.desktop.controller import AppConfig
 from callclient.apps.desktop.keys import KeyBindings
 from callclient.apps.desktop.window import Login, run_app
+from callclient.assets import RINGBACK, RINGTONE, asset_path
 from callclient.media.deviceset import DeviceSet
 from callclient.types import CallMediaType
 
@@ -51,9 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio", action="store_true", help="place audio calls (default video)")
     parser.add_argument("--virtual", action="store_true",
                         help="virtual camera/microphone/speakers instead of real devices")
-    parser.add_argument("--ringtone", type=Path, default=asset("ringtone.wav"),
-                        help="sound file for incoming calls (default assets/ringtone.wav)")
-    parser.add_argument("--ringback", type=Path, default=asset("ringback.wav"),
+    parser.add_argument("--ringtone", type=Path, default=asset_path(RINGTONE),
+                        help="sound file for incoming calls (default: the bundled ringtone)")
+    parser.add_argument("--ringback", type=Path, default=asset_path(RINGBACK),
                         help=argparse.SUPPRESS)
     parser.add_argument("--mute-ringtone", action="store_true",
                         help="mute mode: incoming calls do not ring")

@@ -26,10 +26,10 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from callclient.apps.desktop.assets import asset
 from callclient.apps.desktop.keys import Command, KeyBindings
 from callclient.apps.desktop.phase import CallLike, Phase, phase_of
 from callclient.apps.desktop.state import AppState, TileState, TileView, duration_text
+from callclient.assets import RINGBACK, RINGTONE, asset_path
 from callclient.errors import CallError
 from callclient.media.base import AudioSink, VideoView
 from callclient.media.deviceset import DeviceSet
@@ -119,8 +119,8 @@ class AppConfig:
     """Users to call at start and with ``d`` (one: a 1v1 call, several: a group call)."""
     media_type: CallMediaType = CallMediaType.VIDEO
     window: tuple[int, int] = (1280, 720)
-    ringtone: Path = field(default_factory=lambda: asset("ringtone.wav"))
-    ringback: Path = field(default_factory=lambda: asset("ringback.wav"))
+    ringtone: Path = field(default_factory=lambda: asset_path(RINGTONE))
+    ringback: Path = field(default_factory=lambda: asset_path(RINGBACK))
     mute_ringtone: bool = False
     """Mute mode: an incoming call does not ring (the ringback still plays)."""
     title: str = ""
