@@ -8,7 +8,8 @@ STAMP   := .venv/.installed
 APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
 	pulseaudio pulseaudio-utils libasound2-plugins \
 	xvfb xdotool x11-apps \
-	iproute2 nftables
+	iproute2 nftables \
+	chromium chromium-driver
 
 .PHONY: demo test bench lint setup sysdeps clean
 
