@@ -26,7 +26,9 @@ import pytest
 from callclient.apps.bot import Bot, BotConfig
 from callclient.media.analysis import dominant_frequency
 from signaling_server.server import SignalingServer
-from tests.helpers.browser import MIC_HZ, Browser, CaptureFiles, make_capture_files
+from signaling_server.tls import TlsFiles
+from tests.helpers.browser import MIC_HZ, Browser, CaptureFiles, make_capture_files, spki_hash
+from tests.helpers.certs import make_self_signed
 from tests.helpers.servers import new_server
 from tests.helpers.waits import T, eventually
 from tests.helpers.webuser import WebUser, names
@@ -34,6 +36,11 @@ from tests.helpers.webuser import WebUser, names
 pytestmark = pytest.mark.timeout(180)
 
 BOT_HZ = 440.0
+
+RAW = {"rawaudio": "1"}
+"""For pages whose microphone another page measures: Chromium's noise suppression takes the
+fake microphone's steady tone for noise and all but removes it (what reaches a page is at
+about -48 dBFS); the bot tests keep the default processing and hear it still."""
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +195,151 @@ async def test_the_bot_calls_the_browser_which_answers_and_hangs_up(
         assert any(e["event"] == "on_user_join" and e["args"] == ["dave"] for e in bot.events)
     finally:
         await bot.close()
+
+
+async def test_browser_to_browser_then_the_callee_hangs_up(
+    browser: Browser, web_server: SignalingServer, tmp_path: Path
+) -> None:
+    """Two pages (alice offers, both trickle): an audio call, switched to video by the callee,
+    media both ways; carol's microphone off shows on alice's tile; carol hangs up."""
+    alice = await WebUser.open(browser, web_server.http_url, "alice", nickname="Alice", **RAW)
+    carol = await WebUser.open(browser, web_server.http_url, "carol", nickname="Carol", **RAW)
+    await alice.call("carol", media="audio")
+    assert await carol.ringing() == "Alice (alice) is calling you: audio call"
+    await carol.click("accept-button")
+    await alice.connected_to("carol")
+    await carol.connected_to("alice")
+    snap = await alice.wait(lambda s: s["members"][0]["video"] is False, "carol: camera off")
+    assert snap["mediaType"] == 1 and not snap["camera"]
+    await carol.click("switch-button")
+    for me, other in ((alice, "carol"), (carol, "alice")):
+        await me.wait(lambda s: s["mediaType"] == 2 and s["camera"], "switched to video")
+        await me.media_from(other)
+    await carol.click("mic-button")
+    await alice.wait(lambda s: s["members"][0]["audio"] is False
+                     and s["volumes"].get("carol") == 0, "carol's microphone off")
+    await alice.screenshot(tmp_path, "alice-with-carol")
+    await carol.click("hangup-button")
+    for me in (alice, carol):
+        snap = await me.idle()
+        log = names(snap["log"])
+        assert in_order(log, ["ON_CALL_BEGIN", "USER_ENTER", "CALL_TYPE_CHANGED",
+                              "CALLING_END"]), log
+    assert in_order(names(snap["log"]), ["ON_CALL_RECEIVED", "ON_CALL_BEGIN"])
+    alice_log = names((await alice.snapshot())["log"])
+    assert in_order(alice_log, ["USER_ACCEPT", "ON_CALL_BEGIN", "USER_ENTER",
+                                "USER_AUDIO_AVAILABLE", "USER_LEAVE", "CALLING_END"]), alice_log
+
+
+async def test_group_call_of_two_browsers_and_the_bot(
+    browser: Browser, web_server: SignalingServer, tmp_path: Path
+) -> None:
+    """alice calls carol (a page) and bob (the bot) in one group call: three connections,
+    each member gets the other two's media; alice leaves, carol and bob go on; bob hangs up
+    and the call ends for carol."""
+    bot, heard = await start_bot(web_server, "bob", auto_accept=True)
+    try:
+        alice = await WebUser.open(browser, web_server.http_url, "alice", **RAW)
+        carol = await WebUser.open(browser, web_server.http_url, "carol", **RAW)
+        await alice.call("carol bob")
+        assert await carol.ringing() == "alice is calling you: video call with carol, bob"
+        await carol.click("accept-button")
+        await alice.connected_to("bob", "carol")
+        await carol.connected_to("alice", "bob")
+        for me, others in ((alice, ("bob", "carol")), (carol, ("alice", "bob"))):
+            for other in others:
+                await me.media_from(other)
+        for user in ("alice", "carol"):
+            await bot_got_media(bot, heard, user)
+        await carol.screenshot(tmp_path, "carol-in-the-group")
+
+        await alice.click("hangup-button")
+        await alice.idle()
+        await carol.wait(lambda s: [m["userId"] for m in s["members"]] == ["bob"],
+                         "alice gone, bob still there")
+        await eventually(lambda: any(e["event"] == "on_user_leave" and e["args"] == ["alice"]
+                                     for e in bot.events), "bob saw alice leave")
+        await bot.engine.hangup()
+        snap = await carol.idle()
+        log = names(snap["log"])
+        assert in_order(log, ["ON_CALL_RECEIVED", "ON_CALL_BEGIN", "USER_ENTER", "USER_ENTER",
+                              "USER_LEAVE", "USER_LEAVE", "CALLING_END"]), log
+        assert log.count("USER_ENTER") == 2
+    finally:
+        await bot.close()
+
+
+async def test_server_restart_mid_call(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """The server stops in the middle of alice's call with bob and comes back on the same
+    ports: the page gets ERROR 4503, reconnects and logs in again by itself, finds the call
+    gone and ends it (as bob's engine does); a new call then connects."""
+    first = new_server(http_port=0)
+    await first.start()
+    ports = {"port": first.port, "http_port": first.http_port}
+    second: SignalingServer | None = None
+    bot, _ = await start_bot(first, "bob", auto_accept=True)
+    try:
+        alice = await WebUser.open(browser, first.http_url, "alice")
+        await alice.call("bob")
+        await alice.connected_to("bob")
+        await alice.media_from("bob")
+        await first.stop()
+        await alice.wait(lambda s: s["connection"] == "reconnecting", "connection lost")
+        second = new_server(**ports)
+        await second.start()
+        snap = await alice.idle()
+        log = [(e["source"], e["event"]) for e in snap["log"]]
+        assert in_order(log, [("server", "ON_CALL_BEGIN"), ("server", "ERROR"),
+                              ("client", "CONNECTION_LOST"), ("client", "RECONNECTED"),
+                              ("client", "CALL_OVER")]), log
+        error = next(e for e in snap["log"] if e["event"] == "ERROR")
+        assert error["data"]["code"] == 4503
+        await eventually(lambda: bot.engine.current_call is None and bot.engine.connected,
+                         "bob's engine ended the call and is logged in again", timeout=3 * T)
+        await alice.call("bob")
+        await alice.connected_to("bob")
+        await alice.media_from("bob")
+        await alice.screenshot(tmp_path, "after-restart")
+    finally:
+        await bot.close()
+        await browser.reset()
+        for server in (second, first):
+            if server is not None:
+                await server.stop()
+
+
+async def test_tls_page_websocket_and_bot_with_a_self_signed_certificate(
+    capture: CaptureFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server on TLS (https page, wss signaling) with a certificate the test made: a
+    Chromium told to trust exactly that key (its SPKI hash) loads the page over https, logs in
+    over wss and takes a call from the bot, which trusts it through ``SSL_CERT_FILE``."""
+    cert = make_self_signed(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert.cert))
+    tls = TlsFiles(str(cert.cert), str(cert.key))
+    trusting = await Browser.start(
+        capture, (f"--ignore-certificate-errors-spki-list={spki_hash(cert.pem)}",))
+    try:
+        async with new_server(http_port=0, tls=tls) as server:
+            assert server.url.startswith("wss://") and server.http_url.startswith("https://")
+            erin = await WebUser.open(trusting, server.http_url, "erin")
+            assert await erin.tab.js("location.protocol + ' ' + window.isSecureContext") == (
+                "https: true")
+            bot, heard = await start_bot(server, "bob", call=("erin",))
+            try:
+                await erin.ringing()
+                await erin.click("accept-button")
+                await erin.connected_to("bob")
+                await erin.media_from("bob")
+                await bot_got_media(bot, heard, "erin")
+                await erin.screenshot(tmp_path, "erin-over-tls")
+                server_url = await erin.tab.js("callApp.client.serverUrl")
+                assert server_url == f"wss://127.0.0.1:{server.port}/"
+            finally:
+                await bot.close()
+                await trusting.reset()
+            assert await asyncio.to_thread(trusting.console_errors) == []
+    finally:
+        await trusting.quit()

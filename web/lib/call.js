@@ -410,8 +410,12 @@ export class CallClient {
         break;
       case "CALL_TYPE_CHANGED":
         call.mediaType = data.newCallType;
+        // The camera follows the call's media type, whoever switched it.
         if (data.newCallType === MediaType.AUDIO && this.local.cameraOn) {
-          this.setCamera(false);
+          this.setCamera(false).catch((err) => console.warn("camera:", err));
+        } else if (data.newCallType === MediaType.VIDEO && !this.local.cameraOn) {
+          this.setCamera(true).catch((err) =>
+            this.record("client", "DEVICE_ERROR", { message: String(err) }));
         }
         break;
       case "USER_VIDEO_AVAILABLE":
