@@ -13,6 +13,7 @@ renewal, a key that does not match) leave the old certificate in use and raise
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -40,12 +41,13 @@ def _new_context() -> ssl.SSLContext:
 
 
 def _load(context: ssl.SSLContext, files: TlsFiles) -> None:
+    for path in (files.cert, files.key):
+        if not os.path.isfile(path):
+            raise TlsError(f"cannot read {path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise TlsError(f"cannot read {path}: permission denied")
     try:
         context.load_cert_chain(files.cert, files.key)
-    except FileNotFoundError as exc:
-        raise TlsError(f"cannot read {exc.filename}: no such file") from None
-    except PermissionError as exc:
-        raise TlsError(f"cannot read {exc.filename}: permission denied") from None
     except (ssl.SSLError, OSError) as exc:
         raise TlsError(
             f"cannot use certificate {files.cert} with key {files.key}: {exc}"
