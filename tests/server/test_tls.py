@@ -80,7 +80,7 @@ async def test_reload_serves_the_new_certificate_to_new_connections_only(
             assert presented(second) == "new"
         assert (await first.request("ping")).ok
 
-        Path(live.key).write_text("not a key")
+        await asyncio.to_thread(Path(live.key).write_text, "not a key")
         with pytest.raises(TlsError, match="cannot use certificate"):
             server.reload_tls()
         async with await WsClient.connect(server.url, ssl=trusting(old, new)) as third:
