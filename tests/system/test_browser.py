@@ -25,6 +25,7 @@ import pytest
 
 from callclient.apps.bot import Bot, BotConfig
 from callclient.media.analysis import dominant_frequency
+from callclient.types import CallMediaType
 from signaling_server.server import SignalingServer
 from signaling_server.tls import TlsFiles
 from tests.helpers.browser import MIC_HZ, Browser, CaptureFiles, make_capture_files, spki_hash
@@ -343,3 +344,19 @@ async def test_tls_page_websocket_and_bot_with_a_self_signed_certificate(
             assert await asyncio.to_thread(trusting.console_errors) == []
     finally:
         await trusting.quit()
+
+
+async def test_the_browser_rejects_a_call(browser: Browser, web_server: SignalingServer) -> None:
+    """Reject on the ringing page: the bot hears on_user_reject, the page stops ringing."""
+    frank = await WebUser.open(browser, web_server.http_url, "frank")
+    bot, _ = await start_bot(web_server, "bob", call=("frank",), media=CallMediaType.AUDIO)
+    try:
+        assert await frank.ringing() == "bob is calling you: audio call"
+        await frank.click("reject-button")
+        snap = await frank.idle()
+        assert names(snap["log"])[-2:] == ["ON_CALL_RECEIVED", "ON_CALL_CANCELED"]
+        await eventually(lambda: "on_user_reject" in bot_names(bot), "bob saw the reject")
+        assert bot_names(bot)[-2:] == ["on_user_reject", "on_call_cancelled"], bot_names(bot)
+        assert await frank.tab.js("document.getElementById('incoming').hidden")
+    finally:
+        await bot.close()
