@@ -99,12 +99,14 @@ def test_unusable_files_are_named_in_the_error(tmp_path: Path) -> None:
 
 async def test_the_command_serves_tls_and_reloads_on_sighup(tmp_path: Path) -> None:
     """--tls-cert/--tls-key (or their environment variables): wss and https URLs printed;
-    SIGHUP reloads the files and says so; one flag without the other exits 2."""
+    CALLSERVER_PUBLIC_WS_URL reaches the page's settings; SIGHUP reloads the files and says
+    so; one flag without the other exits 2."""
     cert = make_self_signed(tmp_path)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "signaling_server", "--port", "0", "--http-port", "0",
         "--tls-key", str(cert.key),
-        cwd=tmp_path, env=clean_env(CALLSERVER_DB=":memory:", CALLSERVER_TLS_CERT=str(cert.cert)),
+        cwd=tmp_path, env=clean_env(CALLSERVER_DB=":memory:", CALLSERVER_TLS_CERT=str(cert.cert),
+                                    CALLSERVER_PUBLIC_WS_URL="wss://calls.example.com/ws"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -119,7 +121,9 @@ async def test_the_command_serves_tls_and_reloads_on_sighup(tmp_path: Path) -> N
         async with aiohttp.ClientSession() as session, session.get(
             page.group(1) + "config.json", ssl=trusting(cert)
         ) as response:
-            assert json.loads(await response.read())["secure"] is True
+            settings = json.loads(await response.read())
+        assert settings["secure"] is True
+        assert settings["websocketUrl"] == "wss://calls.example.com/ws"
         proc.send_signal(signal.SIGHUP)
         async with asyncio.timeout(20):
             assert (await proc.stdout.readline()).decode() == (
