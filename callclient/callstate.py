@@ -9,7 +9,12 @@
 * what each server event does to the call, and which observer callbacks fire in which order
   (:meth:`CallState.receive` returns them as :class:`Notify` effects, in order);
 * what reconnection and a peer going silent mean (:meth:`reconnected`,
-  :meth:`peer_unresponsive`).
+  :meth:`peer_unresponsive`);
+* when a remote user's camera and microphone count as available: what the user reported
+  (``media_state``, relayed as ``USER_VIDEO_AVAILABLE`` / ``USER_AUDIO_AVAILABLE``) wins; a
+  user who reported nothing about a kind within :data:`MEDIA_STATE_GRACE` seconds of its
+  first frame of that kind is taken as available (:meth:`media_flowing`), so a client that
+  never sends ``media_state`` still shows up; observers hear of each change once.
 
 Every input returns a list of effects for the engine to carry out in order: notify observers,
 connect or disconnect the media of a remote user, apply a relayed negotiation message, start
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from callclient import observer as note
 from callclient.errors import (
@@ -47,6 +52,7 @@ from callwire import messages as ev
 from callwire.protocol import Relay
 
 __all__ = [
+    "MEDIA_STATE_GRACE",
     "ApplyRelay",
     "CallInfo",
     "CallState",
@@ -56,6 +62,7 @@ __all__ = [
     "Effect",
     "EndCallMedia",
     "EndSession",
+    "MediaKind",
     "Notify",
     "RemoteAudioMuted",
     "RemoteUplinkReported",
@@ -65,6 +72,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+MEDIA_STATE_GRACE = 2.0
+"""Seconds after a remote user's first frame of a kind (audio, video) that its own report of
+that kind is waited for before the media that arrives counts as available."""
+
+MediaKind = Literal["audio", "video"]
+"""The kinds of media whose availability is reported."""
+
+_KINDS: tuple[MediaKind, ...] = ("audio", "video")
 
 
 @dataclass
@@ -83,6 +99,10 @@ class CallInfo:
     begin_time: float | None = None
     remote_users: list[str] = field(default_factory=list)
     """Users joined in the call besides this one, in the order they joined."""
+    available: dict[tuple[str, MediaKind], bool] = field(default_factory=dict)
+    """What observers were last told of each remote user's audio and video."""
+    reported: set[tuple[str, MediaKind]] = field(default_factory=set)
+    """The (user, kind) pairs the user reported itself (``media_state``)."""
 
     @property
     def scene(self) -> CallScene:
@@ -384,10 +404,11 @@ class CallState:
                 return [*self._end_call(), Notify(note.CallEnd(
                     call.room_id, call.media_type, call.role, event.total_time))]
             case ev.UserEnter():  # USER_ENTER
-                if event.user_id == self.user_id:
+                # The one trigger of a member's media (the lower id offers, docs/protocol.md);
+                # one's own id, and a member already joined, change nothing.
+                if event.user_id == self.user_id or event.user_id in call.remote_users:
                     return []
-                if event.user_id not in call.remote_users:
-                    call.remote_users.append(event.user_id)
+                call.remote_users.append(event.user_id)
                 return [ConnectPeer(event.user_id), Notify(note.UserJoin(event.user_id))]
             case ev.UserLeave():  # USER_LEAVE
                 return self._remote_left(call, event.user_id)
@@ -407,10 +428,11 @@ class CallState:
                 effects.append(Notify(note.CallMediaTypeChanged(event.old, event.new)))
                 return effects
             case ev.UserVideoAvailable():  # USER_VIDEO_AVAILABLE
-                return [Notify(note.UserVideoAvailable(event.user_id, event.available))]
+                call.reported.add((event.user_id, "video"))
+                return self._availability(call, event.user_id, "video", event.available)
             case ev.UserAudioAvailable():  # USER_AUDIO_AVAILABLE
-                muted: list[Effect] = [] if event.available else [RemoteAudioMuted(event.user_id)]
-                return [*muted, Notify(note.UserAudioAvailable(event.user_id, event.available))]
+                call.reported.add((event.user_id, "audio"))
+                return self._availability(call, event.user_id, "audio", event.available)
             case ev.OnUserNetworkQualityChanged():  # ON_USER_NETWORK_QUALITY_CHANGED
                 # Others report their uplink; the monitor combines it with what we measure.
                 return [RemoteUplinkReported(user, quality) for user, quality in event.qualities]
@@ -428,6 +450,22 @@ class CallState:
             logger.debug("relay for another call %s ignored", relay.call_id)
             return []
         return [ConnectPeer(relay.sender), ApplyRelay(relay)]
+
+    def media_flowing(self, call_id: str, user_id: str, kind: MediaKind) -> list[Effect]:
+        """``user_id``'s ``kind`` media has been arriving for :data:`MEDIA_STATE_GRACE` s.
+
+        Without a report of its own about that kind, the user's camera (or microphone) counts
+        as available.
+        """
+        call = self.call
+        if (
+            call is None
+            or call.call_id != call_id
+            or user_id not in call.remote_users
+            or (user_id, kind) in call.reported
+        ):
+            return []
+        return self._availability(call, user_id, kind, True)
 
     def reconnected(self, active_call_id: str | None, now: float) -> list[Effect]:
         """Signaling came back; ``active_call_id`` is the call the server still has for us."""
@@ -497,9 +535,24 @@ class CallState:
             user_id = self.user_id or ""
         return [*self._end_call(), Notify(note.CallCancelled(user_id))]
 
+    def _availability(
+        self, call: CallInfo, user_id: str, kind: MediaKind, available: bool
+    ) -> list[Effect]:
+        """Tell observers that ``user_id``'s ``kind`` is (un)available, if that is news."""
+        if call.available.get((user_id, kind)) is available:
+            return []
+        call.available[(user_id, kind)] = available
+        if kind == "video":
+            return [Notify(note.UserVideoAvailable(user_id, available))]
+        muted: list[Effect] = [] if available else [RemoteAudioMuted(user_id)]
+        return [*muted, Notify(note.UserAudioAvailable(user_id, available))]
+
     def _remote_left(self, call: CallInfo, user_id: str) -> list[Effect]:
         if user_id in call.remote_users:
             call.remote_users.remove(user_id)
+        for kind in _KINDS:
+            call.available.pop((user_id, kind), None)
+            call.reported.discard((user_id, kind))
         return [DisconnectPeer(user_id), Notify(note.UserLeave(user_id))]
 
     def _lose_session(self, notification: note.Notification) -> list[Effect]:

@@ -16,6 +16,7 @@ own module:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 from callclient.callmedia import CallMedia
 from callclient.callstate import (
+    MEDIA_STATE_GRACE,
     ApplyRelay,
     CallInfo,
     CallState,
@@ -33,6 +35,7 @@ from callclient.callstate import (
     Effect,
     EndCallMedia,
     EndSession,
+    MediaKind,
     Notify,
     RemoteAudioMuted,
     RemoteUplinkReported,
@@ -132,6 +135,7 @@ class CallEngine:
         self._signaling: SignalingClient | None = None
         self._mixer = Mixer(_PLAYOUT_MAX_BLOCKS, adaptive=True)
         self._remote = RemoteMedia(self._mixer)
+        self._remote.on_media = self._media_arrived
         self._local = LocalMedia(
             devices if devices is not None else DeviceSet.virtual(),
             self.peer_config.video_codec,
@@ -503,6 +507,20 @@ class CallEngine:
 
     def _peer_unresponsive(self, user_id: str) -> None:
         self._apply(self._state.peer_unresponsive(user_id, self.connected, time.time()))
+
+    def _media_arrived(self, user_id: str, kind: str) -> None:
+        call = self._state.call
+        if call is None or kind not in ("audio", "video"):
+            return
+        media: MediaKind = "video" if kind == "video" else "audio"
+
+        async def infer_after_grace(call_id: str) -> None:
+            # A client that reports its media_state has done so by then; one that never
+            # does is shown as available from what it sends (docs/protocol.md).
+            await asyncio.sleep(MEDIA_STATE_GRACE)
+            self._apply(self._state.media_flowing(call_id, user_id, media))
+
+        self._tasks.spawn(infer_after_grace(call.call_id), name=f"{kind} state of {user_id}")
 
     def _device_failed(self, error: DeviceError) -> None:
         self._notify(Error(error.code, error.message))

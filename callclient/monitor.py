@@ -103,6 +103,7 @@ class CallMonitor:
         self._links: dict[str, _Link] = {}
         self._users: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._halted = False
         self._last_emitted: dict[str, NetworkQuality] = {}
 
     # ------------------------------------------------------------------ inputs
@@ -165,7 +166,7 @@ class CallMonitor:
 
     def start(self) -> None:
         """Start reporting. Idempotent."""
-        if self._tasks:
+        if self._tasks or self._halted:
             return
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -176,6 +177,9 @@ class CallMonitor:
     def halt(self) -> list[asyncio.Task[None]]:
         """Stop reporting now: nothing is reported after this returns. Returns the loops,
         cancelled, for the caller to await (or use :meth:`stop`). Idempotent."""
+        # The flag, not only the cancellation, keeps the loops quiet: a cancellation that
+        # lands in aiortc's getStats() may be swallowed there, and the loop would go on.
+        self._halted = True
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -189,19 +193,23 @@ class CallMonitor:
                 await task
 
     async def _volume_loop(self) -> None:
-        while True:
+        while not self._halted:
             await asyncio.sleep(self.volume_interval)
+            if self._halted:
+                return
             self._notify(UserVoiceVolumeChanged(self.volume_map()))
 
     async def _quality_loop(self) -> None:
         next_emit = self._clock() + self.quality_interval
-        while True:
+        while not self._halted:
             await asyncio.sleep(self.sample_interval)
             for user_id, link in list(self._links.items()):
                 try:
                     await self._sample(link)
                 except Exception:
                     logger.debug("stats of %s unavailable", user_id, exc_info=True)
+            if self._halted:
+                return
             qualities = self.quality_list()
             now = self._clock()
             newly_down = any(

@@ -6,10 +6,14 @@ gathers every ICE candidate before ``setLocalDescription`` returns, so the SDP s
 candidates a remote client trickles are added in the order relayed, after the description
 relayed before them; an empty one signals the end of candidates.
 
-aiortc has no transient "disconnected" state, so liveness is checked on a data channel: each
-side sends a small ping every second; silence for ``dead_after`` seconds reports the peer as
-unresponsive. Whether that means the user left is the engine's decision (the server knows
-better while signaling is up).
+aiortc has no transient "disconnected" state, so liveness is checked here
+(:mod:`callclient.liveness`): every ``keepalive_interval`` the datagrams received on the
+connection are counted (media, RTCP, data channels), and the offerer opens a ``keepalive``
+data channel on which each side sends a small ping, so a connection without media stays
+heard; a client that does not speak that channel is heard through its media and RTCP.
+Silence for ``dead_after`` seconds reports the peer as unresponsive, once per silence; the
+next packet makes it responsive again. Whether a silence means the user left is the engine's
+decision (the server knows better while signaling is up).
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from aiortc import (
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
+from callclient.liveness import Liveness, packets_received
 from callclient.media.audio_encoding import EncodedAudioTrack
 from callclient.media.encoding import EncodedVideoTrack
-from callclient.media.receive import install_low_latency_buffers
+from callclient.media.receive import AiortcInternalsChanged, install_low_latency_buffers
 
 __all__ = ["IceServer", "PeerConfig", "PeerLink", "is_offerer"]
 
@@ -110,10 +115,15 @@ class PeerLink:
         self._tasks: set[asyncio.Task[None]] = set()
         self._negotiating = asyncio.Lock()
         self._closed = False
-        self.last_heard = time.monotonic()
+        self.liveness = Liveness(config.dead_after)
+        self._packets = 0
         self.created = time.monotonic()
         self.connected = asyncio.Event()
-        self.unresponsive = False
+
+    @property
+    def unresponsive(self) -> bool:
+        """Whether the peer is silent right now (reported through ``on_unresponsive``)."""
+        return self.liveness.silent
 
     @property
     def offerer(self) -> bool:
@@ -239,16 +249,14 @@ class PeerLink:
             self._heard()
 
     def _heard(self) -> None:
-        self.last_heard = time.monotonic()
-        if self.unresponsive:
-            self.unresponsive = False
+        if self.liveness.heard(time.monotonic()):
             logger.info("peer %s responsive again", self.remote_id)
 
     def _state_changed(self) -> None:
         state = self.pc.connectionState
         logger.debug("peer %s connection state %s", self.remote_id, state)
         if state == "connected":
-            self.last_heard = time.monotonic()
+            self.liveness.connected(time.monotonic())
             self.connected.set()
 
     async def _keepalive_loop(self) -> None:
@@ -259,13 +267,20 @@ class PeerLink:
             if channel is not None and channel.readyState == "open":
                 with contextlib.suppress(Exception):
                     channel.send(b"p")
-            if not self.connected.is_set():
-                self.last_heard = max(self.last_heard, time.monotonic() - interval)
+            if not self.liveness.started:
                 continue  # still connecting: negotiation has its own timeouts
-            silent = time.monotonic() - self.last_heard
-            if silent > self.config.dead_after and not self.unresponsive:
-                self.unresponsive = True
-                logger.info("peer %s silent for %.1f s", self.remote_id, silent)
+            try:
+                received = await packets_received(self.pc)
+            except AiortcInternalsChanged:
+                raise
+            except Exception:  # closing under us
+                logger.debug("statistics of %s unavailable", self.remote_id, exc_info=True)
+                continue
+            if received > self._packets:
+                self._packets = received
+                self._heard()
+            if self.liveness.check(time.monotonic()):
+                logger.info("peer %s silent for %.1f s", self.remote_id, self.config.dead_after)
                 self._on_unresponsive(self.remote_id)
 
     async def close(self) -> None:

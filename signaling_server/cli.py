@@ -1,13 +1,17 @@
 """``signaling-server``: run the signaling server, or print a userSig for a user.
 
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
-[--http-port P] [--admin NAME] [--rest-rate N]`` serves until SIGTERM or SIGINT, then ends the
-calls in progress as interrupted and closes the database; ``--http-port`` also serves the REST
-API (docs/rest-api.md). ``signaling-server usersig USER [--expire S]`` prints a userSig. Every
-option also has an environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``,
-``CALLSERVER_SDKAPPID``, ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``,
-``CALLSERVER_ADMIN``, ``CALLSERVER_REST_RATE``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it.
-With neither, the built-in development sdkappid and secret key are used.
+[--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
+[--public-ws-url URL]`` serves until SIGTERM or SIGINT, then ends the calls in progress as
+interrupted and closes the database; ``--http-port`` also serves the REST API
+(docs/rest-api.md) and the browser client (``web/``) at ``/``; ``--tls-cert``/``--tls-key``
+put both listeners on TLS (wss, https), and SIGHUP reloads those files.
+``signaling-server usersig USER [--expire S]`` prints a userSig. Every option also has an
+environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
+``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
+``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
+``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOG_LEVEL``); a flag wins
+over it. With neither, the built-in development sdkappid and secret key are used.
 ``signaling-server --version`` prints the version.
 """
 
@@ -23,6 +27,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from callwire.argtypes import LOG_LEVELS, non_negative_int, port, positive_float, positive_int
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
@@ -34,6 +39,8 @@ from signaling_server.server import (
     ServerConfig,
     SignalingServer,
 )
+from signaling_server.tls import TlsError, TlsFiles
+from signaling_server.web import DEFAULT_WEB_ROOT
 
 __all__ = ["main"]
 
@@ -108,6 +115,34 @@ def _parser() -> argparse.ArgumentParser:
         "default %(default)s)",
     )
     serve.add_argument(
+        "--tls-cert",
+        default=os.environ.get("CALLSERVER_TLS_CERT") or None,
+        metavar="PEM",
+        help="certificate chain for wss and https, reloaded on SIGHUP (env "
+        "CALLSERVER_TLS_CERT; default: no TLS)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        default=os.environ.get("CALLSERVER_TLS_KEY") or None,
+        metavar="PEM",
+        help="private key of --tls-cert (env CALLSERVER_TLS_KEY)",
+    )
+    serve.add_argument(
+        "--web-root",
+        type=Path,
+        default=_env("CALLSERVER_WEB_ROOT", str(DEFAULT_WEB_ROOT)),
+        metavar="DIR",
+        help="files of the browser client served on --http-port (env CALLSERVER_WEB_ROOT; "
+        "default %(default)s)",
+    )
+    serve.add_argument(
+        "--public-ws-url",
+        default=os.environ.get("CALLSERVER_PUBLIC_WS_URL") or None,
+        metavar="URL",
+        help="websocket URL the browser client connects to, when a reverse proxy serves it "
+        "(env CALLSERVER_PUBLIC_WS_URL; default: this host's --port)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -132,7 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or args_list[0] not in ("serve", "usersig", "-h", "--help", "--version"):
         args_list.insert(0, "serve")
-    args = _parser().parse_args(args_list)
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    if args.command == "serve" and (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together (or CALLSERVER_TLS_CERT and "
+                     "CALLSERVER_TLS_KEY)")
     if args.command == "usersig":
         print(generate_user_sig(args.sdkappid, args.secret_key, args.user, args.expire))
         return 0
@@ -155,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         http_port=args.http_port,
         admin_identifier=args.admin,
         rest_rate_per_s=args.rest_rate,
+        tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
+        web_root=args.web_root,
+        public_ws_url=args.public_ws_url,
     )
     try:
         return asyncio.run(_serve(config))
@@ -176,6 +218,9 @@ async def _serve(config: ServerConfig) -> int:
             message = f"cannot start: {exc}"
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
+    except TlsError as exc:
+        print(f"{PROG}: error: TLS: {exc}", file=sys.stderr)
+        return 1
     except (sqlite3.Error, RuntimeError) as exc:
         print(f"{PROG}: error: cannot open the record database {config.db}: {exc}",
               file=sys.stderr)
@@ -185,14 +230,17 @@ async def _serve(config: ServerConfig) -> int:
         flush=True,
     )
     if server.http_api is not None:
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        print(f"{PROG} REST API on http://{host}:{server.http_port}/v1/", flush=True)
+        print(f"{PROG} REST API on {server.http_url}v1/", flush=True)
+        print(f"{PROG} browser client on {server.http_url}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    handlers = {signal.SIGTERM: stop.set, signal.SIGINT: stop.set}
+    if config.tls is not None:
+        handlers[signal.SIGHUP] = lambda: _reload_tls(server)
+    for signum, handler in handlers.items():
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, handler)
             installed.append(signum)
     try:
         await stop.wait()
@@ -202,3 +250,13 @@ async def _serve(config: ServerConfig) -> int:
             loop.remove_signal_handler(signum)
         await server.stop()
     return 0
+
+
+def _reload_tls(server: SignalingServer) -> None:
+    try:
+        server.reload_tls()
+    except TlsError as exc:
+        print(f"{PROG}: error: TLS reload failed, keeping the current certificate: {exc}",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"{PROG}: TLS certificate reloaded", flush=True)

@@ -16,6 +16,7 @@ import binascii
 import json
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -205,14 +206,16 @@ class HttpApi:
             raise RuntimeError("HTTP API is not started")
         return self._port
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on ``host:port`` (0: any free port)."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen on ``host:port`` (0: any free port), over TLS with ``ssl_context``."""
         if self._runner is not None:
             raise RuntimeError("HTTP API already started")
         runner = web.AppRunner(self.app)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()

@@ -8,7 +8,8 @@ stalls anyone else and is dropped once its queue overflows), records go to the
 webhook notices go to the :class:`~signaling_server.webhooks.WebhookService` (and an optional
 ``notice_sink``). One timer task calls :meth:`CallCore.tick` whenever
 :meth:`CallCore.next_deadline` passes. With ``http_port`` set, the REST API
-(:mod:`signaling_server.http_api`) listens on its own port.
+(:mod:`signaling_server.http_api`) and the browser client (:mod:`signaling_server.web`) listen
+on their own port. With ``tls`` set, both listeners use TLS (:mod:`signaling_server.tls`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
@@ -36,6 +38,7 @@ from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.enums import CallResultType, CallRole
 from callwire.usersig import verify_user_sig
 from callwire.version import product_token
+from signaling_server import web
 from signaling_server.core import (
     CallCore,
     Close,
@@ -49,6 +52,7 @@ from signaling_server.core import (
 from signaling_server.http_api import HttpApi, HttpApiConfig
 from signaling_server.records import StoredCall
 from signaling_server.store import CallStore, RecordWriter
+from signaling_server.tls import ServerTls, TlsFiles
 from signaling_server.webhooks import WebhookService, WebhookSettings
 
 __all__ = [
@@ -104,6 +108,13 @@ class ServerConfig:
     """REST requests per second per sdkappid before error 70005."""
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     """Call-event webhook sender tunables (timeout, backoff, concurrency)."""
+    tls: TlsFiles | None = None
+    """Certificate and key for wss and https (reload with :meth:`SignalingServer.reload_tls`);
+    None serves plain ws and http."""
+    web_root: Path = web.DEFAULT_WEB_ROOT
+    """The browser client's files, served on the HTTP port."""
+    public_ws_url: str | None = None
+    """The websocket URL browsers use when it is not this host's port (a reverse proxy)."""
 
 
 class _Peer:
@@ -223,7 +234,9 @@ class SignalingServer:
         self.webhooks: WebhookService | None = None
         """The call-event webhook service, once started."""
         self.http_api: HttpApi | None = None
-        """The REST API, once started with ``http_port`` set."""
+        """The REST API and the browser client, once started with ``http_port`` set."""
+        self.tls: ServerTls | None = None
+        """The listeners' TLS context, once started with ``tls`` set."""
         self._peers: dict[int, _Peer] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -254,11 +267,27 @@ class SignalingServer:
 
     @property
     def url(self) -> str:
-        """``ws://host:port`` of the listening socket."""
+        """``ws://host:port`` (``wss://`` with TLS) of the listening socket."""
+        return f"{'wss' if self.config.tls else 'ws'}://{self._host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://host:port/`` (``https://`` with TLS) of the REST API and browser client."""
+        return f"{'https' if self.config.tls else 'http'}://{self._host}:{self.http_port}/"
+
+    @property
+    def _host(self) -> str:
         host = self.config.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"ws://{host}:{self.port}"
+        return f"[{host}]" if ":" in host else host
+
+    def reload_tls(self) -> None:
+        """Load the certificate and key files again for new connections (SIGHUP).
+
+        Raises :class:`~signaling_server.tls.TlsError` and keeps the current ones if they do
+        not load; does nothing without TLS.
+        """
+        if self.tls is not None:
+            self.tls.reload()
 
     @property
     def connection_count(self) -> int:
@@ -270,6 +299,13 @@ class SignalingServer:
         if self._started:
             raise RuntimeError("server already started")
         self._started = True
+        if self.config.tls is not None:
+            try:
+                self.tls = ServerTls(self.config.tls)
+            except BaseException:
+                self._stopped.set()
+                raise
+        context = self.tls.context if self.tls is not None else None
         store = await asyncio.to_thread(CallStore, self.config.db)
         self._writer = RecordWriter(store)
         try:
@@ -293,7 +329,8 @@ class SignalingServer:
                     self.webhooks,
                     writer=self._writer,
                 )
-                await self.http_api.start(cfg.host, cfg.http_port)
+                web.install(self.http_api.app, self._web_client())
+                await self.http_api.start(cfg.host, cfg.http_port, ssl_context=context)
             # No permessage-deflate: its per-connection zlib state costs far more memory
             # (hundreds of KiB) than the small JSON frames would save; 10,000 idle
             # connections should cost at most about 20 KiB each.
@@ -309,6 +346,7 @@ class SignalingServer:
                 ping_timeout=cfg.ping_timeout,
                 close_timeout=cfg.close_timeout,
                 server_header=f"{product_token('signaling-server')} {WEBSOCKETS_SERVER}",
+                ssl=context,
                 logger=logging.getLogger(f"{__name__}.ws"),
             )
         except BaseException:
@@ -355,6 +393,18 @@ class SignalingServer:
         await self.stop()
 
     # ------------------------------------------------------------------ internals
+
+    def _web_client(self) -> web.WebClient:
+        cfg = self.config
+        dev = web.dev_login_allowed(cfg.secret_key, cfg.host)
+        return web.WebClient(
+            cfg.sdk_app_id,
+            lambda: self.port,
+            secure=cfg.tls is not None,
+            root=cfg.web_root,
+            public_ws_url=cfg.public_ws_url,
+            dev_secret_key=cfg.secret_key if dev else None,
+        )
 
     def _verify_sig(self, user_sig: str, user_id: str, now: float) -> float:
         cfg = self.config

@@ -93,6 +93,9 @@ class RemoteMedia:
         self._taps: list[AudioTap] = []
         self.meter: AudioTap | None = None
         """The call's volume meter, fed every block (set while a call is connected)."""
+        self.on_media: Callable[[str, str], None] | None = None
+        """Called with ``(user_id, "audio" | "video")`` at each remote user's first audio
+        block and first video frame (again after the user was detached and came back)."""
 
     @property
     def stats(self) -> dict[str, RemoteStats]:
@@ -194,6 +197,8 @@ class RemoteMedia:
                 self.mixer.push(user_id, samples)
                 pending = pending[block:]
                 stats.audio_blocks += 1
+                if stats.audio_blocks == 1:
+                    self._first(user_id, "audio")
                 if self.meter is not None:
                     self.meter(user_id, samples)
                 for tap in list(self._taps):
@@ -201,6 +206,13 @@ class RemoteMedia:
                         tap(user_id, samples)
                     except Exception:
                         logger.exception("audio tap %r failed", tap)
+
+    def _first(self, user_id: str, kind: str) -> None:
+        if self.on_media is not None:
+            try:
+                self.on_media(user_id, kind)
+            except Exception:
+                logger.exception("first-%s callback for %s failed", kind, user_id)
 
     async def _consume_video(
         self, user_id: str, receiver: _Receiver, track: MediaStreamTrack
@@ -218,6 +230,7 @@ class RemoteMedia:
             stats.last_video_time = now
             if stats.first_video_time is None:
                 stats.first_video_time = now
+                self._first(user_id, "video")
             view = self._views.get(user_id)
             if view is None:
                 continue

@@ -16,6 +16,7 @@ from callclient.callstate import (
     Notify,
     RemoteAudioMuted,
     RemoteUplinkReported,
+    StartCallMedia,
 )
 from callclient.errors import (
     ErrorCode,
@@ -160,11 +161,65 @@ def test_relay_connects_the_sender_first() -> None:
 
 
 def test_own_user_enter_is_not_a_join() -> None:
-    """USER_ENTER about oneself fires nothing; a repeated one does not duplicate the user."""
+    """USER_ENTER about oneself fires nothing; a repeated one (a duplicate trigger) neither
+    connects the user again nor reports a second join."""
     state = connected()
     assert state.receive(ev.UserEnter("c1", "bob", "", ""), NOW) == []
-    state.receive(ev.UserEnter("c1", "alice", "", ""), NOW)
+    assert state.receive(ev.UserEnter("c1", "alice", "", ""), NOW) == []
     assert state.call is not None and state.call.remote_users == ["alice"]
+
+
+def test_user_enter_connects_each_member_once_and_again_after_a_leave() -> None:
+    """The accept reply lists oneself too; only USER_ENTER of another member connects it,
+    once; after USER_LEAVE a new USER_ENTER connects the member again."""
+    state = ringing()
+    state.joined(ev.JoinedReply("c1", 42, CallMediaType.VIDEO, ["alice", "bob"]))
+    assert state.receive(ev.OnCallBegin("c1", 42, CallMediaType.VIDEO), NOW)[-1] == (
+        StartCallMedia())
+    first = state.receive(ev.UserEnter("c1", "alice", "", ""), NOW)
+    assert first == [ConnectPeer("alice"), Notify(note.UserJoin("alice"))]
+    assert state.receive(ev.UserEnter("c1", "alice", "", ""), NOW) == []
+    state.receive(ev.UserLeave("c1", "alice", "hangup"), NOW)
+    assert state.receive(ev.UserEnter("c1", "alice", "", ""), NOW) == first
+
+
+def test_media_reports_are_passed_on_when_they_change() -> None:
+    """USER_VIDEO/AUDIO_AVAILABLE: observers hear each change once; the same value again
+    (or media arriving after a report) adds nothing."""
+    state = connected()
+    video_on = state.receive(ev.UserVideoAvailable("c1", "alice", True), NOW)
+    assert video_on == [Notify(note.UserVideoAvailable("alice", True))]
+    assert state.receive(ev.UserVideoAvailable("c1", "alice", True), NOW) == []
+    assert state.media_flowing("c1", "alice", "video") == []
+    assert state.receive(ev.UserVideoAvailable("c1", "alice", False), NOW) == [
+        Notify(note.UserVideoAvailable("alice", False))]
+    assert state.media_flowing("c1", "alice", "video") == []  # the report wins
+
+
+def test_media_of_a_user_who_reports_nothing_counts_as_available() -> None:
+    """No media_state from alice: her flowing video and audio make them available, once;
+    a later report of her own takes over; after she leaves and comes back, again."""
+    state = connected()
+    assert state.media_flowing("c1", "alice", "video") == [
+        Notify(note.UserVideoAvailable("alice", True))]
+    assert state.media_flowing("c1", "alice", "video") == []
+    assert state.media_flowing("c1", "alice", "audio") == [
+        Notify(note.UserAudioAvailable("alice", True))]
+    assert state.receive(ev.UserAudioAvailable("c1", "alice", True), NOW) == []
+    assert state.receive(ev.UserAudioAvailable("c1", "alice", False), NOW) == [
+        RemoteAudioMuted("alice"), Notify(note.UserAudioAvailable("alice", False))]
+    state.receive(ev.UserLeave("c1", "alice", "hangup"), NOW)
+    state.receive(ev.UserEnter("c1", "alice", "", ""), NOW)
+    assert state.media_flowing("c1", "alice", "audio") == [
+        Notify(note.UserAudioAvailable("alice", True))]
+
+
+def test_media_of_another_call_or_an_absent_user_changes_nothing() -> None:
+    state = connected()
+    assert state.media_flowing("c0", "alice", "video") == []
+    assert state.media_flowing("c1", "carol", "video") == []
+    state.receive(ev.CallingEnd("c1", "alice", 3.0, "hangup"), NOW)
+    assert state.media_flowing("c1", "alice", "video") == []
 
 
 def test_audio_muted_and_quality_reports_reach_the_monitor() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
+from callclient.callstate import MEDIA_STATE_GRACE
 from callclient.media.analysis import dominant_frequency, rms_dbfs, tone_present
 from callclient.media.base import MemoryView
 from callclient.media.pattern import read_stamp
@@ -160,3 +163,31 @@ async def test_switch_video_to_audio(make_party: MakeParty) -> None:
     await eventually(
         lambda: tone_present(recent_audio(alice.speaker().samples()), 440.0), "the tone"
     )
+
+
+async def test_media_of_a_peer_that_never_reports_its_state_counts_as_available(
+    make_party: MakeParty,
+) -> None:
+    """alice's engine never sends media_state (as a client that does not implement it):
+    bob still gets alice's audio and video as available, once each, from the media itself,
+    and nothing of the kind for his own report-sending side is duplicated at alice's."""
+    alice, bob = await make_party("alice"), await make_party("bob")
+
+    async def no_report(camera: bool | None, microphone: bool | None) -> None:
+        return None
+
+    alice.engine._media.report_state = no_report  # type: ignore[method-assign]
+    await alice.engine.open_camera()
+    await bob.engine.open_camera()
+    await alice.engine.call("bob", CallMediaType.VIDEO)
+    await bob.rec.wait_for("on_call_received")
+    await bob.engine.accept()
+    await bob.rec.wait_for("on_user_video_available", "alice", True)
+    await bob.rec.wait_for("on_user_audio_available", "alice", True)
+    await alice.rec.wait_for("on_user_video_available", "bob", True)
+    await frames_advance(bob.view_of("alice"))
+    await asyncio.sleep(MEDIA_STATE_GRACE + 0.5)  # every inference has had its chance
+    for me, other in ((bob, "alice"), (alice, "bob")):
+        for name in ("on_user_video_available", "on_user_audio_available"):
+            seen = [e.args for e in me.rec.events if e.name == name]
+            assert seen == [(other, True)], (me.user_id, name, seen)

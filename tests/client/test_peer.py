@@ -20,9 +20,11 @@ import av
 import numpy as np
 import psutil
 import pytest
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack
 
 import callclient.peer
+from callclient.liveness import packets_received
 from callclient.media.analysis import dominant_frequency
 from callclient.media.audio_encoding import AudioEncoderSession
 from callclient.media.encoding import VideoEncoderSession
@@ -345,51 +347,74 @@ async def keepalive_channel(side: Side) -> Any:
 
 
 class Ticks:
-    """Counts the keepalive pings a link's data channel sends; can drop them (a silent peer)."""
+    """Counts the keepalive pings a link's data channel sends: one per liveness check."""
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
         self.sent = 0
-        self.muted = False
         real_send = channel.send
 
         def send(data: Any) -> None:
             self.sent += 1
-            if not self.muted:
-                real_send(data)
+            real_send(data)
 
         channel.send = send  # type: ignore[method-assign]
 
     async def wait(self, count: int) -> None:
-        """Wait for ``count`` more pings from this link."""
+        """Wait for ``count`` more pings (liveness checks) from this link."""
         target = self.sent + count
         await eventually(lambda: self.sent >= target, f"{count} keepalive pings", timeout=3 * T)
+
+
+class Outage:
+    """Drops every datagram a peer connection sends (media, RTCP, DTLS, data channels).
+
+    A test-only reach into aiortc: each ICE transport sends through its ``_send`` attribute
+    (the aioice connection's ``send``); if that changes, this fails at once.
+    """
+
+    def __init__(self, pc: Any) -> None:
+        self.down = False
+        transports = {t.sender.transport.transport for t in pc.getTransceivers()}
+        if pc.sctp is not None:
+            transports.add(pc.sctp.transport.transport)
+        assert transports
+        for ice in transports:
+            real_send = ice._send
+            assert callable(real_send), "aiortc's RTCIceTransport has no _send any more"
+
+            async def send(data: bytes, real_send: Any = real_send) -> None:
+                if not self.down:
+                    await real_send(data)
+
+            ice._send = send
 
 
 async def test_a_silent_peer_is_reported_once_and_responsive_again_after(
     make_pair: MakePair,
 ) -> None:
-    """bob's pings stop: alice reports bob unresponsive once, however long the silence; when
-    they come again bob is responsive, and a second silence is reported again."""
+    """Nothing arrives from bob: alice reports bob unresponsive once, however long the silence;
+    when packets come again bob is responsive, and a second silence is reported again."""
     pair = await make_pair(LIVENESS, media=False)
     await pair.start()
     await pair.connected()
     alice_ticks = Ticks(await keepalive_channel(pair.alice))
-    bob_ticks = Ticks(await keepalive_channel(pair.bob))
+    await keepalive_channel(pair.bob)
+    outage = Outage(pair.bob.link.pc)
     await alice_ticks.wait(3)
     assert not pair.alice.link.unresponsive
-    bob_ticks.muted = True
+    outage.down = True
     await eventually(lambda: pair.alice.unresponsive == ["bob"], "alice reports bob",
                      timeout=3 * T)
     assert pair.alice.link.unresponsive
     await alice_ticks.wait(30)  # 3 s more of alice's checks, well past dead_after again
     assert pair.alice.unresponsive == ["bob"]
-    bob_ticks.muted = False
+    outage.down = False
     await eventually(lambda: not pair.alice.link.unresponsive, "bob responsive again")
-    bob_ticks.muted = True
+    outage.down = True
     await eventually(lambda: pair.alice.unresponsive == ["bob", "bob"], "a second report",
                      timeout=3 * T)
-    assert pair.bob.unresponsive == []  # alice never stopped pinging
+    assert pair.bob.unresponsive == []  # alice's packets never stopped
 
 
 async def test_a_keepalive_relay_counts_as_hearing_the_peer(make_pair: MakePair) -> None:
@@ -397,11 +422,55 @@ async def test_a_keepalive_relay_counts_as_hearing_the_peer(make_pair: MakePair)
     pair = await make_pair(LIVENESS, media=False)
     await pair.start()
     await pair.connected()
-    Ticks(await keepalive_channel(pair.bob)).muted = True
+    await keepalive_channel(pair.bob)
+    Outage(pair.bob.link.pc).down = True
     await eventually(lambda: pair.alice.unresponsive == ["bob"], "alice reports bob",
                      timeout=3 * T)
     await pair.alice.link.handle_relay("keepalive", {})
     assert not pair.alice.link.unresponsive
+
+
+async def test_a_peer_without_the_keepalive_channel_is_heard_through_its_media() -> None:
+    """A client that offers audio and video but no data channel (as a browser following only
+    the media rules may): its media and RTCP keep it heard over many ``dead_after`` periods;
+    once it closes, it is reported unresponsive, once."""
+    aaron = RTCPeerConnection()
+    aaron.addTrack(AudioStreamTrack())
+    aaron.addTransceiver("video", direction="recvonly")
+    unresponsive: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def to_aaron(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "answer":
+            await aaron.setRemoteDescription(RTCSessionDescription(payload["sdp"], "answer"))
+
+    media = Media("bob")
+    await media.start()
+    bob = PeerLink("bob", "aaron", LIVENESS, to_aaron, media.audio.subscribe(),
+                   media.video.subscribe(), lambda user, track: None, unresponsive.append)
+    try:
+        assert not bob.offerer
+        await bob.start()
+        await aaron.setLocalDescription(await aaron.createOffer())
+        offer = aaron.localDescription
+        tasks.append(asyncio.ensure_future(
+            bob.handle_relay("offer", {"sdp": offer.sdp, "type": "offer"})))
+        await asyncio.wait_for(bob.connected.wait(), 3 * T)
+        assert bob._channel is None  # no keepalive channel on this connection
+        checks = int(3 * LIVENESS.dead_after / LIVENESS.keepalive_interval)
+        before = bob.created
+        await eventually(lambda: bob.liveness.last_heard is not None
+                         and bob.liveness.last_heard > before + 3 * LIVENESS.dead_after,
+                         f"{checks} checks hearing aaron", timeout=6 * T)
+        assert unresponsive == []
+        assert await packets_received(bob.pc) > checks  # aiortc's counter, over a real link
+        await aaron.close()
+        await eventually(lambda: unresponsive == ["aaron"], "bob reports aaron", timeout=3 * T)
+    finally:
+        await bob.close()
+        await aaron.close()
+        await media.aclose()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_a_closed_data_channel_is_reported_unresponsive(make_pair: MakePair) -> None:
