@@ -334,6 +334,7 @@ class CaptureProcessor:
     microphone's input latency, as sounddevice reports them), read for every block so a new
     output device is followed at once. Wrap the speaker's pull with :meth:`tap`; give
     :meth:`process` to the microphone track. :meth:`aclose` stops the worker (idempotent).
+    ``chain_factory`` makes the chain in the worker thread (tests substitute one).
     """
 
     def __init__(
@@ -342,12 +343,14 @@ class CaptureProcessor:
         *,
         delay: Callable[[], float] | None = None,
         max_in_flight: int = 4,
+        chain_factory: Callable[[AudioProcessing], ProcessingChain] = ProcessingChain,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self._config = config
         self._delay = delay if delay is not None else (lambda: 0.0)
         self.max_in_flight = max_in_flight
+        self._chain_factory = chain_factory
         self.reference = PlayoutReference()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -432,7 +435,7 @@ class CaptureProcessor:
             start = time.thread_time()
             try:
                 if chain is None:
-                    chain = ProcessingChain(job.config)
+                    chain = self._chain_factory(job.config)
                 elif chain.config != job.config:
                     chain.configure(job.config)
                 far, depth = self.reference.take(job.near.size)
