@@ -42,7 +42,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -71,13 +70,13 @@ AGC_HEADROOM_DB = 5.0
 AGC_MAX_CHANGE_DB_PER_S = 6.0
 AGC_TARGET_DBFS = -20.0
 """Where the gain control settles the active level of speech (measured; AGC2 has no knob)."""
-REFERENCE_MAX_BLOCKS = 4
-"""Most 20 ms blocks of playout kept for the echo canceller while no capture block takes them.
-
-The reference paired with a capture block is the oldest one kept, so the depth must stay below
-the echo path's delay (device latencies, at least two blocks for PortAudio's 20 ms streams):
-a speaker whose clock runs faster than the microphone's loses its oldest blocks here."""
+REFERENCE_MAX_BLOCKS = 25
+"""20 ms blocks of playout kept for the echo canceller (what can be handed over ahead)."""
 _MAX_DELAY_MS = 500
+_JITTER_SAMPLES = BLOCK_SAMPLES
+"""Lead kept beyond one capture block, for callbacks that run early or late."""
+_RESYNC_SAMPLES = 5 * BLOCK_SAMPLES
+"""A speaker this far behind the microphone stalled (it played silence meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -144,76 +143,107 @@ class PlayoutReference:
     """What the speaker was handed, kept for the echo canceller; thread-safe.
 
     :meth:`push` runs where the speaker pulls (a sound card callback or the loop), at the
-    moment a block is handed over. :meth:`take` gives the worker the oldest samples for one
-    capture block, padded with silence when the speaker handed over less (nothing played, or
-    a late callback: the samples still come with the next block). At most ``max_samples``
-    are kept; the oldest beyond that are discarded.
+    moment a block is handed over; every sample gets the next *playout index*. :meth:`take`
+    gives the worker the reference for one capture block: the samples from a read index that
+    advances exactly as many samples as the microphone delivers, so the pairing follows the
+    two devices' clocks, not the moments their callbacks happen to run (sound cards hand
+    over blocks in bursts). Samples not handed over yet at their turn are silence (counted in
+    :attr:`padded`; if they come later they are skipped, :attr:`discarded`).
+
+    The *lead* (samples handed over and not yet taken) is how old the reference is when its
+    capture block is processed; it must stay below the echo path's delay. The read index is
+    set at the first take so the lead is two blocks (one for the capture block, one for the
+    callbacks' jitter), then moved only when over ``window`` takes (1 s) the lead either ran
+    short (jitter larger than planned: the reference is moved back by the shortfall) or never
+    came down to three blocks (a backlog: moved forward to two); or at once when the speaker
+    fell more than :data:`_RESYNC_SAMPLES` behind (it stalled and played silence) or ran
+    ``capacity`` ahead (nothing was taken meanwhile).
     """
 
-    def __init__(self, max_samples: int = REFERENCE_MAX_BLOCKS * BLOCK_SAMPLES) -> None:
-        if max_samples < BLOCK_SAMPLES:
-            raise ValueError(f"max_samples must be >= {BLOCK_SAMPLES}, got {max_samples}")
-        self.max_samples = max_samples
+    def __init__(
+        self, capacity: int = REFERENCE_MAX_BLOCKS * BLOCK_SAMPLES, window: int = 50
+    ) -> None:
+        if capacity < 2 * BLOCK_SAMPLES:
+            raise ValueError(f"capacity must be >= {2 * BLOCK_SAMPLES}, got {capacity}")
+        self.capacity = capacity
+        self.window = window
         self._lock = threading.Lock()
-        self._chunks: deque[Block] = deque()
-        self._queued = 0
+        self._ring = np.zeros(capacity, dtype=np.int16)
+        self._written = 0
+        self._read: int | None = None
+        self._takes = 0
+        self._least_lead = 0
         self.pushed = 0
         """Samples handed over by the speaker."""
         self.discarded = 0
-        """Samples dropped because no capture block took them in time."""
+        """Samples handed over but never given (too late, or skipped by a realignment)."""
         self.padded = 0
-        """Samples of silence given because the speaker had handed over too few."""
+        """Samples of silence given because the speaker had not handed them over in time."""
+        self.realigned = 0
+        """Times the read index was moved."""
 
     @property
     def queued(self) -> int:
-        """Samples waiting to be taken."""
+        """Samples handed over and not taken yet (the lead; 0 before the first take)."""
         with self._lock:
-            return self._queued
+            return self._written - self._read if self._read is not None else 0
 
     def push(self, block: Block) -> None:
         """Keep a block that was just handed to the speaker."""
-        samples = np.array(block, dtype=np.int16).reshape(-1)
+        samples = np.asarray(block, dtype=np.int16).reshape(-1)[-self.capacity :]
         with self._lock:
-            self._chunks.append(samples)
-            self._queued += samples.size
+            start = self._written % self.capacity
+            first = min(samples.size, self.capacity - start)
+            self._ring[start : start + first] = samples[:first]
+            self._ring[: samples.size - first] = samples[first:]
+            self._written += samples.size
             self.pushed += samples.size
-            excess = self._queued - self.max_samples
-            while excess > 0:
-                head = self._chunks[0]
-                if head.size <= excess:
-                    self._chunks.popleft()
-                    cut = head.size
-                else:
-                    self._chunks[0] = head[excess:]
-                    cut = excess
-                self._queued -= cut
-                self.discarded += cut
-                excess -= cut
 
     def take(self, count: int) -> tuple[Block, int]:
-        """The oldest ``count`` samples (silence-padded) and how many were queued before."""
-        out = np.zeros(count, dtype=np.int16)
+        """The reference for ``count`` capture samples, and the lead before taking."""
         with self._lock:
-            depth = self._queued
-            filled = 0
-            while filled < count and self._chunks:
-                head = self._chunks[0]
-                used = min(head.size, count - filled)
-                out[filled : filled + used] = head[:used]
-                if used == head.size:
-                    self._chunks.popleft()
-                else:
-                    self._chunks[0] = head[used:]
-                filled += used
-            self._queued -= filled
-            self.padded += count - filled
-        return out, depth
+            if self._read is None:
+                self._read = self._written - count - _JITTER_SAMPLES
+            lead = self._written - self._read
+            if lead < -_RESYNC_SAMPLES or lead > self.capacity - count:
+                # The speaker stalled (it played silence meanwhile), or nothing was taken
+                # for long (the microphone was closed): pair with what was just handed over.
+                self._move(self._written - count - _JITTER_SAMPLES)
+                lead = self._written - self._read
+            out = np.zeros(count, dtype=np.int16)
+            first = max(self._read, 0, self._written - self.capacity)
+            last = min(self._read + count, self._written)
+            if last > first:
+                out[first - self._read : last - self._read] = self._ring[
+                    np.arange(first, last) % self.capacity
+                ]
+            given = max(0, last - first)
+            self.padded += count - given
+            self._read += count
+            self._least_lead = lead if self._takes == 0 else min(self._least_lead, lead)
+            self._takes += 1
+            if self._takes >= self.window:
+                self._takes = 0
+                if self._least_lead < count:  # ran short: take the reference from earlier
+                    self._move(self._read - (count - self._least_lead))
+                elif self._least_lead >= count + 2 * _JITTER_SAMPLES:  # a standing backlog
+                    self._move(self._read + self._least_lead - count - _JITTER_SAMPLES)
+        return out, lead
+
+    def _move(self, read: int) -> None:
+        """Set the read index (lock held); skipped samples count as discarded."""
+        assert self._read is not None
+        if read > self._read:
+            self.discarded += min(read, self._written) - min(self._read, self._written)
+        self._read = max(read, self._written - self.capacity)
+        self.realigned += 1
 
     def clear(self) -> None:
-        """Forget what is queued (the output stopped or changed)."""
+        """Forget what was handed over (the output stopped or changed); realign at once."""
         with self._lock:
-            self._chunks.clear()
-            self._queued = 0
+            self._read = None
+            self._written = 0
+            self._takes = 0
 
 
 def _load_library() -> Any:
@@ -309,7 +339,7 @@ class ProcessingStats:
     delay_ms: int = 0
     """The echo canceller's current delay hint."""
     reference: dict[str, int] = field(default_factory=dict)
-    """The playout reference's counters (pushed, discarded, padded samples)."""
+    """The playout reference's counters (pushed, discarded, padded samples; realignments)."""
 
 
 @dataclass
@@ -378,6 +408,7 @@ class CaptureProcessor:
             "pushed": self.reference.pushed,
             "discarded": self.reference.discarded,
             "padded": self.reference.padded,
+            "realigned": self.reference.realigned,
         }
         return stats
 

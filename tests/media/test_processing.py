@@ -129,31 +129,72 @@ def test_chain_rejects_partial_frames() -> None:
 # ------------------------------------------------------------------ playout reference
 
 
-def test_reference_keeps_order_pads_and_bounds() -> None:
-    """Blocks come out oldest first; a short supply is padded with silence at the end and
-    the rest follows; beyond max_samples the oldest are discarded; clear() forgets all."""
-    reference = PlayoutReference(max_samples=3 * BLOCK_SAMPLES)
-    reference.push(numbered(1))
-    half = np.full(BLOCK_SAMPLES // 2, 2, np.int16)
-    reference.push(half)
-    block, depth = reference.take(BLOCK_SAMPLES)
-    assert depth == BLOCK_SAMPLES + BLOCK_SAMPLES // 2
-    assert np.array_equal(block, numbered(1))
-    block, depth = reference.take(BLOCK_SAMPLES)
-    assert depth == BLOCK_SAMPLES // 2
-    assert np.array_equal(block[: BLOCK_SAMPLES // 2], half)
-    assert not block[BLOCK_SAMPLES // 2 :].any()
-    assert reference.padded == BLOCK_SAMPLES // 2
-    for value in range(10, 15):
-        reference.push(numbered(value))
-    assert reference.queued == 3 * BLOCK_SAMPLES
-    assert reference.discarded == 2 * BLOCK_SAMPLES
-    assert reference.take(BLOCK_SAMPLES)[0][0] == 12
-    reference.clear()
-    assert reference.queued == 0
-    assert not reference.take(BLOCK_SAMPLES)[0].any()
+def test_reference_pairs_by_sample_count_through_jitter() -> None:
+    """The first take pairs with the block before the one just handed over (one block of
+    slack for jitter); afterwards the reference advances one block per capture block
+    whatever the callbacks' timing: a block handed over one turn late is still in time."""
+    reference = PlayoutReference(window=1000)
+    value = iter(range(1000))
+    reference.push(numbered(next(value)))  # 0
+    block, lead = reference.take(BLOCK_SAMPLES)
+    assert not block.any() and lead == 2 * BLOCK_SAMPLES
+    taken = []
+    for step in range(8):
+        if step != 3:  # block 4 is handed over late, with block 5
+            reference.push(numbered(next(value)))
+        if step == 4:
+            reference.push(numbered(next(value)))
+        taken.append(int(reference.take(BLOCK_SAMPLES)[0][0]))
+    assert taken == list(range(8))
+    assert reference.padded == BLOCK_SAMPLES  # only the first take, before anything
+    assert reference.realigned == 0
     with pytest.raises(ValueError):
-        PlayoutReference(max_samples=10)
+        PlayoutReference(capacity=10)
+
+
+def test_reference_realigns_after_backlog_shortage_and_stall() -> None:
+    """A lead that stayed at three blocks or more for a window is cut back to two; one that
+    ran short is made up by taking from earlier; a stalled speaker restarts the pairing at
+    once; clear() pairs the next takes with what is handed over next."""
+    reference = PlayoutReference(window=10)
+    value = iter(range(10_000))
+
+    def push() -> int:
+        number = next(value)
+        reference.push(numbered(number))
+        return number
+
+    def take() -> int:
+        return int(reference.take(BLOCK_SAMPLES)[0][0])
+
+    push()
+    pairs = [(push(), take()) for _ in range(10)]
+    assert all(taken == pushed - 1 for pushed, taken in pairs[1:])  # one block of slack
+    assert reference.realigned == 0 and reference.queued == BLOCK_SAMPLES
+    push(), push()  # a burst: from now on two blocks more than planned wait
+    pairs = [(push(), take()) for _ in range(10)]
+    assert all(taken == pushed - 3 for pushed, taken in pairs)
+    assert reference.realigned == 1 and reference.queued == BLOCK_SAMPLES  # cut back
+    pushed, taken = push(), take()
+    assert taken == pushed - 1
+    for _ in range(9):
+        push(), take()
+    for _ in range(10):  # every block comes after its turn: silence is given
+        take()
+        take()
+        push()
+    assert reference.realigned >= 2
+    for _ in range(8):  # the speaker stalls for 8 capture blocks (more than 5 behind)
+        take()
+    realigned = reference.realigned
+    assert realigned >= 3
+    pushed = push()
+    assert take() in (pushed - 1, pushed)  # paired with what came just before or after
+    reference.clear()
+    reference.push(numbered(500))
+    reference.push(numbered(501))
+    assert take() == 500
+    assert take() == 501
 
 
 # ------------------------------------------------------------------ hand-off
@@ -196,7 +237,7 @@ async def test_every_block_processed_in_order_in_the_worker_despite_stalls() -> 
 
 async def test_a_failing_block_is_sent_unprocessed_and_processing_goes_on() -> None:
     """The DSP raising on block 3: block 3 goes out as it came, the others processed."""
-    made, factory = recording_factory(fail_on=3)
+    _, factory = recording_factory(fail_on=3)
     processor = CaptureProcessor(AudioProcessing(), chain_factory=factory)
     out = [int((await processor.process(numbered(k)))[0]) for k in range(6)]
     await processor.aclose()
@@ -222,10 +263,11 @@ async def test_reference_is_what_the_speaker_pulled_and_delay_follows_devices() 
     await processor.process(numbered(4))
     await processor.aclose()
     chain = made[0]
-    assert [int(far[0]) for far in chain.fars] == [100, 101, 102, 103, 104]
-    assert chain.delays[:4] == [30, 30, 30, 30]  # 50 ms - one block (20 ms) queued
-    assert chain.delays[4] == 80  # 120 ms - two blocks (40 ms) queued
-    assert processor.stats.delay_ms == 80
+    # One block of slack: each capture block pairs with the block before the newest.
+    assert [int(far[0]) for far in chain.fars] == [0, 100, 101, 102, 103]
+    assert chain.delays[:4] == [10, 10, 10, 10]  # 50 ms - two blocks (40 ms) waiting
+    assert chain.delays[4] == 60  # 120 ms - three blocks (60 ms) waiting
+    assert processor.stats.delay_ms == 60
 
 
 async def test_stages_switch_in_the_worker_and_the_reference_stops_with_aec() -> None:

@@ -65,6 +65,7 @@ async def _echo_run(delay_ms: float, atten_db: float, processing: AudioProcessin
         "lag_ms": lag * 1000 / FS,
         "discarded": stats.reference["discarded"],
         "padded": stats.reference["padded"],
+        "realigned": stats.reference["realigned"],
         "blocks": stats.blocks,
         "sent": out.size,
     }
@@ -80,7 +81,10 @@ async def test_echo_cancelled_and_double_talk_kept(delay_ms: float) -> None:
     assert result["erle_after"] >= ERLE_TARGET_DB, result
     assert result["double_talk"] >= DOUBLE_TALK_CORR, result
     assert result["blocks"] * 960 == result["sent"], result
-    assert result["discarded"] == result["padded"] == 0, result
+    # The speaker's blocks were paired in order from the first (the first capture block,
+    # before anything was played, has silence), never moved.
+    assert result["discarded"] == result["realigned"] == 0, result
+    assert result["padded"] <= 2 * 960, result
 
 
 async def test_loud_echo_is_cancelled() -> None:
