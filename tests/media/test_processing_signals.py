@@ -58,7 +58,7 @@ async def _echo_run(delay_ms: float, atten_db: float, processing: AudioProcessin
     start, end = scenario.segments["double_talk"]
     lag = find_lag(_window(near, start, end), _window(out, start, end))
     stats = processor.stats
-    return {
+    result = {
         "erle": erle_db(echo, out, *scenario.segments["far_only"], lag),
         "erle_after": erle_db(echo, out, *scenario.segments["far_only_again"], lag),
         "double_talk": corr(_window(near, start, end), _window(out, start, end, lag)),
@@ -69,6 +69,8 @@ async def _echo_run(delay_ms: float, atten_db: float, processing: AudioProcessin
         "blocks": stats.blocks,
         "sent": out.size,
     }
+    print(f"echo {delay_ms:g} ms {atten_db:g} dB {processing.label()}: {result}")
+    return result
 
 
 @pytest.mark.parametrize("delay_ms", [40.0, 120.0, 200.0])
@@ -116,6 +118,7 @@ async def test_echo_canceller_follows_a_new_echo_path() -> None:
     echo = np.concatenate(room.echo)
     before = erle_db(echo, out, 2.0, 8.0)
     after = erle_db(echo, out, 10.0, 16.0)
+    print(f"echo path change: ERLE {before:.1f} dB before, {after:.1f} dB 2 s after")
     assert before >= ERLE_TARGET_DB, (before, after)
     assert after >= ERLE_TARGET_DB, (before, after)
 
@@ -137,12 +140,14 @@ async def _snr(kind: str, processing: AudioProcessing) -> dict[str, float]:
     lead[10:200] = True  # the noise-only lead-in, after the processors' first 100 ms
     snr_in = level_db(clean, mask) - level_db(noise, mask)
     snr_out = level_db(speech_out, mask) - level_db(noise_out, mask)
-    return {
+    result = {
         "snr_in": snr_in,
         "improvement": snr_out - snr_in,
         "speech_change": level_db(speech_out, mask) - level_db(clean, mask),
         "leak": level_db(speech_out, lead) - level_db(noise_out, lead),
     }
+    print(f"noise {kind} {processing.label()}: {result}")
+    return result
 
 
 @pytest.mark.parametrize("kind", ["white", "pink", "hum"])
@@ -172,6 +177,7 @@ async def test_quiet_speech_is_brought_to_the_target_level() -> None:
     mask = active_mask(clean)
     settled = level_db(out[20 * FS :], mask[2000:])
     assert abs(active_level_db(clean) - -40.0) < 0.01
+    print(f"gain: -40 dBFS speech settles at {settled:.1f} dBFS")
     assert abs(settled - AGC_TARGET_DBFS) <= GAIN_WITHIN_DB, settled
 
 
@@ -182,5 +188,7 @@ async def test_full_scale_speech_does_not_clip() -> None:
     assert np.max(np.abs(to_int16(loud).astype(np.int32))) == 32767
     out = to_int16(await through_processor(loud, AudioProcessing()))
     clipped = int(np.sum(np.abs(out.astype(np.int32)) >= 32767))
+    print(f"gain: 0 dBFS peak speech, {clipped} samples clipped, peak "
+          f"{20 * np.log10(np.max(np.abs(out.astype(np.int32))) / 32767):.2f} dBFS")
     assert clipped == 0
     assert np.max(np.abs(out.astype(np.int32))) < 32767 * 10 ** (-0.1 / 20)
