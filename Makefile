@@ -5,8 +5,9 @@ STAMP   := .venv/.installed
 # Runtime: PortAudio for sounddevice, GL/GLib for OpenCV's window. Tests: PulseAudio null sinks
 # behind ALSA for the sounddevice tests, Xvfb/xdotool/xwd for the desktop app, iproute2 and
 # nftables for the packet-loss tests in a network namespace, Chromium and its WebDriver for the
-# browser-client tests.
+# browser-client tests; espeak-ng speaks the audio-processing tests' speech.
 APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
+	espeak-ng \
 	pulseaudio pulseaudio-utils libasound2-plugins \
 	xvfb xdotool x11-apps \
 	iproute2 nftables \

@@ -9,5 +9,6 @@ BENCHES: list[str] = [
     "bench.server_load",
     "bench.render",
     "bench.stack",
+    "bench.audio_processing",
 ]
 """Modules run by ``python -m bench``; each has ``main(argv)`` returning an exit status."""

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from callclient.media.deviceset import DeviceSet
     from callclient.media.filesource import FileVideoSource
     from callclient.media.pattern import read_stamp
+    from callclient.media.processing import AudioProcessing, ProcessingStats
     from callclient.media.remote import AudioTap, RemoteStats
     from callclient.media.virtual import (
         AudioFile,
@@ -97,6 +98,8 @@ _LAZY: dict[str, str] = {
     "list_devices": "callclient.media.devices",
     "real_devices": "callclient.media.devices",
     "read_stamp": "callclient.media.pattern",
+    "AudioProcessing": "callclient.media.processing",
+    "ProcessingStats": "callclient.media.processing",
 }
 """Public names loaded on first use, and the module each lives in."""
 
@@ -104,6 +107,7 @@ __all__ = [
     *_types_all,
     *_errors_all,
     "AudioFile",
+    "AudioProcessing",
     "AudioSink",
     "AudioSource",
     "AudioTap",
@@ -120,6 +124,7 @@ __all__ = [
     "MemoryView",
     "Notification",
     "OpenCVCamera",
+    "ProcessingStats",
     "RemoteStats",
     "RenderedFrame",
     "Sequence",

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from callclient.errors import CallError
+from callclient.media.processing import AudioProcessing
 from callclient.types import CallMediaType, Resolution, resolution_size
 from callwire.argtypes import LOG_LEVELS, positive_float, positive_int
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.version import __version__
 
-__all__ = ["main", "parse_resolution"]
+__all__ = ["main", "parse_audio_processing", "parse_resolution"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,27 @@ def _user_list(text: str) -> list[str]:
     if not users:
         raise argparse.ArgumentTypeError(f"{text!r} names no user")
     return users
+
+
+_STAGES = {"aec": "echo_cancellation", "ns": "noise_suppression", "agc": "auto_gain",
+           "hpf": "high_pass_filter"}
+
+
+def parse_audio_processing(text: str) -> AudioProcessing:
+    """``all`` / ``on``, ``off``, or the stages to run, e.g. ``aec,ns`` (of aec, ns, agc, hpf)."""
+    value = text.strip().lower()
+    if value in ("all", "on"):
+        return AudioProcessing()
+    if value in ("off", "none"):
+        return AudioProcessing.off()
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [name for name in names if name not in _STAGES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown audio processing {text!r}: give all, off or stages from "
+            f"{', '.join(_STAGES)} (e.g. aec,ns)"
+        )
+    return AudioProcessing.off().with_changes(**{_STAGES[name]: True for name in names})
 
 
 def _server_url(text: str) -> str:
@@ -129,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="video sent: preset name or value, e.g. 1280x720 (default 640x360)")
     bot.add_argument("--tone", type=positive_float, default=440.0, metavar="HZ",
                      help="tone of the virtual microphone (default %(default)s Hz)")
+    bot.add_argument("--audio-processing", type=parse_audio_processing, nargs="?",
+                     const=AudioProcessing(), default=None, metavar="STAGES",
+                     help="process the microphone: echo cancellation, noise suppression, "
+                     "gain control, high-pass filter (all, off, or e.g. aec,ns; alone: all; "
+                     "default off, the bot's devices being virtual)")
     fmt = bot.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="human", action="store_false", default=False,
                      help="log events as JSON lines (default)")
@@ -234,6 +261,7 @@ async def _bot(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         resolution=args.resolution,
         tone_hz=args.tone,
+        audio_processing=args.audio_processing,
     )
     out: TextIO = sys.stdout
 

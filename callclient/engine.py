@@ -57,6 +57,7 @@ from callclient.localmedia import LocalMedia
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.mixer import Mixer
+from callclient.media.processing import AudioProcessing, ProcessingStats
 from callclient.media.remote import AudioTap, RemoteMedia, RemoteStats
 from callclient.observer import CallObserver, Error, EventQueueObserver, Notification
 from callclient.peer import IceServer, PeerConfig
@@ -105,7 +106,9 @@ class CallEngine:
     ``server_url`` is the signaling server (``ws://host:port``). ``devices`` defaults to a
     virtual device set; pass real devices (:mod:`callclient.media.devices`) for hardware.
     During a call, volumes are reported every ``volume_interval`` seconds and network quality
-    every ``quality_interval`` seconds (:mod:`callclient.monitor`).
+    every ``quality_interval`` seconds (:mod:`callclient.monitor`). ``audio_processing`` says
+    which capture processing stages run (:mod:`callclient.media.processing`); by default all
+    of them for a real microphone and none for a virtual one (bit-exact test audio).
     Use as ``async with CallEngine(...) as engine:`` or call :meth:`close`.
     """
 
@@ -120,6 +123,7 @@ class CallEngine:
         request_timeout: float = 10.0,
         volume_interval: float = 0.3,
         quality_interval: float = 2.0,
+        audio_processing: AudioProcessing | None = None,
     ) -> None:
         if video_codec.upper() not in ("VP8", "H264"):
             raise InvalidParameterError(f"video_codec must be VP8 or H264, not {video_codec!r}")
@@ -141,6 +145,7 @@ class CallEngine:
             self.peer_config.video_codec,
             lambda camera, microphone: self._media.report_state(camera, microphone),
             self._device_failed,
+            audio_processing,
         )
         self._media = CallMedia(
             self._local, self._remote, self._tasks, self.peer_config,
@@ -195,6 +200,39 @@ class CallEngine:
     def mixer(self) -> Mixer:
         """The mixer that feeds the speaker (per-user gains live here)."""
         return self._mixer
+
+    @property
+    def audio_processing(self) -> AudioProcessing:
+        """The capture processing stages that run now."""
+        return self._local.processor.config
+
+    @property
+    def audio_processing_stats(self) -> ProcessingStats:
+        """Counters of the capture processing (blocks, CPU, time added, reference)."""
+        return self._local.processor.stats
+
+    def set_audio_processing(
+        self,
+        processing: AudioProcessing | None = None,
+        *,
+        echo_cancellation: bool | None = None,
+        noise_suppression: bool | None = None,
+        auto_gain: bool | None = None,
+        high_pass_filter: bool | None = None,
+    ) -> AudioProcessing:
+        """Switch capture processing stages at once, mid-call too; returns what runs now.
+
+        ``processing`` replaces the whole configuration; each keyword switches one stage of
+        it (or of the current one). A stage switched on starts fresh (the echo canceller
+        converges again within about a second of far-end speech).
+        """
+        base = processing if processing is not None else self._local.processor.config
+        config = base.with_changes(
+            echo_cancellation=echo_cancellation, noise_suppression=noise_suppression,
+            auto_gain=auto_gain, high_pass_filter=high_pass_filter,
+        )
+        self._local.processor.configure(config)
+        return config
 
     def add_observer(self, observer: CallObserver) -> None:
         """Receive callbacks. Adding the same observer twice has no effect."""

@@ -6,6 +6,10 @@ Opus encoder (each peer connection subscribes; a frame is encoded once however m
 there are), routes the speaker (speakerphone or earpiece, switchable mid-call) and tells the
 other members what is on (``media_state``) through a reporter the engine gives it.
 
+The microphone's blocks go through the capture processing (:mod:`callclient.media.processing`)
+before the encoder and the local volume meter; its echo canceller's reference is what the
+speaker pulls, and its delay hint follows the open speaker's and microphone's latencies.
+
 Devices stay open between calls only while the application holds them: the last call's
 teardown closes them unless a new call started or a device was opened since (the *generation*
 counter tells a teardown that it is stale).
@@ -26,6 +30,7 @@ from callclient.media.audio_encoding import AudioEncoderSession
 from callclient.media.base import AudioSink, Block, VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.encoding import VideoEncoderSession
+from callclient.media.processing import AudioProcessing, CaptureProcessor
 from callclient.media.tracks import CameraTrack, MicrophoneTrack
 from callclient.types import (
     AudioPlaybackDevice,
@@ -53,6 +58,7 @@ class LocalMedia:
         video_codec: str,
         report: MediaStateReporter,
         on_device_error: Callable[[DeviceError], None],
+        processing: AudioProcessing | None = None,
     ) -> None:
         self.devices = devices
         self._video_codec = video_codec
@@ -77,6 +83,19 @@ class LocalMedia:
         self._speaker_stopping: asyncio.Task[None] | None = None
         self.generation = 0
         """Bumped whenever a device is opened or a call ends; see the module docstring."""
+        self.processor = CaptureProcessor(
+            processing if processing is not None
+            else AudioProcessing.default_for(devices.microphone),
+            delay=self._device_latency,
+        )
+        """The capture processing between the microphone and the encoder."""
+
+    def _device_latency(self) -> float:
+        """Seconds of device buffering on the echo path: the speaker's plus the microphone's."""
+        speaker, mic = self._speaker, self.devices.microphone
+        return (speaker.output_latency if speaker is not None else 0.0) + (
+            mic.input_latency if mic is not None else 0.0
+        )
 
     # ------------------------------------------------------------------ shared encoders
 
@@ -111,6 +130,7 @@ class LocalMedia:
         if self._mic_track is None:
             self._mic_track = MicrophoneTrack(on_error=self._on_device_error)
             self._mic_track.on_block = self._local_block
+            self._mic_track.process = self.processor.process
         return self._mic_track
 
     def _local_block(self, block: Block) -> None:
@@ -235,6 +255,7 @@ class LocalMedia:
         if self._speaker is not None and route != previous:
             await self._speaker.stop()
             self._speaker = None
+            self.processor.playout_changed()
         if self._speaker is None and in_call:
             # Also retries a route whose output failed to open earlier in this call.
             await self.start_speaker(pull)
@@ -250,12 +271,14 @@ class LocalMedia:
         sink = self.devices.speakers.get(self.playback)
         if sink is None:
             return
-        await sink.start(pull)
+        self.processor.playout_changed()
+        await sink.start(self.processor.tap(pull))
         self._speaker = sink
 
     def detach_speaker(self) -> AudioSink | None:
         """Take the running output away (to stop it in the background)."""
         speaker, self._speaker = self._speaker, None
+        self.processor.playout_changed()
         return speaker
 
     def stopping_speaker(self, task: asyncio.Task[None]) -> None:
@@ -300,3 +323,4 @@ class LocalMedia:
             await self._audio_encoder.aclose()
         if self._camera_track is not None:
             await self._camera_track.aclose()
+        await self.processor.aclose()

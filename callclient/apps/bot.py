@@ -29,6 +29,7 @@ from callclient.engine import CallEngine
 from callclient.errors import CallError
 from callclient.media.deviceset import DeviceSet
 from callclient.media.filesource import FileVideoSource, media_streams
+from callclient.media.processing import AudioProcessing
 from callclient.media.virtual import AudioFile, Program, Silence, Tone
 from callclient.types import (
     CallMediaType,
@@ -74,6 +75,8 @@ class BotConfig:
     fps: float = 30.0
     tone_hz: float = 440.0
     """Tone of the virtual microphone when nothing is played."""
+    audio_processing: AudioProcessing | None = None
+    """Microphone processing; None: the engine's default (off: the bot's devices are virtual)."""
 
 
 def build_devices(config: BotConfig) -> DeviceSet:
@@ -98,7 +101,8 @@ class Bot:
     def __init__(self, config: BotConfig, emit: EventSink | None = None) -> None:
         self.config = config
         self._emit = emit
-        self.engine = CallEngine(config.server_url, devices=build_devices(config))
+        self.engine = CallEngine(config.server_url, devices=build_devices(config),
+                                 audio_processing=config.audio_processing)
         self.engine.set_video_encoder_params(VideoEncoderParams(resolution=config.resolution))
         self.recorder = (
             Recorder(config.record, on_finished=self._recorded)

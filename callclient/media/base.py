@@ -88,6 +88,13 @@ class AudioSource(ABC):
     """A microphone delivering 20 ms int16 mono blocks at 48 kHz, paced in real time."""
 
     name: str = "audio source"
+    acoustic: bool = False
+    """Whether it picks up a room (a real microphone): audio processing is on by default."""
+
+    @property
+    def input_latency(self) -> float:
+        """Seconds from the sound reaching the device to its block being read (0: unknown)."""
+        return 0.0
 
     @abstractmethod
     async def start(self) -> None:
@@ -106,6 +113,11 @@ class AudioSink(ABC):
     """A speaker that pulls 20 ms int16 mono blocks whenever it needs one."""
 
     name: str = "audio sink"
+
+    @property
+    def output_latency(self) -> float:
+        """Seconds from a block being pulled to its sound leaving the device (0: unknown)."""
+        return 0.0
 
     @abstractmethod
     async def start(self, pull: Callable[[], npt.NDArray[np.int16]]) -> None:

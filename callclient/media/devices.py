@@ -378,7 +378,10 @@ class SoundDeviceMicrophone(AudioSource):
     ``call_soon_threadsafe``; the loop puts it into a queue of at most ``queue_blocks`` blocks,
     dropping the oldest when full (counted in ``dropped``), so latency cannot grow. ``read()``
     raises ``DeviceError(MIC_START_FAIL)`` after ``stall_timeout`` seconds without audio.
+    It is ``acoustic``: the engine processes it (echo, noise, gain) by default.
     """
+
+    acoustic = True
 
     def __init__(
         self,
@@ -409,6 +412,11 @@ class SoundDeviceMicrophone(AudioSource):
     def running(self) -> bool:
         """Whether the input stream is open."""
         return self._stream is not None
+
+    @property
+    def input_latency(self) -> float:
+        """PortAudio's input latency of the open stream plus one block (0 when closed)."""
+        return _stream_latency(self._stream)
 
     async def start(self) -> None:
         """Open and start the input stream (in a thread). Idempotent."""
@@ -527,6 +535,11 @@ class SoundDeviceSpeaker(AudioSink):
         """Whether the output stream is open."""
         return self._stream is not None
 
+    @property
+    def output_latency(self) -> float:
+        """PortAudio's output latency of the open stream plus one block (0 when closed)."""
+        return _stream_latency(self._stream)
+
     async def start(self, pull: Callable[[], Block]) -> None:
         """Open the stream (in a thread) and start pulling. Starting twice is an error."""
         if self._stream is not None:
@@ -585,6 +598,16 @@ class SoundDeviceSpeaker(AudioSink):
             self.pull_errors += 1
             return np.zeros(BLOCK_SAMPLES, dtype=np.int16)
         return block
+
+
+def _stream_latency(stream: Any) -> float:
+    """A stream's reported latency plus its 20 ms block (the callback's own buffer)."""
+    if stream is None:
+        return 0.0
+    try:
+        return float(stream.latency) + BLOCK_SECONDS
+    except Exception:
+        return 0.0
 
 
 def _close_stream(stream: Any) -> None:

@@ -167,6 +167,11 @@ class SharedSink(AudioSink):
         """The tone side of this output: an :class:`AudioSink` for a :class:`TonePlayer`."""
 
     @property
+    def output_latency(self) -> float:
+        """The shared output's latency."""
+        return self.inner.output_latency
+
+    @property
     def owner(self) -> str | None:
         """Who plays now: ``"call"``, ``"tone"`` or None."""
         return self._owner

@@ -18,7 +18,7 @@ import fractions
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import av
 import cv2
@@ -338,9 +338,10 @@ class MicrophoneTrack(AudioStreamTrack):
     """An audio track sending s16 mono 48 kHz 20 ms frames from a swappable source.
 
     pts count samples (time_base 1/48000). The source paces the track; without a source the
-    track sends silence paced by a monotonic schedule. ``muted`` sends silence while still
-    reading the source. ``on_error`` is called when the source fails; the track then sends
-    silence.
+    track sends silence paced by a monotonic schedule. ``process`` (the capture processing)
+    is applied to every block of the source before anything else sees it. ``muted`` sends
+    silence while still reading the source. ``on_error`` is called when the source fails;
+    the track then sends silence.
     """
 
     def __init__(
@@ -353,6 +354,8 @@ class MicrophoneTrack(AudioStreamTrack):
         self.on_error = on_error
         self.on_block: Callable[[Block], None] | None = None
         """Called with every block sent (the local volume meter listens here)."""
+        self.process: Callable[[Block], Awaitable[Block]] | None = None
+        """Applied to every source block (echo cancellation, noise suppression, gain)."""
         self.muted = False
         self._pts = 0
         self._due: float | None = None
@@ -394,6 +397,8 @@ class MicrophoneTrack(AudioStreamTrack):
             else:
                 if block.dtype == np.int16 and block.shape == (BLOCK_SAMPLES,):
                     self._due = None
+                    if self.process is not None:
+                        block = await self.process(block)
                     return block
                 logger.warning(
                     "audio source %s gave a %s %s block; sending silence",

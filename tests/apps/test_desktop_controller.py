@@ -61,6 +61,12 @@ async def test_keys_call_engine_methods() -> None:
 
     assert await _press(app, engine, "m") == [("close_microphone",)]
     assert await _press(app, engine, "m") == [("open_microphone",)]
+    assert "audio AEC NS AGC HPF" in app.state.status
+    assert await _press(app, engine, "n") == [("set_audio_processing", False)]
+    assert "audio AEC AGC HPF" in app.state.status
+    assert "noise suppression off" in app.state.status
+    assert await _press(app, engine, "n") == [("set_audio_processing", True)]
+    assert "noise suppression on" in app.state.status
     assert await _press(app, engine, "c") == [("close_camera",)]
     assert await _press(app, engine, "c") == [("open_camera", Camera.FRONT)]
     assert await _press(app, engine, "s") == [("switch_camera", Camera.BACK)]

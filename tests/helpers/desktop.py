@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from callclient.errors import RequestRefusedError
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
+from callclient.media.processing import AudioProcessing
 from callclient.observer import CallObserver
 from callclient.types import (
     AudioPlaybackDevice,
@@ -47,6 +48,23 @@ class FakeEngine:
         self.observers: list[CallObserver] = []
         self.views: dict[str, VideoView] = {}
         self.refuse: set[str] = set()
+        self.audio_processing = AudioProcessing()
+
+    def set_audio_processing(
+        self,
+        processing: AudioProcessing | None = None,
+        *,
+        echo_cancellation: bool | None = None,
+        noise_suppression: bool | None = None,
+        auto_gain: bool | None = None,
+        high_pass_filter: bool | None = None,
+    ) -> AudioProcessing:
+        self._record("set_audio_processing", noise_suppression)
+        self.audio_processing = (processing or self.audio_processing).with_changes(
+            echo_cancellation=echo_cancellation, noise_suppression=noise_suppression,
+            auto_gain=auto_gain, high_pass_filter=high_pass_filter,
+        )
+        return self.audio_processing
 
     @property
     def user_id(self) -> str | None:

@@ -6,10 +6,13 @@ app's tests.
 A private PulseAudio server for the sounddevice tests, reached by PortAudio through ALSA.
 
 The session fixture :func:`pulse` starts ``pulseaudio`` with a socket, runtime and home in a
-temporary directory (never the user's or the system's server) and three devices:
+temporary directory (never the user's or the system's server) and these devices:
 
 * null sinks ``speakerphone`` and ``earpiece`` (48 kHz mono s16), whose monitors tests record;
-* a ``sine660`` source (a 660 Hz sine) that serves as a microphone.
+* a ``sine660`` source (a 660 Hz sine) that serves as a microphone;
+* a null sink ``room`` whose monitor is the microphone ``roommic``: a test that loads a
+  loopback from a speaker's monitor into ``room`` hears that speaker in the microphone (an
+  echo path), and can play a near-end talker into ``room`` too.
 
 An ALSA configuration added through ``ALSA_CONFIG_PATH`` defines one ALSA PCM of the ``pulse``
 plugin per device (and makes ``default`` PulseAudio), so PortAudio's ALSA host API lists
@@ -58,6 +61,8 @@ MIC_FREQ = 660.0
 """Frequency of the ``sine660`` source."""
 
 SINKS = ("speakerphone", "earpiece")
+ROOM = "room"
+"""The null sink whose monitor is the ``roommic`` microphone."""
 _RATE = 48000
 _START_TIMEOUT = 10.0
 _ALSA_CONF = """\
@@ -128,6 +133,8 @@ class PulseServer:
     env: dict[str, str]
     """Environment for PulseAudio clients (``parec``, ``pactl``)."""
     sinks: tuple[str, ...] = SINKS
+    room: str = ROOM
+    room_mic: str = "roommic"
     mic: str = "sine660"
     mic_freq: float = MIC_FREQ
     _count: list[int] = field(default_factory=lambda: [0])
@@ -186,14 +193,14 @@ def _anchor_latency(server: PulseServer) -> list[subprocess.Popen[bytes]]:
             ["parec", "-d", f"{sink}.monitor", "--latency-msec=10", "--raw"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server.env,
         )
-        for sink in server.sinks
+        for sink in (*server.sinks, server.room)
     ]
     deadline = time.monotonic() + _START_TIMEOUT
     while True:
         configured = [
             int(v) for v in re.findall(r"configured (\d+) usec", server.pactl("list", "sinks"))
         ]
-        if len(configured) == len(server.sinks) and max(configured) <= 20000:
+        if len(configured) == len(server.sinks) + 1 and max(configured) <= 20000:
             return anchors
         if time.monotonic() > deadline:
             for anchor in anchors:
@@ -247,7 +254,8 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
     client_conf = directory / "client.conf"
     client_conf.write_text("autospawn = no\n")
     alsa_conf = directory / "asound.conf"
-    devices = [(sink, sink) for sink in SINKS] + [("sine660", "sine660")]
+    devices = [(sink, sink) for sink in SINKS] + [("sine660", "sine660"),
+                                                  ("roommic", f"{ROOM}.monitor")]
     alsa_conf.write_text(
         _ALSA_CONF + "".join(_ALSA_PCM.format(name=n, device=d) for n, d in devices)
     )
@@ -270,7 +278,7 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
         "pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "--system=false", "-n",
         "--use-pid-file=no", "--disable-shm=yes", "--log-target=stderr",
         f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1",
-        *(f"--load=module-null-sink sink_name={sink} {sink_args}" for sink in SINKS),
+        *(f"--load=module-null-sink sink_name={sink} {sink_args}" for sink in (*SINKS, ROOM)),
         f"--load=module-sine-source source_name=sine660 rate={_RATE} frequency={MIC_FREQ:g}",
     ]
     log_path = directory / "pulseaudio.log"

@@ -18,6 +18,7 @@ from callclient.apps.desktop.keys import KeyBindings
 from callclient.apps.desktop.window import Login, run_app
 from callclient.assets import RINGBACK, RINGTONE, asset_path
 from callclient.media.deviceset import DeviceSet
+from callclient.media.processing import AudioProcessing
 from callclient.types import CallMediaType
 
 __all__ = ["main"]
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio", action="store_true", help="place audio calls (default video)")
     parser.add_argument("--virtual", action="store_true",
                         help="virtual camera/microphone/speakers instead of real devices")
+    parser.add_argument("--audio-processing", choices=("on", "off"), default=None,
+                        help="echo cancellation, noise suppression and gain control of the "
+                        "microphone (default: on with real devices, off with --virtual)")
     parser.add_argument("--ringtone", type=Path, default=asset_path(RINGTONE),
                         help="sound file for incoming calls (default: the bundled ringtone)")
     parser.add_argument("--ringback", type=Path, default=asset_path(RINGBACK),
@@ -110,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         ringtone=args.ringtone,
         ringback=args.ringback,
         mute_ringtone=args.mute_ringtone,
+        audio_processing=None if args.audio_processing is None
+        else AudioProcessing() if args.audio_processing == "on" else AudioProcessing.off(),
     )
     return run_app(config, Login(args.server, args.sdkappid, user_sig),
                    _devices(args.virtual, args.user))

@@ -33,6 +33,7 @@ from callclient.assets import RINGBACK, RINGTONE, asset_path
 from callclient.errors import CallError
 from callclient.media.base import AudioSink, VideoView
 from callclient.media.deviceset import DeviceSet
+from callclient.media.processing import AudioProcessing
 from callclient.media.tones import SharedSink, TonePlayer
 from callclient.observer import CallObserver
 from callclient.types import (
@@ -67,6 +68,19 @@ class EngineLike(Protocol):
 
     @property
     def current_call(self) -> CallLike | None: ...
+
+    @property
+    def audio_processing(self) -> AudioProcessing: ...
+
+    def set_audio_processing(
+        self,
+        processing: AudioProcessing | None = None,
+        *,
+        echo_cancellation: bool | None = None,
+        noise_suppression: bool | None = None,
+        auto_gain: bool | None = None,
+        high_pass_filter: bool | None = None,
+    ) -> AudioProcessing: ...
 
     def add_observer(self, observer: CallObserver) -> None: ...
 
@@ -125,6 +139,8 @@ class AppConfig:
     """Mute mode: an incoming call does not ring (the ringback still plays)."""
     title: str = ""
     """The window title (default ``callclient - USER``)."""
+    audio_processing: AudioProcessing | None = None
+    """Microphone processing; None: the engine's default (on for real devices)."""
 
     @property
     def window_name(self) -> str:
@@ -215,6 +231,7 @@ class DesktopApp(CallObserver):
             Command.HANGUP: self.hangup,
             Command.DIAL: self.dial,
             Command.MICROPHONE: self.toggle_microphone,
+            Command.NOISE_SUPPRESSION: self.toggle_noise_suppression,
             Command.CAMERA: self.toggle_camera,
             Command.SWITCH_CAMERA: self.switch_camera,
             Command.ROUTE: self.toggle_route,
@@ -399,6 +416,12 @@ class DesktopApp(CallObserver):
         else:
             await self.engine.open_microphone()
             model.mic_on = True
+
+    async def toggle_noise_suppression(self) -> None:
+        """Noise suppression off/on (the microphone's other processing stays as it is)."""
+        on = not self.engine.audio_processing.noise_suppression
+        self.engine.set_audio_processing(noise_suppression=on)
+        self._model.message = f"noise suppression {'on' if on else 'off'}"
 
     async def toggle_camera(self) -> None:
         """Camera off/on (the preview follows); off also keeps it off for the next call."""
@@ -764,6 +787,7 @@ class DesktopApp(CallObserver):
             self.user_id,
             phase.value,
             f"mic {'on' if model.mic_on else 'off'}",
+            f"audio {self.engine.audio_processing.label()}",
             f"camera {camera}",
             model.route.name.lower(),
             "? help",

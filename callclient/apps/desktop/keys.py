@@ -21,6 +21,7 @@ class Command(enum.StrEnum):
     HANGUP = "hangup"
     DIAL = "dial"
     MICROPHONE = "microphone"
+    NOISE_SUPPRESSION = "noise_suppression"
     CAMERA = "camera"
     SWITCH_CAMERA = "switch_camera"
     ROUTE = "route"
@@ -59,6 +60,7 @@ DEFAULT_BINDINGS = (
     Binding("h", Command.HANGUP, "hang up / cancel"),
     Binding("d", Command.DIAL, "call the --call/--group users (again)"),
     Binding("m", Command.MICROPHONE, "microphone on/off"),
+    Binding("n", Command.NOISE_SUPPRESSION, "noise suppression on/off"),
     Binding("c", Command.CAMERA, "camera on/off"),
     Binding("s", Command.SWITCH_CAMERA, "switch front/back camera"),
     Binding("p", Command.ROUTE, "speakerphone/earpiece"),

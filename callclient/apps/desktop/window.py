@@ -135,7 +135,8 @@ async def _serve(config: AppConfig, login: Login, devices: DeviceSet, bridge: Br
     """The loop side: engine, login, app, until quit; returns the exit status."""
     from callclient.engine import CallEngine
 
-    async with CallEngine(login.server_url, devices=devices) as engine:
+    async with CallEngine(login.server_url, devices=devices,
+                          audio_processing=config.audio_processing) as engine:
         app = DesktopApp(engine, config)
         bridge.attach(asyncio.get_running_loop(), app)
         app.set_message("logging in ...")
