@@ -70,6 +70,9 @@ class VideoSource(ABC):
     """A camera: ``start()``, then ``read()`` paced frames, then ``stop()``."""
 
     name: str = "video source"
+    device_id: str = ""
+    """Its id in the device lists of ``on_devices_updated`` (a camera's path, an audio
+    device's PortAudio name or index); ``""`` for the system default and virtual devices."""
 
     @abstractmethod
     async def start(self) -> None:
@@ -88,6 +91,9 @@ class AudioSource(ABC):
     """A microphone delivering 20 ms int16 mono blocks at 48 kHz, paced in real time."""
 
     name: str = "audio source"
+    device_id: str = ""
+    """Its id in the device lists of ``on_devices_updated`` (a camera's path, an audio
+    device's PortAudio name or index); ``""`` for the system default and virtual devices."""
 
     @abstractmethod
     async def start(self) -> None:
@@ -106,6 +112,9 @@ class AudioSink(ABC):
     """A speaker that pulls 20 ms int16 mono blocks whenever it needs one."""
 
     name: str = "audio sink"
+    device_id: str = ""
+    """Its id in the device lists of ``on_devices_updated`` (a camera's path, an audio
+    device's PortAudio name or index); ``""`` for the system default and virtual devices."""
 
     @abstractmethod
     async def start(self, pull: Callable[[], npt.NDArray[np.int16]]) -> None:
