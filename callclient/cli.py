@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="video sent: preset name or value, e.g. 1280x720 (default 640x360)")
     bot.add_argument("--tone", type=positive_float, default=440.0, metavar="HZ",
                      help="tone of the virtual microphone (default %(default)s Hz)")
+    bot.add_argument("--nickname", default="", help="the nickname others see for the bot")
     fmt = bot.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="human", action="store_false", default=False,
                      help="log events as JSON lines (default)")
@@ -231,6 +232,7 @@ async def _bot(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         resolution=args.resolution,
         tone_hz=args.tone,
+        nickname=args.nickname,
     )
     out: TextIO = sys.stdout
 

@@ -20,6 +20,7 @@ class Command(enum.StrEnum):
     REJECT = "reject"
     HANGUP = "hangup"
     DIAL = "dial"
+    JOIN = "join"
     MICROPHONE = "microphone"
     CAMERA = "camera"
     SWITCH_CAMERA = "switch_camera"
@@ -58,6 +59,7 @@ DEFAULT_BINDINGS = (
     Binding("r", Command.REJECT, "reject the incoming call"),
     Binding("h", Command.HANGUP, "hang up / cancel"),
     Binding("d", Command.DIAL, "call the --call/--group users (again)"),
+    Binding("j", Command.JOIN, "join the --group-id group's call in progress"),
     Binding("m", Command.MICROPHONE, "microphone on/off"),
     Binding("c", Command.CAMERA, "camera on/off"),
     Binding("s", Command.SWITCH_CAMERA, "switch front/back camera"),
