@@ -38,11 +38,11 @@ from callclient.media.deviceset import DeviceSet
 from callclient.media.tones import SharedSink, TonePlayer
 from callclient.observer import CallObserver
 from callclient.types import (
+    AudioDeviceInfo,
     AudioPlaybackDevice,
     CallMediaType,
     CallParams,
     CallRole,
-    AudioDeviceInfo,
     Camera,
     CameraInfo,
     DeviceList,
