@@ -400,8 +400,7 @@ class CallEngine:
         """
         signaling = self._session("join a group call")
         self._state.check_group_join()
-        data = join_in_group_call_request(RoomId(room_id.int_room_id, room_id.str_room_id),
-                                          group_id, check_media_type(media_type))
+        data = join_in_group_call_request(room_id, group_id, check_media_type(media_type))
 
         def joined(reply: dict[str, Any]) -> None:
             # Runs before the events this request causes are dispatched.
