@@ -438,7 +438,7 @@ class CallState:
             call.user_data = reply.user_data or call.user_data
 
     def check_group_join(self) -> None:
-        """join_in_group_call: only when in no call (a ringing invitation is accepted)."""
+        """join_in_group_call: only when in no call (a ringing invitee accepts instead)."""
         self.check_new_call("join a group call")
 
     def group_call_joined(self, reply: ev.JoinedReply) -> CallInfo:

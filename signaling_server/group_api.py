@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, ParamSpec, TypeVar
 
 from callwire.codes import ErrorCode
@@ -230,21 +230,23 @@ def group_commands(service: GroupService) -> dict[str, RestHandler]:
         await service.destroy(group_id)
         return {"groupId": group_id}
 
-    async def add_group_member(data: dict[str, Any]) -> dict[str, Any]:
-        body = Body(data, ("groupId", "memberList"))
-        group_id = _group_id(body)
+    async def change_members(
+        data: dict[str, Any],
+        change: Callable[[str, list[str]], Awaitable[tuple[list[str], list[str]]]],
+        done: str,
+        unchanged: str,
+    ) -> dict[str, Any]:
+        group_id = _group_id(Body(data, ("groupId", "memberList")))
         users = _check_users(data.get("memberList"), "memberList", allow_empty=False)
-        added, already = await service.add(group_id, users)
-        return {"groupId": group_id, "added": added, "alreadyMembers": already,
+        changed, same = await change(group_id, users)
+        return {"groupId": group_id, done: changed, unchanged: same,
                 "memberNum": len(service.get(group_id).members)}
 
+    async def add_group_member(data: dict[str, Any]) -> dict[str, Any]:
+        return await change_members(data, service.add, "added", "alreadyMembers")
+
     async def delete_group_member(data: dict[str, Any]) -> dict[str, Any]:
-        body = Body(data, ("groupId", "memberList"))
-        group_id = _group_id(body)
-        users = _check_users(data.get("memberList"), "memberList", allow_empty=False)
-        removed, absent = await service.remove(group_id, users)
-        return {"groupId": group_id, "removed": removed, "notMembers": absent,
-                "memberNum": len(service.get(group_id).members)}
+        return await change_members(data, service.remove, "removed", "notMembers")
 
     async def get_group_member_info(data: dict[str, Any]) -> dict[str, Any]:
         body = Body(data, ("groupId", "limit", "offset"))
