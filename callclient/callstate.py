@@ -29,8 +29,9 @@ Only this module changes :class:`CallInfo`; the engine reads it.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from callclient import observer as note
 from callclient.errors import (
@@ -40,13 +41,17 @@ from callclient.errors import (
     RequestRepeatedError,
 )
 from callclient.types import (
+    AudioDeviceInfo,
     CallMediaType,
     CallParams,
     CallRole,
     CallScene,
     CallStatus,
+    CameraInfo,
     NetworkQuality,
+    OfflinePushInfo,
     RoomId,
+    UserInfo,
 )
 from callwire import messages as ev
 from callwire.protocol import Relay
@@ -67,8 +72,12 @@ __all__ = [
     "RemoteAudioMuted",
     "RemoteUplinkReported",
     "StartCallMedia",
+    "UserInfoCache",
     "calls_request",
     "check_media_type",
+    "invite_request",
+    "join_in_group_call_request",
+    "push_info_wire",
 ]
 
 logger = logging.getLogger(__name__)
@@ -197,6 +206,35 @@ def check_media_type(value: CallMediaType | int) -> CallMediaType:
     return media
 
 
+def push_info_wire(info: OfflinePushInfo) -> dict[str, Any]:
+    """An ``offlinePushInfo`` object with the reference's field names (``docs/protocol.md``)."""
+    return {
+        "title": info.title,
+        "desc": info.desc,
+        "ignoreIOSBadge": info.ignore_ios_badge,
+        "iOSSound": info.ios_sound,
+        "androidSound": info.android_sound,
+        "androidOPPOChannelID": info.android_oppo_channel_id,
+        "androidVIVOClassification": int(info.android_vivo_classification),
+        "androidXiaoMiChannelID": info.android_xiaomi_channel_id,
+        "androidFCMChannelID": info.android_fcm_channel_id,
+        "androidHuaWeiCategory": info.android_huawei_category,
+        "isDisablePush": info.is_disable_push,
+        "iOSPushType": int(info.ios_push_type),
+    }
+
+
+def _invitation_fields(params: CallParams) -> dict[str, Any]:
+    data: dict[str, Any] = {"timeout": int(params.timeout), "userData": params.user_data}
+    if params.offline_push_info is not None:
+        data["offlinePushInfo"] = push_info_wire(params.offline_push_info)
+    return data
+
+
+def _room_wire(room_id: RoomId) -> dict[str, Any]:
+    return {"intRoomId": room_id.int_room_id, "strRoomId": room_id.str_room_id}
+
+
 def calls_request(
     user_ids: list[str], media: CallMediaType, params: CallParams, group_id: str = ""
 ) -> dict[str, Any]:
@@ -206,17 +244,64 @@ def calls_request(
     data: dict[str, Any] = {
         "userIDList": list(user_ids),
         "mediaType": int(media),
-        "timeout": int(params.timeout),
-        "userData": params.user_data,
+        **_invitation_fields(params),
     }
     if params.room_id.is_set:
-        data["roomId"] = {
-            "intRoomId": params.room_id.int_room_id,
-            "strRoomId": params.room_id.str_room_id,
-        }
+        data["roomId"] = _room_wire(params.room_id)
     if group_id:
         data["groupId"] = group_id
     return data
+
+
+def invite_request(call_id: str, user_ids: list[str], params: CallParams) -> dict[str, Any]:
+    """The data of an ``invite`` request: its userData and push info reach the invitees."""
+    if not user_ids:
+        raise InvalidParameterError("invite: user_ids must not be empty")
+    return {"callId": call_id, "userIDList": list(user_ids), **_invitation_fields(params)}
+
+
+def join_in_group_call_request(
+    room_id: RoomId, group_id: str, media: CallMediaType
+) -> dict[str, Any]:
+    """The data of a ``join_in_group_call`` request."""
+    if not group_id:
+        raise InvalidParameterError("join_in_group_call: group_id must not be empty")
+    data: dict[str, Any] = {"groupId": group_id, "mediaType": int(media)}
+    if room_id.is_set:
+        data["roomId"] = _room_wire(room_id)
+    return data
+
+
+USER_CACHE_SIZE: Final = 1024
+"""Users whose nickname and avatar :class:`UserInfoCache` keeps (least recently seen go)."""
+
+
+class UserInfoCache:
+    """What the engine knows of users' nicknames and avatars, the most recently seen first.
+
+    :meth:`learn` returns the :class:`~callclient.observer.UserInfoChanged` notification when
+    it tells something new; a user first seen with neither nickname nor avatar is kept
+    silently (nothing changed for an application that showed the user id).
+    """
+
+    def __init__(self, limit: int = USER_CACHE_SIZE) -> None:
+        self.limit = limit
+        self._users: OrderedDict[str, UserInfo] = OrderedDict()
+
+    def get(self, user_id: str) -> UserInfo | None:
+        """The user's info, or None when never seen."""
+        return self._users.get(user_id)
+
+    def learn(self, user_id: str, nickname: str, avatar: str) -> list[Effect]:
+        """Keep what an event or a reply says of a user; notify when it changed."""
+        info = UserInfo(user_id, nickname, avatar)
+        before = self._users.pop(user_id, None)
+        self._users[user_id] = info
+        while len(self._users) > self.limit:
+            self._users.popitem(last=False)
+        if info == (before or UserInfo(user_id)):
+            return []
+        return [Notify(note.UserInfoChanged(user_id, nickname, avatar))]
 
 
 def _status_name(call: CallInfo | None) -> str:
@@ -229,6 +314,8 @@ class CallState:
     def __init__(self) -> None:
         self.user_id: str | None = None
         self.call: CallInfo | None = None
+        self.users = UserInfoCache()
+        """Nicknames and avatars of the users seen (kept across calls and logins)."""
 
     # ------------------------------------------------------------------ session
 
@@ -236,9 +323,10 @@ class CallState:
         """The login succeeded."""
         self.user_id = user_id
 
-    def logged_out(self) -> list[Effect]:
-        """The application logged out or closed the engine: the call ends here, silently."""
-        effects = self._end_call()
+    def logged_out(self, now: float) -> list[Effect]:
+        """The application logged out or closed the engine: a call in progress ends here
+        (``on_call_end``, or ``on_call_cancelled`` with our id while it rang)."""
+        effects = self._interrupt_call(now)
         self.user_id = None
         return effects
 
@@ -363,6 +451,56 @@ class CallState:
         if call is not None and call.call_id == reply.call_id:
             call.media_type = reply.media_type
             call.room_id = RoomId.from_value(reply.room_id)
+            call.caller = reply.sponsor or call.caller
+            call.group_id = reply.group_id or call.group_id
+            if reply.invitees is not None:
+                call.callees = list(reply.invitees)
+            call.user_data = reply.user_data or call.user_data
+
+    def check_group_join(self) -> None:
+        """join_in_group_call: only when in no call (a ringing invitee accepts instead)."""
+        self.check_new_call("join a group call")
+
+    def group_call_joined(self, reply: ev.JoinedReply) -> CallInfo:
+        """The server let us into a group's call (runs before the events it causes)."""
+        self.call = CallInfo(
+            call_id=reply.call_id,
+            role=CallRole.CALLED,
+            media_type=reply.media_type,
+            room_id=RoomId.from_value(reply.room_id),
+            status=CallStatus.WAITING,
+            caller=reply.sponsor,
+            callees=list(reply.invitees or []),
+            group_id=reply.group_id,
+            user_data=reply.user_data,
+        )
+        return self.call
+
+    def users_info_received(self, profiles: list[ev.UserProfile]) -> list[Effect]:
+        """The ``get_user_info`` reply: the cache learns every user in it."""
+        effects: list[Effect] = []
+        for profile in profiles:
+            effects += self.users.learn(profile.user_id, profile.nickname, profile.avatar)
+        return effects
+
+    def self_info_set(self, nickname: str, avatar: str) -> list[Effect]:
+        """Our own ``self_info`` was stored (the reply's values)."""
+        if self.user_id is None:
+            return []
+        return self.users.learn(self.user_id, nickname, avatar)
+
+    def devices_updated(
+        self,
+        microphones: list[AudioDeviceInfo],
+        cameras: list[CameraInfo],
+        current_microphone: str,
+        current_camera: str,
+        speakers: list[AudioDeviceInfo],
+        current_speaker: str,
+    ) -> list[Effect]:
+        """The device watcher saw the device list change (web ``DEVICED_UPDATED``)."""
+        return [Notify(note.DevicesUpdated(microphones, cameras, current_microphone,
+                                           current_camera, speakers, current_speaker))]
 
     def hangup_found_no_call(self) -> list[Effect]:
         """The server no longer knows our call (4040 to hangup): end it here."""
@@ -379,9 +517,9 @@ class CallState:
             case ev.ErrorEvent():  # ERROR
                 return [Notify(note.Error(event.code, event.message))]
             case ev.KickedOut():  # KICKED_OUT
-                return self._lose_session(note.KickedOffline())
+                return self._lose_session(note.KickedOffline(), now)
             case ev.UserSigExpired():  # USER_SIG_EXPIRED
-                return self._lose_session(note.UserSigExpired())
+                return self._lose_session(note.UserSigExpired(), now)
             case ev.OnCallReceived():  # ON_CALL_RECEIVED
                 return self._call_received(event)
             case ev.UnknownEvent():
@@ -409,7 +547,8 @@ class CallState:
                 if event.user_id == self.user_id or event.user_id in call.remote_users:
                     return []
                 call.remote_users.append(event.user_id)
-                return [ConnectPeer(event.user_id), Notify(note.UserJoin(event.user_id))]
+                return [ConnectPeer(event.user_id), Notify(note.UserJoin(event.user_id)),
+                        *self.users.learn(event.user_id, event.nickname, event.avatar)]
             case ev.UserLeave():  # USER_LEAVE
                 return self._remote_left(call, event.user_id)
             case ev.UserAccept():  # USER_ACCEPT: no callback; USER_ENTER follows
@@ -440,7 +579,7 @@ class CallState:
                 call.callees = list(event.user_ids)
                 return []
             case ev.UserInfoChanged():  # USER_INFO_CHANGED
-                return []
+                return self.users.learn(event.user_id, event.nickname, event.avatar)
         return []
 
     def relay(self, relay: Relay) -> list[Effect]:
@@ -477,14 +616,7 @@ class CallState:
             return []
         # The server no longer knows the call (it restarted): end it here too.
         logger.info("call %s is gone after reconnect; ending it", call.call_id)
-        effects = self._end_call()
-        if call.status is CallStatus.ACCEPT:
-            effects.append(Notify(note.CallEnd(
-                call.room_id, call.media_type, call.role, now - (call.begin_time or now))))
-        else:
-            who = call.caller if call.role is CallRole.CALLED else self.user_id or ""
-            effects.append(Notify(note.CallCancelled(who)))
-        return effects
+        return self._interrupt_call(now)
 
     def peer_unresponsive(self, user_id: str, signaling_up: bool, now: float) -> list[Effect]:
         """``user_id``'s media went silent.
@@ -499,9 +631,7 @@ class CallState:
         logger.info("%s unresponsive while signaling is down: treating as left", user_id)
         effects = self._remote_left(call, user_id)
         if not call.remote_users:
-            effects += self._end_call()
-            effects.append(Notify(note.CallEnd(
-                call.room_id, call.media_type, call.role, now - (call.begin_time or now))))
+            effects += self._interrupt_call(now)
         return effects
 
     # ------------------------------------------------------------------ rules
@@ -522,14 +652,17 @@ class CallState:
             user_data=event.user_data,
         )
         return [Notify(note.CallReceived(
-            event.sponsor, list(event.user_ids), event.group_id, event.media_type))]
+            event.sponsor, list(event.user_ids), event.group_id, event.media_type)),
+            *self.users.learn(event.sponsor, event.sponsor_nickname, event.sponsor_avatar)]
 
     def _call_canceled(self, call: CallInfo, event: ev.OnCallCanceled) -> list[Effect]:
-        # The caller gets its own id; an invitee the caller's when the caller cancelled (or
-        # vanished), else its own (it rejected, timed out, answered elsewhere, ...).
+        # The caller gets its own id; an invitee the caller's when the caller cancelled, else
+        # its own (it rejected, timed out, answered elsewhere, or the call was interrupted:
+        # "the callee failed to receive the call, he receives this callback (userId is his
+        # own ID)").
         if call.role is CallRole.CALLER:
             user_id = call.caller
-        elif event.reason in ("cancel", "interrupted"):
+        elif event.reason == "cancel":
             user_id = event.sponsor or call.caller
         else:
             user_id = self.user_id or ""
@@ -555,10 +688,26 @@ class CallState:
             call.reported.discard((user_id, kind))
         return [DisconnectPeer(user_id), Notify(note.UserLeave(user_id))]
 
-    def _lose_session(self, notification: note.Notification) -> list[Effect]:
-        effects = self._end_call()
+    def _lose_session(self, notification: note.Notification, now: float) -> list[Effect]:
+        # The call ends first (on_call_end / on_call_cancelled), then the session's callback.
+        effects = self._interrupt_call(now)
         self.user_id = None
         return [*effects, EndSession(), Notify(notification)]
+
+    def _interrupt_call(self, now: float) -> list[Effect]:
+        """End the call here without the server's word: ``on_call_end`` for a connected call
+        (its duration to the millisecond), ``on_call_cancelled`` with our id for one that
+        rang (an abnormal interruption, as the reference names it)."""
+        call = self.call
+        if call is None:
+            return []
+        effects = self._end_call()
+        if call.status is CallStatus.ACCEPT:
+            total = round(max(0.0, now - (call.begin_time or now)), 3)
+            effects.append(Notify(note.CallEnd(call.room_id, call.media_type, call.role, total)))
+        else:
+            effects.append(Notify(note.CallCancelled(self.user_id or "")))
+        return effects
 
     def _end_call(self) -> list[Effect]:
         if self.call is None:

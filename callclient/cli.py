@@ -156,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="process the microphone: echo cancellation, noise suppression, "
                      "gain control, high-pass filter (all, off, or e.g. aec,ns; alone: all; "
                      "default off, the bot's devices being virtual)")
+    bot.add_argument("--nickname", default="", help="the nickname others see for the bot")
     fmt = bot.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="human", action="store_false", default=False,
                      help="log events as JSON lines (default)")
@@ -262,6 +263,7 @@ async def _bot(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         tone_hz=args.tone,
         audio_processing=args.audio_processing,
+        nickname=args.nickname,
     )
     out: TextIO = sys.stdout
 

@@ -11,7 +11,9 @@ own module:
 * :class:`~callclient.callmedia.CallMedia`: the current call's transport to the other members
   (a :class:`~callclient.mesh.PeerMesh`), its volume and network-quality monitor, teardown;
 * :class:`~callclient.media.remote.RemoteMedia`: what arrives, mixed into the speaker and
-  rendered into the application's views.
+  rendered into the application's views;
+* a :class:`~callclient.media.devicewatch.DeviceWatcher` while logged in, when the devices
+  can change (real devices): device list changes become ``on_devices_updated``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from callclient.callstate import (
     StartCallMedia,
     calls_request,
     check_media_type,
+    invite_request,
+    join_in_group_call_request,
 )
 from callclient.errors import (
     CallError,
@@ -56,6 +60,7 @@ from callclient.errors import (
 from callclient.localmedia import LocalMedia
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
+from callclient.media.devicewatch import DeviceWatcher
 from callclient.media.mixer import Mixer
 from callclient.media.processing import AudioProcessing, ProcessingStats
 from callclient.media.remote import AudioTap, RemoteMedia, RemoteStats
@@ -71,11 +76,15 @@ from callclient.types import (
     CallRecord,
     CallStatus,
     Camera,
+    DeviceList,
+    GroupCallInfo,
     RecentCallsFilter,
+    RoomId,
+    UserInfo,
     VideoEncoderParams,
     VideoRenderParams,
 )
-from callwire import messages
+from callwire import messages, protocol
 from callwire.protocol import Event, ProtocolViolation, Relay
 
 __all__ = ["CallEngine"]
@@ -108,7 +117,9 @@ class CallEngine:
     During a call, volumes are reported every ``volume_interval`` seconds and network quality
     every ``quality_interval`` seconds (:mod:`callclient.monitor`). ``audio_processing`` says
     which capture processing stages run (:mod:`callclient.media.processing`); by default all
-    of them for a real microphone and none for a virtual one (bit-exact test audio).
+    of them for a real microphone and none for a virtual one (bit-exact test audio). While
+    logged in, devices that can change (``devices.probe``) are checked every
+    ``device_watch_interval`` seconds.
     Use as ``async with CallEngine(...) as engine:`` or call :meth:`close`.
     """
 
@@ -124,6 +135,7 @@ class CallEngine:
         volume_interval: float = 0.3,
         quality_interval: float = 2.0,
         audio_processing: AudioProcessing | None = None,
+        device_watch_interval: float = 1.0,
     ) -> None:
         if video_codec.upper() not in ("VP8", "H264"):
             raise InvalidParameterError(f"video_codec must be VP8 or H264, not {video_codec!r}")
@@ -156,6 +168,8 @@ class CallEngine:
             volume_interval=volume_interval,
             quality_interval=quality_interval,
         )
+        self._device_watch_interval = device_watch_interval
+        self._watcher: DeviceWatcher | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -298,13 +312,18 @@ class CallEngine:
             await signaling.login(Credentials(sdk_app_id, user_id, user_sig, extra))
         except BaseException:
             self._signaling = None
-            self._apply(self._state.logged_out())
+            self._apply(self._state.logged_out(time.time()))
             await signaling.close()
             raise
+        self._watch_devices()
 
     async def logout(self) -> None:
-        """End any call and log out. Idempotent."""
-        self._apply(self._state.logged_out())
+        """End any call (``on_call_end``, or ``on_call_cancelled`` while it rings) and log
+        out. Idempotent."""
+        self._apply(self._state.logged_out(time.time()))
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
         signaling, self._signaling = self._signaling, None
         if signaling is not None:
             await signaling.logout()
@@ -401,11 +420,8 @@ class CallEngine:
         """Invite more users into the connected call; returns those now ringing."""
         signaling = self._session("invite")
         call = self._state.check_invite()
-        params = params or CallParams()
-        reply = await signaling.request(
-            "invite", callId=call.call_id, userIDList=list(user_ids),
-            timeout=int(params.timeout), userData=params.user_data,
-        )
+        data = invite_request(call.call_id, list(user_ids), params or CallParams())
+        reply = await signaling.request("invite", **data)
         return self._state.invited(_parsed(messages.parse_invited_reply, reply))
 
     async def join(self, call_id: str) -> None:
@@ -418,6 +434,35 @@ class CallEngine:
             self._state.join_failed(call_id)
             raise
         self._state.joined(_parsed(messages.parse_joined_reply, reply))
+
+    async def join_in_group_call(
+        self, room_id: RoomId, group_id: str, media_type: CallMediaType
+    ) -> str:
+        """Join the call group ``group_id`` has in progress (you must be a member of the
+        group; ``room_id``, when set, must be that call's room); returns the call id.
+
+        The others see you as a user who joined (``on_user_join``); you get ``on_call_begin``
+        and ``on_user_join`` for each of them. The call's media type is the one in force.
+        """
+        signaling = self._session("join a group call")
+        self._state.check_group_join()
+        data = join_in_group_call_request(room_id, group_id, check_media_type(media_type))
+
+        def joined(reply: dict[str, Any]) -> None:
+            # Runs before the events this request causes are dispatched.
+            self._state.group_call_joined(_parsed(messages.parse_joined_reply, reply))
+
+        reply = await signaling.request("join_in_group_call", on_reply=joined, **data)
+        return _parsed(messages.parse_joined_reply, reply).call_id
+
+    async def group_call_in_progress(self, group_id: str) -> GroupCallInfo | None:
+        """The call group ``group_id`` has in progress, or None (you must be a member)."""
+        reply = await self._session("get_group_call").request("get_group_call", groupId=group_id)
+        call = _parsed(messages.parse_group_call_reply, reply)
+        if call is None:
+            return None
+        return GroupCallInfo(call.group_id, call.call_id, RoomId.from_value(call.room_id),
+                             call.media_type, call.sponsor, call.user_ids, call.start_time)
 
     async def switch_call_media_type(self, media_type: CallMediaType) -> None:
         """Switch the connected call between audio and video."""
@@ -482,11 +527,39 @@ class CallEngine:
 
     # ------------------------------------------------------------------ user and records
 
-    async def set_self_info(self, nickname: str, avatar: str = "") -> None:
-        """Set the nickname and avatar others see."""
-        await self._session("set_self_info").request(
-            "self_info", nickname=nickname, avatar=avatar
-        )
+    async def set_self_info(self, nickname: str, avatar: str | None = None) -> None:
+        """Set the nickname (and the avatar, when given) others see; kept by the server
+        across sessions. Without ``avatar`` the stored avatar stays."""
+        data: dict[str, Any] = {"nickname": nickname}
+        if avatar is not None:
+            data["avatar"] = avatar
+        reply = await self._session("set_self_info").request("self_info", **data)
+        self._apply(self._state.self_info_set(str(reply.get("nickname", nickname)),
+                                              str(reply.get("avatar", avatar or ""))))
+
+    def user_info(self, user_id: str) -> UserInfo | None:
+        """What this engine knows of a user's nickname and avatar, or None if never seen.
+
+        Filled from invitations, users entering the call, their changes and
+        :meth:`get_users_info`; ``on_user_info_changed`` tells when it changes.
+        """
+        return self._state.users.get(user_id)
+
+    async def get_users_info(self, user_ids: list[str]) -> list[UserInfo]:
+        """Ask the server for users' nicknames and avatars (batches of 100); the cache
+        learns them. Users never seen by the server come back with empty fields."""
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return []
+        signaling = self._session("get_users_info")
+        infos: list[UserInfo] = []
+        for start in range(0, len(ids), protocol.MAX_USER_INFO_BATCH):
+            batch = ids[start : start + protocol.MAX_USER_INFO_BATCH]
+            reply = await signaling.request("get_user_info", userIDList=batch)
+            profiles = _parsed(messages.parse_user_info_reply, reply)
+            self._apply(self._state.users_info_received(profiles))
+            infos += [UserInfo(p.user_id, p.nickname, p.avatar) for p in profiles]
+        return infos
 
     async def enable_multi_device_ability(self, enable: bool) -> None:
         """Allow this user to stay logged in when it logs in elsewhere too."""
@@ -562,6 +635,25 @@ class CallEngine:
 
     def _device_failed(self, error: DeviceError) -> None:
         self._notify(Error(error.code, error.message))
+
+    def _watch_devices(self) -> None:
+        probe = self._local.devices.probe
+        if probe is None or self._watcher is not None:
+            return
+        self._watcher = DeviceWatcher(probe, self._devices_changed, self._device_watch_interval)
+        self._tasks.spawn(self._watcher.run(), name="device watcher")
+
+    def _devices_changed(self, listing: DeviceList) -> None:
+        devices = self._local.devices
+        camera = devices.cameras.get(self._local.camera) if self._local.camera else None
+        speaker = devices.speakers.get(self._local.playback)
+        self._apply(self._state.devices_updated(
+            listing.microphones, listing.cameras,
+            devices.microphone.device_id if devices.microphone is not None else "",
+            camera.device_id if camera is not None else "",
+            listing.speakers,
+            speaker.device_id if speaker is not None else "",
+        ))
 
     # ------------------------------------------------------------------ effects
 

@@ -9,7 +9,9 @@ the engine's call core decides *which* callbacks fire in *which* order by return
 the engine delivers them (:meth:`Notification.deliver`), so mypy checks every callback's name
 and arguments. :class:`EventRecorder` is the base of observers that want every callback as one
 :class:`CallEvent` record (name and arguments); bots that prefer ``async for`` use
-:meth:`CallEngine.events`, an :class:`EventQueueObserver`.
+:meth:`CallEngine.events`, an :class:`EventQueueObserver`. Each record also names the web
+SDK's TUICallEvent it corresponds to (:attr:`CallEvent.web_event`: ``USER_VOICE_VOLUME``,
+``DEVICED_UPDATED``, ...), so a stream can be read in the web vocabulary.
 """
 
 from __future__ import annotations
@@ -21,11 +23,19 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from callclient.types import CallMediaType, CallRole, NetworkQualityInfo, RoomId
+from callclient.types import (
+    AudioDeviceInfo,
+    CallMediaType,
+    CallRole,
+    CameraInfo,
+    NetworkQualityInfo,
+    RoomId,
+)
 
 __all__ = [
     "CALLBACK_NAMES",
     "NOTIFICATION_TYPES",
+    "WEB_EVENTS",
     "CallBegin",
     "CallCancelled",
     "CallEnd",
@@ -33,12 +43,14 @@ __all__ = [
     "CallMediaTypeChanged",
     "CallObserver",
     "CallReceived",
+    "DevicesUpdated",
     "Error",
     "EventQueueObserver",
     "EventRecorder",
     "KickedOffline",
     "Notification",
     "UserAudioAvailable",
+    "UserInfoChanged",
     "UserJoin",
     "UserLeave",
     "UserLineBusy",
@@ -75,7 +87,8 @@ class CallObserver:
         """The call ended before it connected: cancelled, rejected, timed out or busy.
 
         The caller gets its own id. An invitee gets the caller's id when the caller cancelled,
-        else its own id (rejected, timed out, ignored, answered on another device).
+        else its own id (rejected, timed out, ignored, answered on another device, or the call
+        interrupted: the caller vanished, this engine logged out or was kicked offline).
         """
 
     def on_call_begin(
@@ -90,7 +103,8 @@ class CallObserver:
         call_role: CallRole,
         total_time: float,
     ) -> None:
-        """The call ended; ``total_time`` is its duration in seconds."""
+        """The call ended (also when this engine logs out or is kicked offline during it);
+        ``total_time`` is its duration in seconds, to the millisecond."""
 
     def on_call_media_type_changed(
         self, old_call_media_type: CallMediaType, new_call_media_type: CallMediaType
@@ -132,6 +146,30 @@ class CallObserver:
     def on_user_sig_expired(self) -> None:
         """The userSig expired; log in again with a new one."""
 
+    def on_user_info_changed(self, user_id: str, nickname: str, avatar: str) -> None:
+        """What the engine knows of a user's nickname or avatar changed (extension).
+
+        Fired when an invitation, a user entering the call, a change the user made, or
+        :meth:`CallEngine.get_users_info` tells something new; read the whole cache with
+        :meth:`CallEngine.user_info`.
+        """
+
+    def on_devices_updated(
+        self,
+        microphone_list: list[AudioDeviceInfo],
+        camera_list: list[CameraInfo],
+        current_microphone_id: str,
+        current_camera_id: str,
+        speaker_list: list[AudioDeviceInfo],
+        current_speaker_id: str,
+    ) -> None:
+        """A camera, microphone or speaker was plugged in or removed (web ``DEVICED_UPDATED``).
+
+        The lists are the devices present now; the current ids are those of the devices the
+        engine uses (``""``: the system default or none); ``speaker_list`` and
+        ``current_speaker_id`` extend the web event's fields.
+        """
+
 
 CALLBACK_NAMES: tuple[str, ...] = tuple(
     name for name in vars(CallObserver) if name.startswith("on_")
@@ -146,6 +184,12 @@ class CallEvent:
     name: str
     args: tuple[Any, ...]
 
+    @property
+    def web_event(self) -> str:
+        """The web SDK's TUICallEvent name of this callback (``USER_VOICE_VOLUME`` for
+        ``on_user_voice_volume_changed``, ...); see :data:`WEB_EVENTS`."""
+        return WEB_EVENTS.get(self.name, "")
+
 
 # ------------------------------------------------------------------ callbacks as values
 
@@ -156,6 +200,8 @@ class Notification:
 
     callback: ClassVar[str]
     """The :class:`CallObserver` method this notification calls."""
+    web_event: ClassVar[str]
+    """The web SDK's TUICallEvent of the same meaning."""
 
     def deliver(self, observer: CallObserver) -> None:
         """Call the observer's callback with the arguments."""
@@ -176,6 +222,7 @@ class Error(Notification):
     """:meth:`CallObserver.on_error`."""
 
     callback: ClassVar[str] = "on_error"
+    web_event: ClassVar[str] = "ERROR"
     code: int
     message: str
 
@@ -188,6 +235,7 @@ class CallReceived(Notification):
     """:meth:`CallObserver.on_call_received`."""
 
     callback: ClassVar[str] = "on_call_received"
+    web_event: ClassVar[str] = "ON_CALL_RECEIVED"
     caller_id: str
     callee_id_list: list[str]
     group_id: str
@@ -204,6 +252,7 @@ class CallCancelled(Notification):
     """:meth:`CallObserver.on_call_cancelled`."""
 
     callback: ClassVar[str] = "on_call_cancelled"
+    web_event: ClassVar[str] = "ON_CALL_CANCELED"
     user_id: str
 
     def deliver(self, observer: CallObserver) -> None:
@@ -215,6 +264,7 @@ class CallBegin(Notification):
     """:meth:`CallObserver.on_call_begin`."""
 
     callback: ClassVar[str] = "on_call_begin"
+    web_event: ClassVar[str] = "ON_CALL_BEGIN"
     room_id: RoomId
     call_media_type: CallMediaType
     call_role: CallRole
@@ -228,6 +278,7 @@ class CallEnd(Notification):
     """:meth:`CallObserver.on_call_end`."""
 
     callback: ClassVar[str] = "on_call_end"
+    web_event: ClassVar[str] = "CALLING_END"
     room_id: RoomId
     call_media_type: CallMediaType
     call_role: CallRole
@@ -242,6 +293,7 @@ class CallMediaTypeChanged(Notification):
     """:meth:`CallObserver.on_call_media_type_changed`."""
 
     callback: ClassVar[str] = "on_call_media_type_changed"
+    web_event: ClassVar[str] = "CALL_TYPE_CHANGED"
     old_call_media_type: CallMediaType
     new_call_media_type: CallMediaType
 
@@ -254,6 +306,7 @@ class UserReject(Notification):
     """:meth:`CallObserver.on_user_reject`."""
 
     callback: ClassVar[str] = "on_user_reject"
+    web_event: ClassVar[str] = "REJECT"
     user_id: str
 
     def deliver(self, observer: CallObserver) -> None:
@@ -265,6 +318,7 @@ class UserNoResponse(Notification):
     """:meth:`CallObserver.on_user_no_response`."""
 
     callback: ClassVar[str] = "on_user_no_response"
+    web_event: ClassVar[str] = "NO_RESP"
     user_id: str
 
     def deliver(self, observer: CallObserver) -> None:
@@ -276,6 +330,7 @@ class UserLineBusy(Notification):
     """:meth:`CallObserver.on_user_line_busy`."""
 
     callback: ClassVar[str] = "on_user_line_busy"
+    web_event: ClassVar[str] = "LINE_BUSY"
     user_id: str
 
     def deliver(self, observer: CallObserver) -> None:
@@ -287,6 +342,7 @@ class UserJoin(Notification):
     """:meth:`CallObserver.on_user_join`."""
 
     callback: ClassVar[str] = "on_user_join"
+    web_event: ClassVar[str] = "USER_ENTER"
     user_id: str
 
     def deliver(self, observer: CallObserver) -> None:
@@ -298,6 +354,7 @@ class UserLeave(Notification):
     """:meth:`CallObserver.on_user_leave`."""
 
     callback: ClassVar[str] = "on_user_leave"
+    web_event: ClassVar[str] = "USER_LEAVE"
     user_id: str
 
     def deliver(self, observer: CallObserver) -> None:
@@ -309,6 +366,7 @@ class UserVideoAvailable(Notification):
     """:meth:`CallObserver.on_user_video_available`."""
 
     callback: ClassVar[str] = "on_user_video_available"
+    web_event: ClassVar[str] = "USER_VIDEO_AVAILABLE"
     user_id: str
     is_video_available: bool
 
@@ -321,6 +379,7 @@ class UserAudioAvailable(Notification):
     """:meth:`CallObserver.on_user_audio_available`."""
 
     callback: ClassVar[str] = "on_user_audio_available"
+    web_event: ClassVar[str] = "USER_AUDIO_AVAILABLE"
     user_id: str
     is_audio_available: bool
 
@@ -333,6 +392,7 @@ class UserVoiceVolumeChanged(Notification):
     """:meth:`CallObserver.on_user_voice_volume_changed`."""
 
     callback: ClassVar[str] = "on_user_voice_volume_changed"
+    web_event: ClassVar[str] = "USER_VOICE_VOLUME"
     volume_map: dict[str, int]
 
     def deliver(self, observer: CallObserver) -> None:
@@ -344,6 +404,7 @@ class UserNetworkQualityChanged(Notification):
     """:meth:`CallObserver.on_user_network_quality_changed`."""
 
     callback: ClassVar[str] = "on_user_network_quality_changed"
+    web_event: ClassVar[str] = "ON_USER_NETWORK_QUALITY_CHANGED"
     network_quality_list: list[NetworkQualityInfo]
 
     def deliver(self, observer: CallObserver) -> None:
@@ -355,6 +416,7 @@ class KickedOffline(Notification):
     """:meth:`CallObserver.on_kicked_offline`."""
 
     callback: ClassVar[str] = "on_kicked_offline"
+    web_event: ClassVar[str] = "KICKED_OUT"
 
     def deliver(self, observer: CallObserver) -> None:
         observer.on_kicked_offline()
@@ -365,17 +427,57 @@ class UserSigExpired(Notification):
     """:meth:`CallObserver.on_user_sig_expired`."""
 
     callback: ClassVar[str] = "on_user_sig_expired"
+    web_event: ClassVar[str] = "USER_SIG_EXPIRED"
 
     def deliver(self, observer: CallObserver) -> None:
         observer.on_user_sig_expired()
+
+
+@dataclass(frozen=True)
+class UserInfoChanged(Notification):
+    """:meth:`CallObserver.on_user_info_changed`."""
+
+    callback: ClassVar[str] = "on_user_info_changed"
+    web_event: ClassVar[str] = "USER_INFO_CHANGED"
+    user_id: str
+    nickname: str
+    avatar: str
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_user_info_changed(self.user_id, self.nickname, self.avatar)
+
+
+@dataclass(frozen=True)
+class DevicesUpdated(Notification):
+    """:meth:`CallObserver.on_devices_updated`."""
+
+    callback: ClassVar[str] = "on_devices_updated"
+    web_event: ClassVar[str] = "DEVICED_UPDATED"
+    microphone_list: list[AudioDeviceInfo]
+    camera_list: list[CameraInfo]
+    current_microphone_id: str
+    current_camera_id: str
+    speaker_list: list[AudioDeviceInfo]
+    current_speaker_id: str
+
+    def deliver(self, observer: CallObserver) -> None:
+        observer.on_devices_updated(
+            self.microphone_list, self.camera_list, self.current_microphone_id,
+            self.current_camera_id, self.speaker_list, self.current_speaker_id,
+        )
 
 
 NOTIFICATION_TYPES: tuple[type[Notification], ...] = (
     Error, CallReceived, CallCancelled, CallBegin, CallEnd, CallMediaTypeChanged, UserReject,
     UserNoResponse, UserLineBusy, UserJoin, UserLeave, UserVideoAvailable, UserAudioAvailable,
     UserVoiceVolumeChanged, UserNetworkQualityChanged, KickedOffline, UserSigExpired,
+    UserInfoChanged, DevicesUpdated,
 )
 """One notification per callback, in :data:`CALLBACK_NAMES` order."""
+
+WEB_EVENTS: dict[str, str] = {kind.callback: kind.web_event for kind in NOTIFICATION_TYPES}
+"""Callback name -> the web SDK's TUICallEvent name (``USER_SIG_EXPIRED`` and
+``USER_INFO_CHANGED`` are this project's wire events, not web SDK events)."""
 
 
 # ------------------------------------------------------------------ recording observers

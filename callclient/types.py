@@ -7,12 +7,15 @@ wire protocol and of the public API, so they never change.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from callwire.enums import CallMediaType, CallResultType, CallRole, CallScene, NetworkQuality
 
 __all__ = [
+    "AudioDeviceInfo",
     "AudioPlaybackDevice",
+    "CallIOSOfflinePushType",
     "CallMediaType",
     "CallParams",
     "CallRecord",
@@ -21,7 +24,10 @@ __all__ = [
     "CallScene",
     "CallStatus",
     "Camera",
+    "CameraInfo",
+    "DeviceList",
     "FillMode",
+    "GroupCallInfo",
     "NetworkQuality",
     "NetworkQualityInfo",
     "OfflinePushInfo",
@@ -30,6 +36,7 @@ __all__ = [
     "ResolutionMode",
     "RoomId",
     "Rotation",
+    "UserInfo",
     "VideoEncoderParams",
     "VideoRenderParams",
     "resolution_bitrate_kbps",
@@ -182,11 +189,29 @@ class VideoEncoderParams:
 
 @dataclass(frozen=True)
 class OfflinePushInfo:
-    """TUIOfflinePushInfo: carried for compatibility; this system has no push vendor."""
+    """TUIOfflinePushInfo: how an invitee with no connection is told through a phone push.
+
+    The server hands it, with the invitation, to the business backend's push endpoint
+    (``docs/webhooks.md`` "Offline call push"), which sends the APNs/FCM/vendor push.
+    ``is_disable_push`` asks for no push at all.
+    """
 
     title: str = ""
     desc: str = ""
+    ignore_ios_badge: bool = False
+    """iOS: the push does not increase the app icon's badge."""
+    ios_sound: str = ""
+    """iOS sound file name (with extension); the reference's no-sound / default-sound values
+    pass through as given."""
+    android_sound: str = ""
+    android_oppo_channel_id: str = ""
+    android_vivo_classification: int = 1
+    """VIVO: 0 operational message, 1 system message."""
+    android_xiaomi_channel_id: str = ""
+    android_fcm_channel_id: str = ""
+    android_huawei_category: str = ""
     is_disable_push: bool = False
+    ios_push_type: CallIOSOfflinePushType = CallIOSOfflinePushType.APNS
 
 
 @dataclass(frozen=True)
@@ -233,3 +258,69 @@ class NetworkQualityInfo:
 
     user_id: str
     quality: NetworkQuality
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A user's nickname and avatar (``""`` when unset), as others see them."""
+
+    user_id: str
+    nickname: str = ""
+    avatar: str = ""
+
+    @property
+    def display_name(self) -> str:
+        """The nickname, or the user id when there is none."""
+        return self.nickname or self.user_id
+
+
+@dataclass(frozen=True)
+class GroupCallInfo:
+    """The call a group has in progress (``CallEngine.group_call_in_progress``)."""
+
+    group_id: str
+    call_id: str
+    room_id: RoomId
+    media_type: CallMediaType
+    caller: str
+    user_ids: list[str]
+    """Users in the call now."""
+    start_time: float
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    """A camera: its OpenCV index (None if unknown), its device path and its name.
+
+    Its id (``DEVICED_UPDATED``'s camera ids) is ``path``.
+    """
+
+    index: int | None
+    path: str
+    name: str
+
+
+@dataclass(frozen=True)
+class AudioDeviceInfo:
+    """A PortAudio device as sounddevice lists it; its id is ``name``."""
+
+    index: int
+    name: str
+    host_api: str
+    channels: int
+    default_samplerate: float
+    is_default: bool
+
+
+@dataclass(frozen=True)
+class DeviceList:
+    """Cameras, microphones and speakers; ``audio_error`` says why audio could not be listed."""
+
+    cameras: list[CameraInfo] = field(default_factory=list)
+    microphones: list[AudioDeviceInfo] = field(default_factory=list)
+    speakers: list[AudioDeviceInfo] = field(default_factory=list)
+    audio_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict."""
+        return asdict(self)

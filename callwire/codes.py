@@ -2,9 +2,10 @@
 
 Error codes below zero are TUICallDefine's (``ERROR_PARAM_INVALID`` is -1202 and so on) or
 TRTC's device error codes; 70001..70009 are the REST API's codes, reused where the meaning is
-the same (a bad or expired userSig); 4000..4999 are this project's protocol codes. Close codes
-4000..4999 are the range RFC 6455 leaves to applications. ``docs/protocol.md`` gives each
-meaning.
+the same (a bad or expired userSig); 10010..10021 are the group codes of the Chat service's
+group REST API, which the group REST API uses; 4000..4999 are this project's protocol codes.
+Close codes 4000..4999 are the range RFC 6455 leaves to applications. ``docs/protocol.md``
+gives each meaning.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class ErrorCode(enum.IntEnum):
     NOT_ADMINISTRATOR = 70004
     RATE_LIMITED = 70005
     BODY_UNPARSEABLE = 70009
+    # REST API group codes, those of the Chat service's group API
+    GROUP_NOT_FOUND = 10010
+    GROUP_FULL = 10014
+    GROUP_ID_USED = 10021
     # protocol
     MALFORMED_FRAME = 4000
     UNKNOWN_TYPE = 4001

@@ -27,6 +27,7 @@ __all__ = [
     "CallTypeChanged",
     "CallingEnd",
     "ErrorEvent",
+    "GroupCall",
     "GroupCallInviteeListUpdate",
     "InvitedReply",
     "JoinedReply",
@@ -47,12 +48,15 @@ __all__ = [
     "UserEnter",
     "UserInfoChanged",
     "UserLeave",
+    "UserProfile",
     "UserSigExpired",
     "UserVideoAvailable",
     "parse_call_created_reply",
     "parse_event",
+    "parse_group_call_reply",
     "parse_invited_reply",
     "parse_joined_reply",
+    "parse_user_info_reply",
 ]
 
 RoomValue = int | str
@@ -492,13 +496,19 @@ class CallCreatedReply:
 
 @dataclass(frozen=True)
 class JoinedReply:
-    """The reply to ``accept`` and ``join``."""
+    """The reply to ``accept``, ``join`` and ``join_in_group_call``."""
 
     call_id: str
     room_id: RoomValue
     media_type: CallMediaType
     user_ids: list[str]
     """Members joined, the requester included."""
+    sponsor: str = ""
+    """The caller (empty from a server older than protocol 1.1)."""
+    group_id: str = ""
+    invitees: list[str] | None = None
+    """Invitees ringing or joined (None from an older server)."""
+    user_data: str = ""
 
 
 @dataclass(frozen=True)
@@ -518,8 +528,60 @@ def parse_call_created_reply(data: Mapping[str, Any]) -> CallCreatedReply:
 def parse_joined_reply(data: Mapping[str, Any]) -> JoinedReply:
     """The typed ``accept``/``join`` reply; raises :class:`ProtocolViolation` when malformed."""
     r = _Reader("join reply", data)
+    invitees = r.users("inviteeIDList") if "inviteeIDList" in data else None
     return JoinedReply(r.text("callId"), r.room(), r.media("callMediaType"),
-                       r.users("userIDList", []))
+                       r.users("userIDList", []), r.text("sponsor", ""), r.text("groupID", ""),
+                       invitees, r.text("userData", ""))
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    """One user's nickname and avatar as the server knows them (``""`` when unset)."""
+
+    user_id: str
+    nickname: str
+    avatar: str
+
+
+def parse_user_info_reply(data: Mapping[str, Any]) -> list[UserProfile]:
+    """The typed ``get_user_info`` reply; raises :class:`ProtocolViolation` when malformed."""
+    items = data.get("users")
+    if not isinstance(items, list):
+        raise _Reader("get_user_info reply", data)._fail("users", "a list")
+    profiles = []
+    for index, item in enumerate(items):
+        r = _Reader(f"get_user_info reply users[{index}]", item if isinstance(item, dict) else {})
+        profiles.append(UserProfile(r.user("userID"), r.text("nickname", ""),
+                                    r.text("avatar", "")))
+    return profiles
+
+
+@dataclass(frozen=True)
+class GroupCall:
+    """The call a group has in progress (the ``get_group_call`` reply's ``call``)."""
+
+    group_id: str
+    call_id: str
+    room_id: RoomValue
+    media_type: CallMediaType
+    sponsor: str
+    user_ids: list[str]
+    """Members joined now."""
+    start_time: float
+
+
+def parse_group_call_reply(data: Mapping[str, Any]) -> GroupCall | None:
+    """The typed ``get_group_call`` reply (None: no call in progress); raises
+    :class:`ProtocolViolation` when malformed."""
+    group = _Reader("get_group_call reply", data).text("groupId")
+    call = data.get("call")
+    if call is None:
+        return None
+    if not isinstance(call, dict):
+        raise _Reader("get_group_call reply", data)._fail("call", "an object or null")
+    r = _Reader("get_group_call reply call", call)
+    return GroupCall(group, r.text("callId"), r.room(), r.media("callMediaType"),
+                     r.user("sponsor"), r.users("userIDList", []), r.number("startTime", 0.0))
 
 
 def parse_invited_reply(data: Mapping[str, Any]) -> InvitedReply:

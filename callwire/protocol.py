@@ -31,7 +31,10 @@ __all__ = [
     "EVENT_NAMES",
     "MAX_FRAME_BYTES",
     "MAX_PARTICIPANTS",
+    "MAX_USER_INFO_BATCH",
     "PROTOCOL_VERSION",
+    "PUSH_INFO_DEFAULTS",
+    "PUSH_INFO_FIELDS",
     "RELAY_KINDS",
     "REQUEST_TYPES",
     "Event",
@@ -52,7 +55,7 @@ __all__ = [
     "parse_server_frame",
 ]
 
-PROTOCOL_VERSION: Final = "1.0"
+PROTOCOL_VERSION: Final = "1.1"
 """``major.minor``; a server refuses a login whose major differs from its own."""
 
 MAX_FRAME_BYTES: Final = 64 * 1024
@@ -68,6 +71,8 @@ server re-serializes relay payloads, which must not approach Python's recursion 
 MAX_ID_LENGTH: Final = 64
 MAX_USER_DATA: Final = 8 * 1024
 MAX_TIMEOUT_S: Final = 600
+MAX_USER_INFO_BATCH: Final = 100
+"""At most this many user ids per ``get_user_info`` request."""
 
 RELAY_KINDS: Final = frozenset({"offer", "answer", "candidate", "keepalive", "custom"})
 
@@ -222,6 +227,53 @@ def _relay_kind(value: Any) -> str | None:
     return None
 
 
+PUSH_INFO_FIELDS: Final[Mapping[str, Check]] = {
+    "title": _string(256),
+    "desc": _string(1024),
+    "ignoreIOSBadge": _boolean,
+    "iOSSound": _string(256),
+    "androidSound": _string(256),
+    "androidOPPOChannelID": _string(128),
+    "androidVIVOClassification": _one_of(0, 1),
+    "androidXiaoMiChannelID": _string(128),
+    "androidFCMChannelID": _string(128),
+    "androidHuaWeiCategory": _string(128),
+    "isDisablePush": _boolean,
+    "iOSPushType": _one_of(0, 1),
+}
+"""The fields of an ``offlinePushInfo`` object (TUIOfflinePushInfo), each optional."""
+
+PUSH_INFO_DEFAULTS: Final[Mapping[str, Any]] = {
+    "title": "",
+    "desc": "",
+    "ignoreIOSBadge": False,
+    "iOSSound": "",
+    "androidSound": "",
+    "androidOPPOChannelID": "",
+    "androidVIVOClassification": 1,
+    "androidXiaoMiChannelID": "",
+    "androidFCMChannelID": "",
+    "androidHuaWeiCategory": "",
+    "isDisablePush": False,
+    "iOSPushType": 0,
+}
+"""The value of each ``offlinePushInfo`` field left out (the reference's defaults: VIVO
+classification 1 "system message", iOS push type 0 APNs, push on)."""
+
+
+def _push_info(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be an object of TUIOfflinePushInfo fields"
+    for key, item in value.items():
+        check = PUSH_INFO_FIELDS.get(key)
+        if check is None:
+            return f"has an unknown field {key!r:.40}; known: {', '.join(PUSH_INFO_FIELDS)}"
+        reason = check(item)
+        if reason:
+            return f"field {key!r} {reason}"
+    return None
+
+
 @dataclass(frozen=True)
 class _Field:
     check: Check
@@ -229,7 +281,9 @@ class _Field:
 
 
 _CALL_ID = _Field(_string(MAX_ID_LENGTH, 1))
+_GROUP_ID = _Field(_string(MAX_ID_LENGTH, 1))
 _MEDIA_TYPE = _Field(_one_of(1, 2))
+_PUSH_INFO = _Field(_push_info, required=False)
 
 REQUEST_TYPES: Final[Mapping[str, Mapping[str, _Field]]] = {
     "login": {
@@ -251,6 +305,7 @@ REQUEST_TYPES: Final[Mapping[str, Mapping[str, _Field]]] = {
         "timeout": _Field(_int_range(1, MAX_TIMEOUT_S), required=False),
         "userData": _Field(_string(MAX_USER_DATA), required=False),
         "groupId": _Field(_string(MAX_ID_LENGTH), required=False),
+        "offlinePushInfo": _PUSH_INFO,
     },
     "accept": {"callId": _CALL_ID},
     "reject": {"callId": _CALL_ID},
@@ -261,8 +316,15 @@ REQUEST_TYPES: Final[Mapping[str, Mapping[str, _Field]]] = {
         "userIDList": _Field(_user_list(MAX_PARTICIPANTS - 1)),
         "timeout": _Field(_int_range(1, MAX_TIMEOUT_S), required=False),
         "userData": _Field(_string(MAX_USER_DATA), required=False),
+        "offlinePushInfo": _PUSH_INFO,
     },
     "join": {"callId": _CALL_ID},
+    "join_in_group_call": {
+        "groupId": _GROUP_ID,
+        "roomId": _Field(_room_id, required=False),
+        "mediaType": _MEDIA_TYPE,
+    },
+    "get_group_call": {"groupId": _GROUP_ID},
     "switch_media_type": {"callId": _CALL_ID, "mediaType": _MEDIA_TYPE},
     "media_state": {
         "callId": _CALL_ID,
@@ -274,6 +336,7 @@ REQUEST_TYPES: Final[Mapping[str, Mapping[str, _Field]]] = {
         "nickname": _Field(_string(64)),
         "avatar": _Field(_string(1024), required=False),
     },
+    "get_user_info": {"userIDList": _Field(_user_list(MAX_USER_INFO_BATCH))},
     "multi_device": {"enable": _Field(_boolean)},
     "relay": {
         "callId": _CALL_ID,

@@ -23,15 +23,19 @@ from callwire.codes import CloseCode, ErrorCode
 from callwire.enums import CallResultType, CallRole, CallScene
 from callwire.protocol import ProtocolViolation, Request
 from callwire.version import __version__
+from signaling_server.groups import GroupDirectory
 from signaling_server.records import ParticipantOutcome, StoredCall
 
 __all__ = [
     "CallCore",
     "Close",
     "CoreConfig",
+    "LoadProfile",
     "Notice",
+    "OfflinePush",
     "Output",
     "SaveCall",
+    "SaveProfile",
     "Send",
     "SigVerifier",
     "StoreRequest",
@@ -74,7 +78,7 @@ class StoreRequest:
     request_id: int | str
     sdk_app_id: int
     user_id: str
-    op: str  # "recent_calls" | "delete_calls"
+    op: str  # "recent_calls" | "delete_calls" | "user_info"
     params: dict[str, Any]
 
 
@@ -91,7 +95,42 @@ class Notice:
     platform: str
 
 
-Output = Send | Close | SaveCall | StoreRequest | Notice
+@dataclass(frozen=True, slots=True)
+class SaveProfile:
+    """Persist a user's nickname and/or avatar; a field that is None keeps the stored value."""
+
+    sdk_app_id: int
+    user_id: str
+    nickname: str | None
+    avatar: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProfile:
+    """Read a user's stored profile and hand it back with :meth:`CallCore.profile_loaded`."""
+
+    sdk_app_id: int
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OfflinePush:
+    """An invitation to a user with no connection, for the offline push endpoint."""
+
+    user_id: str
+    call: StoredCall
+    invitation: dict[str, Any]
+    """The ``ON_CALL_RECEIVED`` data the user gets when they log in while it rings."""
+    push_info: dict[str, Any]
+    """The invitation's ``offlinePushInfo`` as the inviter gave it (``{}`` when absent)."""
+    event_time: float
+    expires_at: float
+    """When the invitation stops ringing; a push not delivered by then is dropped."""
+
+
+Output = (
+    Send | Close | SaveCall | StoreRequest | Notice | SaveProfile | LoadProfile | OfflinePush
+)
 
 SigVerifier = Callable[[str, str, float], float]
 """``verify(user_sig, user_id, now) -> expires_at``; raises an exception with ``code`` and
@@ -142,9 +181,15 @@ class Presence:
     user_id: str
     conns: list[int] = field(default_factory=list)
     multi_device: bool = False
-    nickname: str = ""
-    avatar: str = ""
+    nickname: str | None = None
+    avatar: str | None = None
+    """None until known: given at login or by ``self_info``, or read from the store."""
     call_id: str | None = None
+
+    @property
+    def info(self) -> dict[str, str]:
+        """``{"nickname", "avatar"}`` as others see them (``""`` while unknown)."""
+        return {"nickname": self.nickname or "", "avatar": self.avatar or ""}
 
 
 @dataclass
@@ -157,6 +202,8 @@ class Member:
     ever_joined: bool = False
     camera: bool | None = None
     microphone: bool | None = None
+    user_data: str = ""
+    """The ``userData`` of this member's invitation."""
 
 
 @dataclass
@@ -174,6 +221,8 @@ class Call:
     accept_ts: float | None = None
     canceled: bool = False
     interrupted: bool = False
+    group_verified: bool = False
+    """``group_id`` names a group the caller belongs to: the group's call in progress."""
 
 
 # ON_CALL_CANCELED "reason" for the caller when a call ends unanswered, by record result.
@@ -191,12 +240,17 @@ def _call_role_name(role: CallRole) -> str:
 
 
 class _Refused(Exception):
-    """A request refused with an error code; becomes an error reply."""
+    """A request refused with an error code; becomes an error reply.
+
+    ``keep`` holds outputs that still go out after the reply (a refused call's
+    ``call_failed`` notice); everything else the handler queued is dropped.
+    """
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = int(code)
         self.message = message
+        self.keep: list[Output] = []
 
 
 # --------------------------------------------------------------------------- the core
@@ -210,13 +264,17 @@ class CallCore:
         sdk_app_id: int,
         verify_sig: SigVerifier,
         config: CoreConfig | None = None,
+        groups: GroupDirectory | None = None,
     ) -> None:
         self.sdk_app_id = sdk_app_id
         self.config = config or CoreConfig()
+        self.groups = groups if groups is not None else GroupDirectory()
+        """The groups whose members may see and join their calls (shared with the REST API)."""
         self._verify_sig = verify_sig
         self._sessions: dict[int, Session] = {}
         self._users: dict[str, Presence] = {}
         self._calls: dict[str, Call] = {}
+        self._group_calls: dict[str, str] = {}  # group id -> its call in progress
         self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
         self._timer_seq = 0
         self._out: list[Output] = []
@@ -231,10 +289,13 @@ class CallCore:
             "hangup": self._hangup,
             "invite": self._invite,
             "join": self._join,
+            "join_in_group_call": self._join_in_group_call,
+            "get_group_call": self._get_group_call,
             "switch_media_type": self._switch_media_type,
             "media_state": self._media_state,
             "network_quality": self._network_quality,
             "self_info": self._self_info,
+            "get_user_info": self._get_user_info,
             "multi_device": self._multi_device,
             "relay": self._relay,
             "query_recent_calls": self._query_recent_calls,
@@ -317,6 +378,7 @@ class CallCore:
         except _Refused as exc:
             del self._out[mark:]
             self._send(conn, protocol.encode_reply_error(request.id, exc.code, exc.message))
+            self._out.extend(exc.keep)
             return self._flush()
         except Exception:
             # A bug must not cost the client its reply or its connection. What the handler
@@ -338,6 +400,26 @@ class CallCore:
         session = self._sessions.get(conn)
         if session is not None:
             self._drop_session(session, now, graceful=False)
+        return self._flush()
+
+    def profile_loaded(
+        self, user_id: str, nickname: str, avatar: str, now: float
+    ) -> list[Output]:
+        """The stored profile of a user who logged in without giving all of it.
+
+        Fields this session set meanwhile are kept; if the user is in a call, the others get
+        ``USER_INFO_CHANGED`` when what they were shown changes.
+        """
+        presence = self._users.get(user_id)
+        if presence is None:
+            return []
+        before = presence.info
+        if presence.nickname is None:
+            presence.nickname = nickname
+        if presence.avatar is None:
+            presence.avatar = avatar
+        if presence.info != before:
+            self._announce_info(presence)
         return self._flush()
 
     def next_deadline(self) -> float | None:
@@ -492,6 +574,10 @@ class CallCore:
             result="",
             participants=participants,
             user_data=call.user_data,
+            total_users=sum(
+                1 for m in call.members.values()
+                if m.user_id == call.caller or m.ever_joined or m.state == RINGING
+            ),
         )
 
     def _save(self, call: Call) -> None:
@@ -578,10 +664,7 @@ class CallCore:
         presence.conns.append(session.conn)
         if "multiDevice" in data:
             presence.multi_device = data["multiDevice"]
-        if "nickname" in data:
-            presence.nickname = data["nickname"]
-        if "avatar" in data:
-            presence.avatar = data["avatar"]
+        self._login_profile(presence, data.get("nickname"), data.get("avatar"))
         self._schedule(expires_at, "sig", str(session.conn))
 
         reply: dict[str, Any] = {
@@ -649,24 +732,62 @@ class CallCore:
         self._user(session).multi_device = request.data["enable"]
         return {"enabled": request.data["enable"]}
 
+    def _login_profile(
+        self, presence: Presence, nickname: str | None, avatar: str | None
+    ) -> None:
+        """Apply what a login gives of the profile; store it, read the rest from the store."""
+        if nickname is not None:
+            presence.nickname = nickname
+        if avatar is not None:
+            presence.avatar = avatar
+        if nickname is not None or avatar is not None:
+            self._out.append(SaveProfile(self.sdk_app_id, presence.user_id, nickname, avatar))
+        if presence.nickname is None or presence.avatar is None:
+            self._out.append(LoadProfile(self.sdk_app_id, presence.user_id))
+
     def _self_info(self, session: Session, request: Request, now: float) -> dict[str, Any]:
         presence = self._user(session)
+        before = presence.info
         presence.nickname = request.data["nickname"]
-        presence.avatar = request.data.get("avatar", presence.avatar)
-        if presence.call_id is not None:
-            call = self._calls.get(presence.call_id)
-            if call is not None:
-                self._emit_many(
-                    call,
-                    self._others(call, presence.user_id, (RINGING, JOINED)),
-                    "USER_INFO_CHANGED",
-                    {
-                        "userID": presence.user_id,
-                        "nickname": presence.nickname,
-                        "avatar": presence.avatar,
-                    },
-                )
-        return {"nickname": presence.nickname, "avatar": presence.avatar}
+        avatar = request.data.get("avatar")  # absent: the avatar stays as it is
+        if avatar is not None:
+            presence.avatar = avatar
+        self._out.append(
+            SaveProfile(self.sdk_app_id, presence.user_id, presence.nickname, avatar)
+        )
+        if presence.info != before:
+            self._announce_info(presence)
+        return presence.info
+
+    def _announce_info(self, presence: Presence) -> None:
+        """``USER_INFO_CHANGED`` to the others in the user's call, if any."""
+        call = self._calls.get(presence.call_id) if presence.call_id is not None else None
+        if call is not None:
+            self._emit_many(
+                call,
+                self._others(call, presence.user_id, (RINGING, JOINED)),
+                "USER_INFO_CHANGED",
+                {"userID": presence.user_id, **presence.info},
+            )
+
+    def _get_user_info(self, session: Session, request: Request, now: float) -> None:
+        # Users whose profile is known here are answered from memory (fresher than the store
+        # while a save is on its way); the server reads the others from the store.
+        assert session.user_id is not None
+        known: dict[str, dict[str, str]] = {}
+        for user_id in request.data["userIDList"]:
+            presence = self._users.get(user_id)
+            if presence is not None and presence.nickname is not None and (
+                presence.avatar is not None
+            ):
+                known[user_id] = presence.info
+        self._out.append(
+            StoreRequest(
+                session.conn, request.id, self.sdk_app_id, session.user_id, "user_info",
+                {"userIDList": list(request.data["userIDList"]), "known": known},
+            )
+        )
+        return None
 
     def _drop_session(self, session: Session, now: float, graceful: bool) -> None:
         self._detach(session, now, kicked=False, leave=graceful)
@@ -714,32 +835,49 @@ class CallCore:
 
     # ------------------------------------------------------------------ call requests
 
-    def _invitation_text(self, call: Call, member: Member) -> str:
-        presence = self._users.get(call.caller)
-        return protocol.encode_event(
-            "ON_CALL_RECEIVED",
-            {
-                "callId": call.call_id,
-                "inviteID": call.call_id,
-                "sponsor": call.caller,
-                "userIDList": [
-                    m.user_id
-                    for m in call.members.values()
-                    if m.role is CallRole.CALLED and m.state in (RINGING, JOINED)
-                ],
-                "isFromGroup": call.scene is CallScene.GROUP_CALL,
-                "groupID": call.group_id,
-                "userData": call.user_data,
-                "inviteData": {"callType": call.media_type, "roomID": call.room_id},
-                "timeout": max(0, round(member.deadline - call.start_ts)),
-                "sponsorNickname": presence.nickname if presence else "",
-                "sponsorAvatar": presence.avatar if presence else "",
-                **self._call_info(call, member),
-            },
-        )
+    def _invitees(self, call: Call) -> list[str]:
+        return [
+            m.user_id
+            for m in call.members.values()
+            if m.role is CallRole.CALLED and m.state in (RINGING, JOINED)
+        ]
 
-    def _ring(self, call: Call, user_ids: list[str], timeout: int, now: float) -> list[str]:
-        """Add invitees; busy ones get LINE_BUSY. Returns the users now ringing."""
+    def _invitation(self, call: Call, member: Member) -> dict[str, Any]:
+        """The ``ON_CALL_RECEIVED`` data of ``member``'s invitation."""
+        presence = self._users.get(call.caller)
+        sponsor = presence.info if presence else {"nickname": "", "avatar": ""}
+        return {
+            "callId": call.call_id,
+            "inviteID": call.call_id,
+            "sponsor": call.caller,
+            "userIDList": self._invitees(call),
+            "isFromGroup": call.scene is CallScene.GROUP_CALL,
+            "groupID": call.group_id,
+            "userData": member.user_data,
+            "inviteData": {"callType": call.media_type, "roomID": call.room_id},
+            "timeout": max(0, round(member.deadline - call.start_ts)),
+            "sponsorNickname": sponsor["nickname"],
+            "sponsorAvatar": sponsor["avatar"],
+            **self._call_info(call, member),
+        }
+
+    def _invitation_text(self, call: Call, member: Member) -> str:
+        return protocol.encode_event("ON_CALL_RECEIVED", self._invitation(call, member))
+
+    def _ring(
+        self,
+        call: Call,
+        user_ids: list[str],
+        timeout: int,
+        now: float,
+        user_data: str = "",
+        push_info: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Add invitees; busy ones get LINE_BUSY. Returns the users now ringing.
+
+        An invitee with no connection is also pushed (:class:`OfflinePush`) unless the
+        inviter's ``offlinePushInfo`` disables it.
+        """
         ringing: list[str] = []
         busy: list[str] = []
         for user_id in user_ids:
@@ -755,19 +893,27 @@ class CallCore:
                 busy.append(user_id)
                 continue
             member = Member(
-                user_id, CallRole.CALLED, RINGING, deadline=now + timeout, ever_joined=answered
+                user_id, CallRole.CALLED, RINGING, deadline=now + timeout, ever_joined=answered,
+                user_data=user_data,
             )
             call.members[user_id] = member
             presence = self._users.setdefault(user_id, Presence(user_id))
             presence.call_id = call.call_id
             self._schedule(member.deadline, "ring", f"{call.call_id}\0{user_id}")
             ringing.append(user_id)
+        push = push_info or {}
         for user_id in ringing:
             member = call.members[user_id]
-            text = self._invitation_text(call, member)
-            for conn in self._conns_for(call, member):
+            invitation = self._invitation(call, member)
+            text = protocol.encode_event("ON_CALL_RECEIVED", invitation)
+            conns = self._conns_for(call, member)
+            for conn in conns:
                 self._send(conn, text)
             self._notice(call, member, "receive_call", now)
+            if not conns and not push.get("isDisablePush", False):
+                self._out.append(OfflinePush(
+                    user_id, self._snapshot(call), invitation, dict(push), now, member.deadline
+                ))
         for user_id in busy:
             self._emit_many(
                 call,
@@ -779,17 +925,23 @@ class CallCore:
         return ringing
 
     def _calls_request(self, session: Session, request: Request, now: float) -> dict[str, Any]:
-        data = request.data
-        presence = self._user(session)
-        user_id = presence.user_id
-        if presence.call_id is not None:
-            raise _Refused(
-                ErrorCode.REQUEST_REFUSED,
-                f"cannot call: you are already in call {presence.call_id!r}",
-            )
+        call = self._new_call(session, request.data, now)
+        try:
+            self._check_new_call(call, request.data["userIDList"])
+        except _Refused as exc:
+            # A call that cannot start is still reported to the business backend.
+            record = self._snapshot(call)
+            record.end_ts = now
+            mark = len(self._out)
+            self._notice(call, call.members[call.caller], "call_failed", now, record)
+            exc.keep = self._out[mark:]
+            raise
+        return self._start_call(session, call, request.data, now)
+
+    def _new_call(self, session: Session, data: dict[str, Any], now: float) -> Call:
+        """The call a ``calls`` request asks for, not started yet (only the caller in it)."""
+        user_id = self._user(session).user_id
         invitees: list[str] = data["userIDList"]
-        if user_id in invitees:
-            raise _Refused(ErrorCode.PARAM_INVALID, "calls: you cannot call yourself")
         room = data.get("roomId") or {}
         room_id: int | str = room.get("intRoomId") or room.get("strRoomId") or (
             secrets.randbelow(2**31 - 2) + 1
@@ -800,7 +952,7 @@ class CallCore:
             if len(invitees) == 1 and not group_id
             else CallScene.GROUP_CALL
         )
-        call = Call(
+        return Call(
             call_id=str(uuid.uuid4()),
             sdk_app_id=self.sdk_app_id,
             caller=user_id,
@@ -815,13 +967,51 @@ class CallCore:
                     user_id, CallRole.CALLER, JOINED, conn=session.conn, ever_joined=True
                 )
             },
+            group_verified=self.groups.exists(group_id),
         )
+
+    def _check_new_call(self, call: Call, invitees: list[str]) -> None:
+        """Refuse a call that cannot start: the caller busy, calling itself, group rules."""
+        presence = self._users[call.caller]
+        if presence.call_id is not None:
+            raise _Refused(
+                ErrorCode.REQUEST_REFUSED,
+                f"cannot call: you are already in call {presence.call_id!r}",
+            )
+        if call.caller in invitees:
+            raise _Refused(ErrorCode.PARAM_INVALID, "calls: you cannot call yourself")
+        if not call.group_verified:
+            return  # no such group: the group id only labels the call
+        self._require_group_members(call.group_id, [call.caller, *invitees], "call")
+        running = self._group_calls.get(call.group_id)
+        if running is not None:
+            raise _Refused(
+                ErrorCode.REQUEST_REFUSED,
+                f"cannot call: group {call.group_id!r} already has call {running!r} in "
+                "progress; join it with join_in_group_call",
+            )
+
+    def _require_group_members(self, group_id: str, user_ids: list[str], action: str) -> None:
+        strangers = self.groups.non_members(group_id, user_ids)
+        if strangers:
+            raise _Refused(
+                ErrorCode.PERMISSION_DENIED,
+                f"cannot {action}: {', '.join(strangers)} "
+                f"{'is' if len(strangers) == 1 else 'are'} not a member of group {group_id!r}",
+            )
+
+    def _start_call(
+        self, session: Session, call: Call, data: dict[str, Any], now: float
+    ) -> dict[str, Any]:
+        invitees: list[str] = data["userIDList"]
         self._calls[call.call_id] = call
-        presence.call_id = call.call_id
+        if call.group_verified:
+            self._group_calls[call.group_id] = call.call_id
+        self._users[call.caller].call_id = call.call_id
         mark = len(self._out)
-        self._notice(call, call.members[user_id], "start_call", now)
+        self._notice(call, call.members[call.caller], "start_call", now)
         timeout = data.get("timeout", self.config.default_timeout_s)
-        self._ring(call, invitees, timeout, now)
+        self._ring(call, invitees, timeout, now, call.user_data, data.get("offlinePushInfo"))
         # The start_call notice describes the call with its invitees (webhook TotalNum).
         start_notice = self._out[mark]
         assert isinstance(start_notice, Notice)
@@ -830,7 +1020,7 @@ class CallCore:
         self._settle(call, now)
         return {
             "callId": call.call_id,
-            "roomID": room_id,
+            "roomID": call.room_id,
             "userIDList": invitees,
             "busyUserIDList": [u for u in invitees if call.members[u].state == BUSY],
         }
@@ -862,8 +1052,7 @@ class CallCore:
                     ),
                 )
         joined_others = self._others(call, member.user_id, (JOINED,))
-        enter = {"userID": member.user_id, "nickname": presence.nickname,
-                 "avatar": presence.avatar}
+        enter = {"userID": member.user_id, **presence.info}
         for other in joined_others:
             if first and other.role is CallRole.CALLER:
                 self._emit(call, other, "ON_CALL_BEGIN", self._call_info(call, other))
@@ -871,16 +1060,8 @@ class CallCore:
         self._emit(call, member, "ON_CALL_BEGIN", self._call_info(call, member))
         for other in joined_others:
             other_presence = self._users.get(other.user_id)
-            self._emit(
-                call,
-                member,
-                "USER_ENTER",
-                {
-                    "userID": other.user_id,
-                    "nickname": other_presence.nickname if other_presence else "",
-                    "avatar": other_presence.avatar if other_presence else "",
-                },
-            )
+            other_info = other_presence.info if other_presence else {"nickname": "", "avatar": ""}
+            self._emit(call, member, "USER_ENTER", {"userID": other.user_id, **other_info})
             if other.camera is not None:
                 self._emit(
                     call,
@@ -896,11 +1077,16 @@ class CallCore:
                     {"userID": other.user_id, "isAudioAvailable": other.microphone},
                 )
 
-    def _accept(self, session: Session, request: Request, now: float) -> dict[str, Any] | None:
+    def _accept(self, session: Session, request: Request, now: float) -> dict[str, Any]:
         call, member = self._find_call(session, request.data["callId"])
         if member.state == JOINED:
             raise _Refused(ErrorCode.REQUEST_REPEATED, "cannot accept: you already joined")
         self._require_state(member, "accept", RINGING)
+        return self._accept_member(session, call, member, now)
+
+    def _accept_member(
+        self, session: Session, call: Call, member: Member, now: float
+    ) -> dict[str, Any]:
         self._emit_many(
             call,
             self._others(call, member.user_id, (RINGING, JOINED)),
@@ -913,14 +1099,18 @@ class CallCore:
         if first:
             self._notice(call, call.members[call.caller], "call_accepted", now)
         self._save(call)
-        return self._join_reply(call)
+        return self._join_reply(call, member)
 
-    def _join_reply(self, call: Call) -> dict[str, Any]:
+    def _join_reply(self, call: Call, member: Member) -> dict[str, Any]:
         return {
             "callId": call.call_id,
             "roomID": call.room_id,
             "callMediaType": call.media_type,
             "userIDList": [m.user_id for m in call.members.values() if m.state == JOINED],
+            "sponsor": call.caller,
+            "groupID": call.group_id,
+            "inviteeIDList": self._invitees(call),
+            "userData": member.user_data,
         }
 
     def _decline(
@@ -954,6 +1144,8 @@ class CallCore:
             now,
         )
         self._settle(call, now)
+        if call.call_id in self._calls:
+            self._save(call)
         self._release_if_idle(member.user_id)
         return {"callId": call.call_id}
 
@@ -990,29 +1182,23 @@ class CallCore:
                 ErrorCode.REQUEST_REPEATED,
                 f"invite: {', '.join(repeated)} already in the call or ringing",
             )
-        active = sum(1 for m in call.members.values() if m.state in (RINGING, JOINED))
-        if active + len(wanted) > protocol.MAX_PARTICIPANTS:
-            raise _Refused(
-                ErrorCode.CALL_FULL,
-                f"invite: a call holds at most {protocol.MAX_PARTICIPANTS} users; "
-                f"{active} are in it or ringing",
-            )
+        self._require_room(call, len(wanted), "invite")
+        if call.group_verified:
+            self._require_group_members(call.group_id, wanted, "invite")
         call.scene = CallScene.GROUP_CALL
         timeout = request.data.get("timeout", self.config.default_timeout_s)
         existing = self._others(call, "", (RINGING, JOINED))
-        ringing = self._ring(call, wanted, timeout, now)
-        for user_id in ringing:
-            self._notice(call, call.members[user_id], "invite_user", now)
-        invitees = [
-            m.user_id
-            for m in call.members.values()
-            if m.role is CallRole.CALLED and m.state in (RINGING, JOINED)
-        ]
+        # The inviter is the operating user of invite_user; each invitee's receive_call follows.
+        self._notice(call, member, "invite_user", now)
+        ringing = self._ring(
+            call, wanted, timeout, now, request.data.get("userData", call.user_data),
+            request.data.get("offlinePushInfo"),
+        )
         self._emit_many(
             call,
             [m for m in existing if m.user_id not in ringing],
             "GROUP_CALL_INVITEE_LIST_UPDATE",
-            {"userIDList": invitees},
+            {"userIDList": self._invitees(call)},
         )
         self._save(call)
         self._settle(call, now)
@@ -1024,27 +1210,99 @@ class CallCore:
 
     def _join(self, session: Session, request: Request, now: float) -> dict[str, Any]:
         call_id = request.data["callId"]
+        self._require_free_for(session, call_id, "join")
+        call, member = self._find_call(session, call_id)
+        return self._join_member(session, call, member, now)
+
+    def _require_free_for(self, session: Session, call_id: str, action: str) -> None:
         presence = self._user(session)
         if presence.call_id not in (None, call_id):
             raise _Refused(
                 ErrorCode.REQUEST_REFUSED,
-                f"cannot join: you are already in call {presence.call_id!r}",
+                f"cannot {action}: you are already in call {presence.call_id!r}",
             )
-        call, member = self._find_call(session, call_id)
+
+    def _join_member(
+        self, session: Session, call: Call, member: Member, now: float
+    ) -> dict[str, Any]:
+        """A member who is not joined joins (a ringing one accepts)."""
         if member.state == JOINED:
             raise _Refused(ErrorCode.REQUEST_REPEATED, "cannot join: you already joined")
         if member.state == RINGING:
-            return self._accept(session, request, now) or {}
-        active = sum(1 for m in call.members.values() if m.state in (RINGING, JOINED))
-        if active + 1 > protocol.MAX_PARTICIPANTS:
-            raise _Refused(ErrorCode.CALL_FULL, "cannot join: the call is full")
+            return self._accept_member(session, call, member, now)
+        self._require_room(call, 1, "cannot join")
         first = call.accept_ts is None
         self._enter(call, member, session, now)
         self._notice(call, member, "join_in_group_call", now)
         if first:
             self._notice(call, call.members[call.caller], "call_accepted", now)
         self._save(call)
-        return self._join_reply(call)
+        return self._join_reply(call, member)
+
+    def _require_room(self, call: Call, more: int, action: str) -> None:
+        active = sum(1 for m in call.members.values() if m.state in (RINGING, JOINED))
+        if active + more > protocol.MAX_PARTICIPANTS:
+            raise _Refused(
+                ErrorCode.CALL_FULL,
+                f"{action}: a call holds at most {protocol.MAX_PARTICIPANTS} users; "
+                f"{active} are in it or ringing",
+            )
+
+    def _group_call(self, session: Session, group_id: str, action: str) -> Call | None:
+        """The group's call in progress, for a member of the group (else -1101)."""
+        assert session.user_id is not None
+        if not self.groups.is_member(group_id, session.user_id):
+            raise _Refused(
+                ErrorCode.PERMISSION_DENIED,
+                f"{action}: you are not a member of group {group_id!r} (or it does not exist)",
+            )
+        call_id = self._group_calls.get(group_id)
+        return self._calls.get(call_id) if call_id is not None else None
+
+    def _get_group_call(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        group_id = request.data["groupId"]
+        call = self._group_call(session, group_id, "get_group_call")
+        if call is None:
+            return {"groupId": group_id, "call": None}
+        return {
+            "groupId": group_id,
+            "call": {
+                "callId": call.call_id,
+                "roomID": call.room_id,
+                "callMediaType": call.media_type,
+                "sponsor": call.caller,
+                "userIDList": [m.user_id for m in call.members.values() if m.state == JOINED],
+                "startTime": call.start_ts,
+            },
+        }
+
+    def _join_in_group_call(
+        self, session: Session, request: Request, now: float
+    ) -> dict[str, Any]:
+        data = request.data
+        group_id = data["groupId"]
+        call = self._group_call(session, group_id, "join_in_group_call")
+        if call is None:
+            raise _Refused(
+                ErrorCode.CALL_NOT_FOUND, f"group {group_id!r} has no call in progress"
+            )
+        room = data.get("roomId") or {}
+        wanted = room.get("intRoomId") or room.get("strRoomId")
+        if wanted and wanted != call.room_id:
+            raise _Refused(
+                ErrorCode.CALL_NOT_FOUND,
+                f"group {group_id!r} has no call in room {wanted!r} (its call is in room "
+                f"{call.room_id!r})",
+            )
+        self._require_free_for(session, call.call_id, "join_in_group_call")
+        assert session.user_id is not None
+        member = call.members.get(session.user_id)
+        if member is None:
+            # A group member who was never invited: joins as an invitee who answered.
+            self._require_room(call, 1, "cannot join")
+            member = Member(session.user_id, CallRole.CALLED, LEFT)
+            call.members[session.user_id] = member
+        return self._join_member(session, call, member, now)
 
     def _switch_media_type(self, session: Session, request: Request, now: float) -> dict[str, Any]:
         call, member = self._find_call(session, request.data["callId"])
@@ -1181,6 +1439,8 @@ class CallCore:
             self._notice(call, member, "not_answer_call", now)
             self._notice(call, call.members[call.caller], "call_missed", now)
         self._settle(call, now)
+        if call.call_id in self._calls:
+            self._save(call)
         for member in timed_out:
             self._release_if_idle(member.user_id)
 
@@ -1253,7 +1513,8 @@ class CallCore:
     def _end_data(
         self, call: Call, member: Member, ended_by: Member, now: float, reason: str
     ) -> dict[str, Any]:
-        total = round(now - call.accept_ts) if call.accept_ts is not None else 0
+        # Seconds since the call connected, to the millisecond.
+        total = round(max(0.0, now - call.accept_ts), 3) if call.accept_ts is not None else 0
         return {
             "userID": ended_by.user_id,
             "totalTime": total,
@@ -1326,8 +1587,14 @@ class CallCore:
     def _finish(self, call: Call, now: float, notify: bool) -> None:
         """Remove an ended call and persist its final record."""
         del self._calls[call.call_id]
+        if self._group_calls.get(call.group_id) == call.call_id:
+            del self._group_calls[call.group_id]
         record = self._snapshot(call)
         record.end_ts = now
+        # Invitees still ringing when the call ended do not count (shutdown leaves them so).
+        record.total_users = sum(
+            1 for m in call.members.values() if m.user_id == call.caller or m.ever_joined
+        )
         if call.accept_ts is not None:
             record.result = "interrupt" if call.interrupted else "normal_end"
         else:

@@ -18,24 +18,26 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
 from aiohttp import web
 
 from callwire.codes import ErrorCode
-from callwire.enums import CallResultType
 from callwire.usersig import UserSigRefused, verify_user_sig
-from signaling_server.records import StoredCall
+from signaling_server.records import StoredCall, users_in_call
 from signaling_server.store import CallStore, RecordWriter
 from signaling_server.webhooks import CallbackConfigError, WebhookService
 
 __all__ = [
     "CALL_RESULTS",
+    "Body",
     "HttpApi",
     "HttpApiConfig",
     "RestError",
+    "RestHandler",
+    "invalid",
     "record_to_wire",
 ]
 
@@ -82,18 +84,13 @@ class RestError(Exception):
         self.message = message
 
 
-def _invalid(message: str) -> RestError:
+RestHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""One REST command: the request body in, the response's ``data`` out (or RestError)."""
+
+
+def invalid(message: str) -> RestError:
+    """A 70001 error (invalid request parameters) saying what to fix."""
     return RestError(ErrorCode.REST_INVALID_PARAMETERS, message)
-
-
-def _users_in_call(call: StoredCall) -> int:
-    """The caller plus every invitee who answered (joined) at some point."""
-    answered = sum(
-        1
-        for user, outcome in call.participants.items()
-        if user != call.caller and outcome.result_type == CallResultType.INCOMING
-    )
-    return 1 + answered
 
 
 def record_to_wire(call: StoredCall) -> dict[str, Any]:
@@ -107,7 +104,7 @@ def record_to_wire(call: StoredCall) -> dict[str, Any]:
         "acceptTs": 0 if call.accept_ts is None else int(call.accept_ts),
         "endTs": 0 if call.end_ts is None else int(call.end_ts),
         "caller": call.caller,
-        "totalUserNumber": _users_in_call(call),
+        "totalUserNumber": users_in_call(call),
         "callType": "single" if call.scene == _SINGLE_CALL else "group",
         "callResult": call.result,
         "callees": list(call.callees),
@@ -117,24 +114,24 @@ def record_to_wire(call: StoredCall) -> dict[str, Any]:
 # ---------------------------------------------------------------------- body fields
 
 
-class _Body:
+class Body:
     """Typed access to a request body; every problem is a 70001 naming the field."""
 
     def __init__(self, data: dict[str, Any], allowed: tuple[str, ...]) -> None:
         unknown = [key for key in data if key not in allowed]
         if unknown:
             fields = ", ".join(allowed) or "none"
-            raise _invalid(f"unknown body field {unknown[0]!r:.64}; allowed: {fields}")
+            raise invalid(f"unknown body field {unknown[0]!r:.64}; allowed: {fields}")
         self.data = data
 
     def string(self, name: str, *, required: bool = False, max_len: int = 64) -> str | None:
         value = self.data.get(name)
         if value is None:
             if required:
-                raise _invalid(f"body field {name!r} is required")
+                raise invalid(f"body field {name!r} is required")
             return None
         if not isinstance(value, str) or not 1 <= len(value) <= max_len:
-            raise _invalid(f"body field {name!r} must be a string of 1..{max_len} characters")
+            raise invalid(f"body field {name!r} must be a string of 1..{max_len} characters")
         return value
 
     def integer(self, name: str, low: int, high: int) -> int | None:
@@ -142,7 +139,7 @@ class _Body:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _invalid(f"body field {name!r} must be an integer in {low}..{high}")
+            raise invalid(f"body field {name!r} must be an integer in {low}..{high}")
         return value
 
 
@@ -156,13 +153,13 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         start, call_id = json.loads(raw)
     except (binascii.Error, ValueError, TypeError):
-        raise _invalid("cursor is not a nextCursor returned by this API") from None
+        raise invalid("cursor is not a nextCursor returned by this API") from None
     if (
         isinstance(start, bool)
         or not isinstance(start, int | float)
         or not isinstance(call_id, str)
     ):
-        raise _invalid("cursor is not a nextCursor returned by this API")
+        raise invalid("cursor is not a nextCursor returned by this API")
     return float(start), call_id
 
 
@@ -178,6 +175,7 @@ class HttpApi:
         webhooks: WebhookService | None = None,
         *,
         writer: RecordWriter | None = None,
+        extra_commands: Mapping[str, RestHandler] | None = None,
     ) -> None:
         if config.rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive")
@@ -188,13 +186,14 @@ class HttpApi:
         self._buckets: dict[int, tuple[float, float]] = {}  # sdkappid -> (tokens, when)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
-        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+        self._commands: dict[str, RestHandler] = {
             "records/get_record_by_callId": self._get_record_by_call_id,
             "records/get_records": self._get_records,
             "callback/create_config": self._create_config,
             "callback/get_config": self._get_config,
             "callback/update_config": self._update_config,
             "callback/delete_config": self._delete_config,
+            **(extra_commands or {}),
         }
         self.app = web.Application(client_max_size=config.max_body_bytes)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -256,12 +255,12 @@ class HttpApi:
             path = path[3:]
         command = self._commands.get(path)
         if command is None:
-            raise _invalid(
+            raise invalid(
                 f"unknown API {request.path!r:.100}; known: "
                 + ", ".join(f"/v1/{name}" for name in self._commands)
             )
         if request.method != "POST":
-            raise _invalid(f"{request.method} is not supported: the REST API only takes POST")
+            raise invalid(f"{request.method} is not supported: the REST API only takes POST")
         self._authenticate(request)
         self._take_token(self.config.sdk_app_id)
         body = await self._read_body(request)
@@ -271,20 +270,20 @@ class HttpApi:
         query = request.query
         for name in ("sdkappid", "identifier", "usersig", "random", "contenttype"):
             if not query.get(name):
-                raise _invalid(f"query parameter {name!r} is missing")
+                raise invalid(f"query parameter {name!r} is missing")
         sdkappid, random_text = query["sdkappid"], query["random"]
         if not sdkappid.isdecimal() or len(sdkappid) > 20:
-            raise _invalid(f"sdkappid {sdkappid!r:.40} is not a number")
+            raise invalid(f"sdkappid {sdkappid!r:.40} is not a number")
         if int(sdkappid) != self.config.sdk_app_id:
-            raise _invalid(f"sdkappid {sdkappid} is not served here")
+            raise invalid(f"sdkappid {sdkappid} is not served here")
         if (
             not random_text.isdecimal()
             or len(random_text) > 10
             or int(random_text) > _MAX_RANDOM
         ):
-            raise _invalid(f"random must be an integer in 0..{_MAX_RANDOM}")
+            raise invalid(f"random must be an integer in 0..{_MAX_RANDOM}")
         if query["contenttype"] != "json":
-            raise _invalid("contenttype must be json")
+            raise invalid("contenttype must be json")
         identifier = query["identifier"]
         if identifier != self.config.admin_identifier:
             raise RestError(
@@ -340,39 +339,39 @@ class HttpApi:
 
     def _require_webhooks(self) -> WebhookService:
         if self.webhooks is None:
-            raise _invalid("call-event webhooks are not enabled on this server")
+            raise invalid("call-event webhooks are not enabled on this server")
         return self.webhooks
 
     # ------------------------------------------------------------------ records
 
     async def _get_record_by_call_id(self, data: dict[str, Any]) -> dict[str, Any]:
-        body = _Body(data, ("callId",))
+        body = Body(data, ("callId",))
         call_id = body.string("callId", required=True)
         assert call_id is not None
         call = await self._run_db(self.store.get_call, self.config.sdk_app_id, call_id)
         if call is None:
-            raise _invalid(f"no call record with callId {call_id!r}")
+            raise invalid(f"no call record with callId {call_id!r}")
         return record_to_wire(call)
 
     async def _get_records(self, data: dict[str, Any]) -> dict[str, Any]:
-        body = _Body(
+        body = Body(
             data, ("startTs", "endTs", "userId", "callResult", "mediaType", "limit", "cursor")
         )
         start = body.integer("startTs", 0, 2**53)
         end = body.integer("endTs", 0, 2**53)
         if start is not None and end is not None and end < start:
-            raise _invalid("endTs must not be before startTs")
+            raise invalid("endTs must not be before startTs")
         user_id = body.string("userId")
         call_result = body.string("callResult", max_len=32)
         if call_result is not None and call_result not in CALL_RESULTS:
-            raise _invalid(f"callResult must be one of {', '.join(CALL_RESULTS)}")
+            raise invalid(f"callResult must be one of {', '.join(CALL_RESULTS)}")
         media = body.string("mediaType", max_len=16)
         if media is not None and media not in _MEDIA_CODES:
-            raise _invalid("mediaType must be audio or video")
+            raise invalid("mediaType must be audio or video")
         limit = body.integer("limit", 1, MAX_PAGE) or MAX_PAGE
         cursor = data.get("cursor", "")
         if not isinstance(cursor, str) or len(cursor) > 512:
-            raise _invalid("cursor must be the nextCursor string of the previous page")
+            raise invalid("cursor must be the nextCursor string of the previous page")
         after = _decode_cursor(cursor) if cursor else None
         calls = await self._run_db(
             self.store.find_calls,
@@ -396,31 +395,31 @@ class HttpApi:
 
     async def _create_config(self, data: dict[str, Any]) -> dict[str, Any]:
         webhooks = self._require_webhooks()
-        _Body(data, ("url", "events"))
+        Body(data, ("url", "events"))
         if "url" not in data:
-            raise _invalid("body field 'url' is required")
+            raise invalid("body field 'url' is required")
         try:
             config = await webhooks.create_config(data["url"], data.get("events"))
         except CallbackConfigError as exc:
-            raise _invalid(str(exc)) from None
+            raise invalid(str(exc)) from None
         return config.to_wire()
 
     async def _get_config(self, data: dict[str, Any]) -> dict[str, Any]:
         webhooks = self._require_webhooks()
-        _Body(data, ())
+        Body(data, ())
         config = await webhooks.get_config()
         return {} if config is None else config.to_wire()
 
     async def _update_config(self, data: dict[str, Any]) -> dict[str, Any]:
         webhooks = self._require_webhooks()
-        _Body(data, ("url", "events"))
+        Body(data, ("url", "events"))
         try:
             config = await webhooks.update_config(data.get("url"), data.get("events"))
         except CallbackConfigError as exc:
-            raise _invalid(str(exc)) from None
+            raise invalid(str(exc)) from None
         return config.to_wire()
 
     async def _delete_config(self, data: dict[str, Any]) -> dict[str, Any]:
         webhooks = self._require_webhooks()
-        _Body(data, ())
+        Body(data, ())
         return {"deleted": await webhooks.delete_config()}

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["ParticipantOutcome", "StoredCall", "snapshot"]
+from callwire.enums import CallResultType
+
+__all__ = ["ParticipantOutcome", "StoredCall", "snapshot", "users_in_call"]
 
 
 @dataclass
@@ -39,6 +41,27 @@ class StoredCall:
     result: str
     participants: dict[str, ParticipantOutcome] = field(default_factory=dict)
     user_data: str = ""
+    total_users: int = 0
+    """Users in the call (see :func:`users_in_call`) when the record was made; 0 in records
+    of a database older than schema version 3."""
+
+
+def users_in_call(call: StoredCall) -> int:
+    """The webhooks' ``TotalNum`` and the REST API's ``totalUserNumber``, one definition.
+
+    The caller, every invitee who answered at some point, and every invitee still ringing;
+    not those who rejected, did not answer, were busy or ignored the call, nor those still
+    ringing when it ended. Both reference samples agree: a 1v1 ``start_call`` has 2 (the callee
+    rings), a finished call where one of two invitees answered has 2. A finished call's count
+    is the caller plus the invitees who answered.
+    """
+    if call.total_users > 0:
+        return call.total_users
+    answered = sum(
+        1 for user, outcome in call.participants.items()
+        if user != call.caller and outcome.result_type == CallResultType.INCOMING
+    )
+    return 1 + answered
 
 
 def snapshot(call: StoredCall) -> StoredCall:

@@ -6,10 +6,13 @@ the target connection (each connection drains its own bounded queue, so a slow r
 stalls anyone else and is dropped once its queue overflows), records go to the
 :class:`~signaling_server.store.RecordWriter` thread, record queries run there too, and
 webhook notices go to the :class:`~signaling_server.webhooks.WebhookService` (and an optional
-``notice_sink``). One timer task calls :meth:`CallCore.tick` whenever
+``notice_sink``), offline pushes to a second service on the push channel
+(:mod:`signaling_server.push`), profile saves and loads to the writer thread
+(:mod:`signaling_server.profiles`). One timer task calls :meth:`CallCore.tick` whenever
 :meth:`CallCore.next_deadline` passes. With ``http_port`` set, the REST API
-(:mod:`signaling_server.http_api`) and the browser client (:mod:`signaling_server.web`) listen
-on their own port. With ``tls`` set, both listeners use TLS (:mod:`signaling_server.tls`).
+(:mod:`signaling_server.http_api`, with the groups of :mod:`signaling_server.group_api`) and
+the browser client (:mod:`signaling_server.web`) listen on their own port. With ``tls`` set,
+both listeners use TLS (:mod:`signaling_server.tls`).
 """
 
 from __future__ import annotations
@@ -38,18 +41,24 @@ from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.enums import CallResultType, CallRole
 from callwire.usersig import verify_user_sig
 from callwire.version import product_token
-from signaling_server import web
+from signaling_server import profiles, web
 from signaling_server.core import (
     CallCore,
     Close,
     CoreConfig,
+    LoadProfile,
     Notice,
+    OfflinePush,
     Output,
     SaveCall,
+    SaveProfile,
     Send,
     StoreRequest,
 )
+from signaling_server.group_api import GroupService, group_commands, load_groups
+from signaling_server.groups import GroupDirectory
 from signaling_server.http_api import HttpApi, HttpApiConfig
+from signaling_server.push import PUSHES, push_commands, push_sink
 from signaling_server.records import StoredCall
 from signaling_server.store import CallStore, RecordWriter
 from signaling_server.tls import ServerTls, TlsFiles
@@ -228,11 +237,16 @@ class SignalingServer:
     def __init__(self, config: ServerConfig, notice_sink: NoticeSink | None = None) -> None:
         self.config = config
         self.notice_sink = notice_sink
-        self.core = CallCore(config.sdk_app_id, self._verify_sig, config.core)
+        self.groups = GroupDirectory()
+        """The groups (loaded at start, changed by the REST API), read by the core."""
+        self.core = CallCore(config.sdk_app_id, self._verify_sig, config.core, self.groups)
         self._ws_server: Server | None = None
         self._writer: RecordWriter | None = None
         self.webhooks: WebhookService | None = None
         """The call-event webhook service, once started."""
+        self.pushes: WebhookService | None = None
+        """The offline push service (the push channel of the outbox), once started."""
+        self._push: Callable[[OfflinePush], None] | None = None
         self.http_api: HttpApi | None = None
         """The REST API and the browser client, once started with ``http_port`` set."""
         self.tls: ServerTls | None = None
@@ -318,9 +332,17 @@ class SignalingServer:
                 store, cfg.sdk_app_id, cfg.webhooks, writer=self._writer
             )
             await self.webhooks.start()
+            self.pushes = WebhookService(
+                store, cfg.sdk_app_id, cfg.webhooks, writer=self._writer, channel=PUSHES
+            )
+            await self.pushes.start()
+            self._push = push_sink(self.pushes)
+            for group in await self._writer.run_query(load_groups, store, cfg.sdk_app_id):
+                self.groups.put(group)
             for call in interrupted:
                 self._notify_interrupted_after_crash(call, now)
             if cfg.http_port is not None:
+                groups = GroupService(store, cfg.sdk_app_id, self.groups, writer=self._writer)
                 self.http_api = HttpApi(
                     HttpApiConfig(
                         cfg.sdk_app_id, cfg.secret_key, cfg.admin_identifier, cfg.rest_rate_per_s
@@ -328,6 +350,7 @@ class SignalingServer:
                     store,
                     self.webhooks,
                     writer=self._writer,
+                    extra_commands={**group_commands(groups), **push_commands(self.pushes)},
                 )
                 web.install(self.http_api.app, self._web_client())
                 await self.http_api.start(cfg.host, cfg.http_port, ssl_context=context)
@@ -442,6 +465,8 @@ class SignalingServer:
                 await self.http_api.stop()
             if self.webhooks is not None:
                 await self.webhooks.close()
+            if self.pushes is not None:
+                await self.pushes.close()
         finally:
             if self._writer is not None:
                 await self._writer.close()
@@ -500,6 +525,11 @@ class SignalingServer:
                 self._spawn(self._store_request(out), f"signaling-store-{out.conn}")
             elif isinstance(out, Notice):
                 self._deliver_notice(out)
+            elif isinstance(out, OfflinePush):
+                if self._push is not None:
+                    self._push(out)
+            elif isinstance(out, SaveProfile | LoadProfile):
+                self._spawn(self._profile(out), f"signaling-profile-{out.user_id}")
         for conn, texts in frames.items():
             peer = self._peers.get(conn)
             if peer is not None:
@@ -563,6 +593,12 @@ class SignalingServer:
                     store.delete_calls, req.sdk_app_id, req.user_id, list(params["callIds"])
                 )
                 text = protocol.encode_reply_ok(req.request_id, {"deleted": deleted})
+            elif req.op == "user_info":
+                users = await writer.run_query(
+                    profiles.user_info_reply, store, req.sdk_app_id, params["userIDList"],
+                    params["known"],
+                )
+                text = protocol.encode_reply_ok(req.request_id, users)
             else:
                 raise ValueError(f"unknown store operation {req.op!r}")
         except asyncio.CancelledError:
@@ -575,6 +611,31 @@ class SignalingServer:
         peer = self._peers.get(req.conn)
         if peer is not None:
             peer.send(text)
+
+    async def _profile(self, out: SaveProfile | LoadProfile) -> None:
+        """Save a profile, or load one and hand it to the core."""
+        writer = self._writer
+        if writer is None or writer.closed:
+            return
+        try:
+            if isinstance(out, SaveProfile):
+                # Shielded: a stop cancels this task, not the save it already queued.
+                await asyncio.shield(writer.run_query(
+                    profiles.save_profile, writer.store, out.sdk_app_id, out.user_id,
+                    out.nickname, out.avatar,
+                ))
+                return
+            found = await writer.run_query(
+                profiles.load_profiles, writer.store, out.sdk_app_id, [out.user_id]
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("profile of %s could not be %s", out.user_id,
+                             "saved" if isinstance(out, SaveProfile) else "loaded")
+            return
+        nickname, avatar = found.get(out.user_id, ("", ""))
+        self._execute(self.core.profile_loaded(out.user_id, nickname, avatar, time.time()))
 
     async def _run_timer(self) -> None:
         """Sleep until the core's next deadline (re-armed by :meth:`_execute`), then tick."""

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """``PRAGMA user_version`` of a database this module created; see :data:`_MIGRATIONS`."""
 
 _CHUNK: Final = 500  # bound parameters per IN (...) list, well below SQLite's limit
@@ -97,21 +97,61 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         updated_ts  REAL    NOT NULL
     );
     """,
+    # 3: users in a call, offline pushes in the outbox and their endpoint, user profiles,
+    # groups (signaling_server.profiles, signaling_server.group_api, push in webhooks).
+    """
+    ALTER TABLE calls ADD COLUMN total_users INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE webhook_outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'callback';
+    ALTER TABLE webhook_outbox ADD COLUMN expires_at REAL;
+    CREATE INDEX idx_outbox_pending_kind ON webhook_outbox (kind, id) WHERE outcome = '';
+    CREATE TABLE push_config (
+        sdk_app_id  INTEGER PRIMARY KEY,
+        url         TEXT    NOT NULL,
+        events      TEXT    NOT NULL,
+        created_ts  REAL    NOT NULL,
+        updated_ts  REAL    NOT NULL
+    );
+    CREATE TABLE user_profiles (
+        sdk_app_id  INTEGER NOT NULL,
+        user_id     TEXT    NOT NULL,
+        nickname    TEXT    NOT NULL DEFAULT '',
+        avatar      TEXT    NOT NULL DEFAULT '',
+        updated_ts  REAL    NOT NULL,
+        PRIMARY KEY (sdk_app_id, user_id)
+    );
+    CREATE TABLE call_groups (
+        sdk_app_id  INTEGER NOT NULL,
+        group_id    TEXT    NOT NULL,
+        name        TEXT    NOT NULL,
+        created_ts  REAL    NOT NULL,
+        PRIMARY KEY (sdk_app_id, group_id)
+    );
+    CREATE TABLE call_group_members (
+        sdk_app_id  INTEGER NOT NULL,
+        group_id    TEXT    NOT NULL,
+        user_id     TEXT    NOT NULL,
+        added_ts    REAL    NOT NULL,
+        PRIMARY KEY (sdk_app_id, group_id, user_id),
+        FOREIGN KEY (sdk_app_id, group_id) REFERENCES call_groups (sdk_app_id, group_id)
+            ON DELETE CASCADE
+    );
+    """,
 )
 
 _CALL_COLUMNS: Final = (
     "sdk_app_id, call_id, caller, callees, scene, media_type, room_int, room_str, group_id, "
-    "start_ts, accept_ts, end_ts, result, user_data"
+    "start_ts, accept_ts, end_ts, result, user_data, total_users"
 )
 
 _UPSERT_CALL: Final = f"""
-    INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (sdk_app_id, call_id) DO UPDATE SET
         caller = excluded.caller, callees = excluded.callees, scene = excluded.scene,
         media_type = excluded.media_type, room_int = excluded.room_int,
         room_str = excluded.room_str, group_id = excluded.group_id,
         start_ts = excluded.start_ts, accept_ts = excluded.accept_ts, end_ts = excluded.end_ts,
-        result = excluded.result, user_data = excluded.user_data
+        result = excluded.result, user_data = excluded.user_data,
+        total_users = excluded.total_users
 """
 
 _UPSERT_PARTICIPANT: Final = """
@@ -141,6 +181,7 @@ def _call_row(call: StoredCall) -> tuple[Any, ...]:
         None if call.end_ts is None else float(call.end_ts),
         call.result,
         call.user_data,
+        int(call.total_users),
     )
 
 
@@ -161,6 +202,7 @@ def _call_from_row(row: sqlite3.Row) -> StoredCall:
         result=row["result"],
         participants={},
         user_data=row["user_data"],
+        total_users=row["total_users"],
     )
 
 

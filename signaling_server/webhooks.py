@@ -13,6 +13,11 @@ Delivery is at least once: a row is marked delivered after the receiver answered
 crash between the two (or a receiver that processes a request but answers after the timeout)
 sends it again. Each request carries the row id in the ``X-Callback-Seq`` header for
 de-duplication.
+
+The same machinery carries more than one kind of outbox row: a :class:`Channel` names the
+rows' ``kind`` and the table of the endpoint's configuration. :data:`CALLBACKS` are the
+call-event webhooks; :mod:`signaling_server.push` runs a second service on the
+``push`` channel for offline call pushes, with its own endpoint, order and retries.
 """
 
 from __future__ import annotations
@@ -33,14 +38,16 @@ import aiohttp
 from yarl import URL
 
 from signaling_server.core import Notice
-from signaling_server.records import StoredCall
+from signaling_server.records import StoredCall, users_in_call
 from signaling_server.store import CallStore, RecordWriter
 
 __all__ = [
+    "CALLBACKS",
     "EVENTS",
     "ROLES",
     "CallbackConfig",
     "CallbackConfigError",
+    "Channel",
     "WebhookService",
     "WebhookSettings",
     "callback_request",
@@ -86,6 +93,20 @@ _PRUNE_EVERY_S: Final = 3600.0
 
 class CallbackConfigError(ValueError):
     """A callback configuration request that cannot be done (REST error 70001)."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One kind of outbox row: its ``kind`` column and where its endpoint is configured."""
+
+    kind: str
+    config_table: str
+    filtered: bool
+    """Whether the configuration's ``events`` select which rows are stored (callbacks)."""
+
+
+CALLBACKS: Final = Channel("callback", "callback_config", filtered=True)
+"""The call-event webhooks."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +185,14 @@ def _ts(value: float | None) -> int:
     return 0 if value is None else int(value)
 
 
+def _call_result(call: StoredCall) -> str:
+    # "CallResult field shows all types only for one-on-one calls, group chat only has
+    # normal_end" (the reference): a finished group call is normal_end whatever happened.
+    if call.result and call.scene != _SINGLE_CALL:
+        return "normal_end"
+    return call.result
+
+
 def callback_request(notice: Notice) -> tuple[str, dict[str, str], dict[str, Any]]:
     """``(command, query, body)`` of the callback for a core notice; see docs/webhooks.md."""
     call: StoredCall = notice.call
@@ -179,13 +208,13 @@ def callback_request(notice: Notice) -> tuple[str, dict[str, str], dict[str, Any
     body = {
         "UserId": notice.user_id,
         "RoomId": str(call.room_id),
-        "TotalNum": 1 + len(call.callees),
+        "TotalNum": users_in_call(call),
         "MediaType": _MEDIA.get(call.media_type, "audio"),
         "CallType": "single" if call.scene == _SINGLE_CALL else "group",
         "CallId": call.call_id,
         "Role": role,
         "Event": notice.event,
-        "CallResult": call.result,
+        "CallResult": _call_result(call),
         "EventTime": int(notice.event_time),
         "StartCallTs": _ts(call.start_ts),
         "AcceptTs": _ts(call.accept_ts),
@@ -205,6 +234,8 @@ class _NewRow:
     query: str
     body: str
     created_at: float
+    kind: str = CALLBACKS.kind
+    expires_at: float | None = None
 
 
 @dataclass
@@ -217,6 +248,9 @@ class _Row:
     body: bytes
     attempts: int
     next_attempt_at: float
+    expires_at: float | None = None
+    """A row still undelivered then is discarded (an offline push for a call that no longer
+    rings); None: never."""
 
 
 @dataclass
@@ -236,14 +270,16 @@ def _write_batch(store: CallStore, batch: _Batch) -> list[_Row]:
         for new in batch.inserts:
             cursor = conn.execute(
                 "INSERT INTO webhook_outbox (sdk_app_id, call_id, command, query, body, "
-                "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "created_at, next_attempt_at, kind, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (new.sdk_app_id, new.call_id, new.command, new.query, new.body,
-                 new.created_at, new.created_at),
+                 new.created_at, new.created_at, new.kind, new.expires_at),
             )
             assert cursor.lastrowid is not None
             rows.append(
                 _Row(cursor.lastrowid, new.sdk_app_id, new.call_id, new.command,
-                     json.loads(new.query), new.body.encode("utf-8"), 0, new.created_at)
+                     json.loads(new.query), new.body.encode("utf-8"), 0, new.created_at,
+                     new.expires_at)
             )
         conn.executemany(
             "UPDATE webhook_outbox SET outcome = ?, done_at = ?, attempts = ?, last_error = ? "
@@ -271,18 +307,22 @@ def _config_from_row(row: sqlite3.Row | None) -> CallbackConfig | None:
     )
 
 
-def _load(store: CallStore, sdk_app_id: int) -> tuple[CallbackConfig | None, list[_Row]]:
+def _load(
+    store: CallStore, sdk_app_id: int, channel: Channel
+) -> tuple[CallbackConfig | None, list[_Row]]:
     with store.locked() as conn:
         config = _config_from_row(
             conn.execute(
-                "SELECT * FROM callback_config WHERE sdk_app_id = ?", (sdk_app_id,)
+                f"SELECT * FROM {channel.config_table} WHERE sdk_app_id = ?", (sdk_app_id,)
             ).fetchone()
         )
         rows = [
             _Row(r["id"], r["sdk_app_id"], r["call_id"], r["command"], json.loads(r["query"]),
-                 r["body"].encode("utf-8"), r["attempts"], r["next_attempt_at"])
+                 r["body"].encode("utf-8"), r["attempts"], r["next_attempt_at"],
+                 r["expires_at"])
             for r in conn.execute(
-                "SELECT * FROM webhook_outbox WHERE outcome = '' ORDER BY id"
+                "SELECT * FROM webhook_outbox WHERE outcome = '' AND kind = ? ORDER BY id",
+                (channel.kind,),
             ).fetchall()
         ]
     return config, rows
@@ -290,17 +330,15 @@ def _load(store: CallStore, sdk_app_id: int) -> tuple[CallbackConfig | None, lis
 
 def _save_config(
     store: CallStore, sdk_app_id: int, op: str, url: str | None, events: tuple[str, ...] | None,
-    now: float,
+    now: float, table: str = CALLBACKS.config_table,
 ) -> CallbackConfig | None:
     """Create, update or delete the configuration in one transaction; the result."""
     with store.transaction() as conn:
         current = _config_from_row(
-            conn.execute(
-                "SELECT * FROM callback_config WHERE sdk_app_id = ?", (sdk_app_id,)
-            ).fetchone()
+            conn.execute(f"SELECT * FROM {table} WHERE sdk_app_id = ?", (sdk_app_id,)).fetchone()
         )
         if op == "delete":
-            conn.execute("DELETE FROM callback_config WHERE sdk_app_id = ?", (sdk_app_id,))
+            conn.execute(f"DELETE FROM {table} WHERE sdk_app_id = ?", (sdk_app_id,))
             return current
         if op == "create":
             if current is not None:
@@ -319,7 +357,7 @@ def _save_config(
                 now,
             )
         conn.execute(
-            "INSERT INTO callback_config (sdk_app_id, url, events, created_ts, updated_ts) "
+            f"INSERT INTO {table} (sdk_app_id, url, events, created_ts, updated_ts) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sdk_app_id) DO UPDATE SET url = excluded.url, "
             "events = excluded.events, updated_ts = excluded.updated_ts",
             (sdk_app_id, config.url, json.dumps(list(config.events)), config.created_ts,
@@ -346,9 +384,11 @@ class WebhookService:
         settings: WebhookSettings | None = None,
         *,
         writer: RecordWriter | None = None,
+        channel: Channel = CALLBACKS,
     ) -> None:
         self.store = store
         self.sdk_app_id = sdk_app_id
+        self.channel = channel
         self.settings = settings or WebhookSettings()
         if self.settings.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -392,12 +432,12 @@ class WebhookService:
         if self._closing is not None:
             raise RuntimeError("webhook service is closed")
         self._started = True
-        config, rows = await self._run_db(_load, self.store, self.sdk_app_id)
+        config, rows = await self._run_db(_load, self.store, self.sdk_app_id, self.channel)
         self._config = config
         self._loaded = True
         early, self._batch.inserts = self._batch.inserts, []
         for new in early:  # notices that arrived before start: filter them now
-            if config is not None and config.enables(new.command, _event_of(new.command)):
+            if self._enabled(new.command, _event_of(new.command)):
                 self._batch.inserts.append(new)
             else:
                 self.skipped += 1
@@ -416,26 +456,48 @@ class WebhookService:
 
     def notice_sink(self, notice: Notice) -> None:
         """Queue the callback of a core notice when its event is enabled; never blocks."""
-        if self._closing is not None:
-            logger.warning("webhook %s of call %s after close: dropped",
-                           notice.event, notice.call.call_id)
-            return
         command, query, body = callback_request(notice)
-        if self._loaded and (self._config is None or not self._config.enables(
-                command, notice.event)):
+        self.enqueue(notice.call.sdk_app_id, notice.call.call_id, command, notice.event,
+                     query, body)
+
+    def enqueue(
+        self,
+        sdk_app_id: int,
+        call_id: str,
+        command: str,
+        event: str,
+        query: dict[str, str],
+        body: dict[str, Any],
+        expires_at: float | None = None,
+    ) -> None:
+        """Queue one request of this channel for ``call_id`` (in order after the call's earlier
+        ones) unless no endpoint is configured or ``event`` is not enabled; never blocks."""
+        if self._closing is not None:
+            logger.warning("%s %s of call %s after close: dropped",
+                           self.channel.kind, command, call_id)
+            return
+        if self._loaded and not self._enabled(command, event):
             self.skipped += 1
             return
         self._batch.inserts.append(
             _NewRow(
-                notice.call.sdk_app_id,
-                notice.call.call_id,
+                sdk_app_id,
+                call_id,
                 command,
                 json.dumps(query, separators=(",", ":")),
                 json.dumps(body, separators=(",", ":"), ensure_ascii=False),
                 time.time(),
+                self.channel.kind,
+                expires_at,
             )
         )
         self._db_wake.set()
+
+    def _enabled(self, command: str, event: str) -> bool:
+        config = self._config
+        if config is None:
+            return False
+        return not self.channel.filtered or config.enables(command, event)
 
     async def flush(self) -> None:
         """Wait until every notice given so far, and every delivery result, is on disk."""
@@ -489,7 +551,9 @@ class WebhookService:
 
     async def get_config(self) -> CallbackConfig | None:
         """The configuration as stored (re-read from the database)."""
-        config = await self._run_db(_load_config_only, self.store, self.sdk_app_id)
+        config = await self._run_db(
+            _load_config_only, self.store, self.sdk_app_id, self.channel.config_table
+        )
         self._config = config
         return config
 
@@ -513,11 +577,12 @@ class WebhookService:
         self, op: str, url: str | None, events: tuple[str, ...] | None
     ) -> CallbackConfig | None:
         result = await self._run_db(
-            _save_config, self.store, self.sdk_app_id, op, url, events, time.time()
+            _save_config, self.store, self.sdk_app_id, op, url, events, time.time(),
+            self.channel.config_table,
         )
         self._config = None if op == "delete" else result
         self._wake_retries()  # waiting retries try the new configuration now
-        logger.info("callback configuration %sd", op)
+        logger.info("%s configuration %sd", self.channel.kind, op)
         return result
 
     # ------------------------------------------------------------------ database task
@@ -608,7 +673,10 @@ class WebhookService:
                 return False
             config = self._config
             if config is None:
-                self._finish(row, "discarded", "no callback configuration")
+                self._finish(row, "discarded", f"no {self.channel.kind} configuration")
+                return True
+            if row.expires_at is not None and time.time() >= row.expires_at:
+                self._finish(row, "discarded", "expired before it could be delivered")
                 return True
             async with self._semaphore:
                 if self._draining and row.attempts > 0:
@@ -659,9 +727,9 @@ def _event_of(command: str) -> str:
     return command.split("_", 1)[1]
 
 
-def _load_config_only(store: CallStore, sdk_app_id: int) -> CallbackConfig | None:
+def _load_config_only(
+    store: CallStore, sdk_app_id: int, table: str = CALLBACKS.config_table
+) -> CallbackConfig | None:
     with store.locked() as conn:
-        row = conn.execute(
-            "SELECT * FROM callback_config WHERE sdk_app_id = ?", (sdk_app_id,)
-        ).fetchone()
+        row = conn.execute(f"SELECT * FROM {table} WHERE sdk_app_id = ?", (sdk_app_id,)).fetchone()
     return _config_from_row(row)

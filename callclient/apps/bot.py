@@ -7,7 +7,8 @@
 
 It logs in, answers invitations (``auto_accept``) and/or calls ``call`` users, records every
 remote user (``record``: MP4 + WAV per user, see :mod:`callclient.apps.recorder`) and emits one
-record per observer callback (:func:`~callclient.apps.events.event_record`) to ``emit``. It
+record per observer callback (:func:`~callclient.apps.events.event_record`) to ``emit``; a
+record naming users whose nickname the engine knows also has ``"names": {user: nickname}``. It
 stops when ``stop`` is set, after ``seconds``, or, when it placed a call and does not
 auto-accept, once that call is over; stopping hangs up, finalizes the recordings and closes
 the engine.
@@ -77,6 +78,8 @@ class BotConfig:
     """Tone of the virtual microphone when nothing is played."""
     audio_processing: AudioProcessing | None = None
     """Microphone processing; None: the engine's default (off: the bot's devices are virtual)."""
+    nickname: str = ""
+    """The bot's nickname, shown to the users it calls or answers."""
 
 
 def build_devices(config: BotConfig) -> DeviceSet:
@@ -130,7 +133,8 @@ class Bot:
         self.engine.add_observer(self._observer)
         if self.recorder is not None:
             self.recorder.attach(self.engine)
-        await self.engine.login(config.sdk_app_id, config.user_id, user_sig)
+        await self.engine.login(config.sdk_app_id, config.user_id, user_sig,
+                                nickname=config.nickname)
         self.emit("bot_ready", config.server_url)
         if config.call:
             self._placed_call = True
@@ -192,12 +196,26 @@ class Bot:
     def emit(self, event: str, *args: Any) -> None:
         """Emit one record as this bot's user."""
         record = event_record(self.config.user_id, event, args)
+        names = self._nicknames(args)
+        if names:
+            record["names"] = names
         self.events.append(record)
         if self._emit is not None:
             try:
                 self._emit(record)
             except Exception:
                 logger.exception("event sink failed")
+
+    def _nicknames(self, args: tuple[Any, ...]) -> dict[str, str]:
+        """The nicknames the engine knows of the user ids among ``args`` (and in lists)."""
+        names: dict[str, str] = {}
+        for arg in args:
+            for item in arg if isinstance(arg, list | dict) else (arg,):
+                if isinstance(item, str) and item not in names:
+                    info = self.engine.user_info(item)
+                    if info is not None and info.nickname:
+                        names[item] = info.nickname
+        return names
 
     def _on_callback(self, name: str, args: tuple[Any, ...]) -> None:
         self.emit(name, *args)

@@ -11,7 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from callclient.media.devices import AudioDeviceInfo, DeviceList, list_devices
+from callclient.media.devices import list_devices
+from callclient.types import AudioDeviceInfo, DeviceList
 
 __all__ = ["format_table", "main"]
 

@@ -60,7 +60,9 @@ def format_human(record: dict[str, Any], since: float | None = None) -> str:
     else:
         stamp = f"+{t - since:6.3f}s"
     args = ", ".join(json.dumps(a, ensure_ascii=False) for a in record.get("args", []))
-    return f"{stamp} {record.get('user', '')}: {record.get('event', '')}({args})"
+    names = record.get("names") or {}
+    known = f"  [{', '.join(f'{u}={n}' for u, n in names.items())}]" if names else ""
+    return f"{stamp} {record.get('user', '')}: {record.get('event', '')}({args}){known}"
 
 
 class CallbackObserver(EventRecorder):

@@ -70,6 +70,9 @@ class VideoSource(ABC):
     """A camera: ``start()``, then ``read()`` paced frames, then ``stop()``."""
 
     name: str = "video source"
+    device_id: str = ""
+    """Its id in the device lists of ``on_devices_updated`` (a camera's path, an audio
+    device's PortAudio name or index); ``""`` for the system default and virtual devices."""
 
     @abstractmethod
     async def start(self) -> None:
@@ -96,6 +99,10 @@ class AudioSource(ABC):
         """Seconds from the sound reaching the device to its block being read (0: unknown)."""
         return 0.0
 
+    device_id: str = ""
+    """Its id in the device lists of ``on_devices_updated`` (a camera's path, an audio
+    device's PortAudio name or index); ``""`` for the system default and virtual devices."""
+
     @abstractmethod
     async def start(self) -> None:
         """Open the device; raise ``DeviceError`` if it cannot."""
@@ -113,6 +120,9 @@ class AudioSink(ABC):
     """A speaker that pulls 20 ms int16 mono blocks whenever it needs one."""
 
     name: str = "audio sink"
+    device_id: str = ""
+    """Its id in the device lists of ``on_devices_updated`` (a camera's path, an audio
+    device's PortAudio name or index); ``""`` for the system default and virtual devices."""
 
     @property
     def output_latency(self) -> float:

@@ -17,12 +17,12 @@ import asyncio
 import contextlib
 import glob
 import logging
+import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +42,14 @@ from callclient.media.base import (
     VideoSource,
 )
 from callclient.media.deviceset import DeviceSet
-from callclient.types import AudioPlaybackDevice, Camera
+from callclient.types import AudioDeviceInfo, AudioPlaybackDevice, Camera, CameraInfo, DeviceList
 
 __all__ = [
     "PORTAUDIO_HINT",
-    "AudioDeviceInfo",
-    "CameraInfo",
-    "DeviceList",
     "OpenCVCamera",
     "SoundDeviceMicrophone",
     "SoundDeviceSpeaker",
+    "SystemDeviceProbe",
     "list_devices",
     "load_sounddevice",
     "real_devices",
@@ -152,6 +150,11 @@ class OpenCVCamera(VideoSource):
         self.open_timeout = open_timeout
         self.name = name or (
             f"camera {spec}" if isinstance(spec, int) else f"video source {spec!r}"
+        )
+        # The camera's path in the device lists (CameraInfo.path) for an index on Linux.
+        self.device_id = (
+            f"/dev/video{spec}" if isinstance(spec, int) and sys.platform.startswith("linux")
+            else str(spec)
         )
         self._session: _Capture | None = None
 
@@ -355,6 +358,37 @@ def _bgr(image: Any) -> Image:
 # ---------------------------------------------------------------------------- microphone
 
 
+class _OpenStreams:
+    """How many PortAudio streams this process has open: PortAudio can only re-read its
+    device list (a device plugged in) when there are none."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self._count += delta
+
+    @property
+    def any_open(self) -> bool:
+        """Whether a stream is open now."""
+        with self._lock:
+            return self._count > 0
+
+    def rescan_if_idle(self, sd: Any) -> bool:
+        """Re-initialize PortAudio (a fresh device list) if no stream is open; whether done."""
+        with self._lock:
+            if self._count:
+                return False
+            sd._terminate()  # sounddevice's documented way to re-read the devices
+            sd._initialize()
+            return True
+
+
+_STREAMS = _OpenStreams()
+
+
 def _start_stream(
     stream_type: Any, device: int | str | None, latency: Any, callback: Any
 ) -> Any:
@@ -363,10 +397,11 @@ def _start_stream(
         samplerate=SAMPLE_RATE, channels=1, dtype="int16", blocksize=BLOCK_SAMPLES,
         device=device, latency=latency, callback=callback,
     )
+    _STREAMS.add(1)
     try:
         stream.start()
     except BaseException:
-        stream.close()
+        _close_stream(stream, abort=False)
         raise
     return stream
 
@@ -401,6 +436,7 @@ class SoundDeviceMicrophone(AudioSource):
         self.name = name or (
             "default microphone" if self.device is None else f"microphone {self.device!r}"
         )
+        self.device_id = "" if self.device is None else str(self.device)
         self._stream: Any = None
         self._queue: asyncio.Queue[Block | None] | None = None
         self.dropped = 0
@@ -520,6 +556,7 @@ class SoundDeviceSpeaker(AudioSink):
         self.name = name or (
             "default speaker" if self.device is None else f"speaker {self.device!r}"
         )
+        self.device_id = "" if self.device is None else str(self.device)
         self._stream: Any = None
         self._draining = False
         self._played_until = 0.0
@@ -610,57 +647,33 @@ def _stream_latency(stream: Any) -> float:
         return 0.0
 
 
-def _close_stream(stream: Any) -> None:
+def _close_stream(stream: Any, abort: bool = True) -> None:
     """Abort (no waiting for the buffer: what is left is silence or unwanted) and close."""
     try:
-        stream.abort()
+        if abort:
+            stream.abort()
     finally:
-        stream.close()
+        try:
+            stream.close()
+        finally:
+            _STREAMS.add(-1)
 
 
 # ---------------------------------------------------------------------------- listing
 
 
-@dataclass(frozen=True)
-class CameraInfo:
-    """A camera: its OpenCV index (None if unknown), its device path and its name."""
+def list_devices(max_camera_index: int = 9, *, dev: str = "/dev",
+                 rescan_audio: bool = False) -> DeviceList:
+    """List cameras (``/dev/video*`` on Linux, else probing indices) and PortAudio devices.
 
-    index: int | None
-    path: str
-    name: str
-
-
-@dataclass(frozen=True)
-class AudioDeviceInfo:
-    """A PortAudio device as sounddevice lists it."""
-
-    index: int
-    name: str
-    host_api: str
-    channels: int
-    default_samplerate: float
-    is_default: bool
-
-
-@dataclass(frozen=True)
-class DeviceList:
-    """Cameras, microphones and speakers; ``audio_error`` says why audio could not be listed."""
-
-    cameras: list[CameraInfo] = field(default_factory=list)
-    microphones: list[AudioDeviceInfo] = field(default_factory=list)
-    speakers: list[AudioDeviceInfo] = field(default_factory=list)
-    audio_error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serializable dict."""
-        return asdict(self)
-
-
-def list_devices(max_camera_index: int = 9) -> DeviceList:
-    """List cameras (``/dev/video*`` on Linux, else probing indices) and PortAudio devices."""
-    cameras = _list_cameras(max_camera_index)
+    ``rescan_audio`` makes PortAudio read its device list again first (seeing devices plugged
+    in since it started), which it can only do while this process has no audio stream open.
+    """
+    cameras = _list_cameras(max_camera_index, dev)
     try:
         sd = load_sounddevice()
+        if rescan_audio:
+            _STREAMS.rescan_if_idle(sd)
         devices = list(sd.query_devices())
         host_apis = [str(api["name"]) for api in sd.query_hostapis()]
         default_in, default_out = (int(i) if i is not None else -1 for i in sd.default.device)
@@ -680,11 +693,11 @@ def list_devices(max_camera_index: int = 9) -> DeviceList:
     return DeviceList(cameras, microphones, speakers)
 
 
-def _list_cameras(max_index: int) -> list[CameraInfo]:
+def _list_cameras(max_index: int, dev: str = "/dev") -> list[CameraInfo]:
     if sys.platform.startswith("linux"):
         found: list[CameraInfo] = []
-        for path in glob.glob("/dev/video*"):
-            match = re.fullmatch(r"/dev/video(\d+)", path)
+        for path in glob.glob(f"{glob.escape(dev)}/video*"):
+            match = re.fullmatch(r".*/video(\d+)", path)
             if match is None:
                 continue
             sysfs = Path(f"/sys/class/video4linux/video{match.group(1)}/name")
@@ -703,6 +716,43 @@ def _list_cameras(max_index: int) -> list[CameraInfo]:
         finally:
             cap.release()
     return cameras
+
+
+class SystemDeviceProbe:
+    """The system's devices for a :class:`~callclient.media.devicewatch.DeviceWatcher`.
+
+    The fingerprint is the names of the camera nodes (``video*``) and sound nodes
+    (``snd/*``) under ``dev``: a directory listing, microseconds, while enumerating devices
+    through OpenCV and PortAudio takes milliseconds. A change also makes PortAudio re-read its
+    devices, which it does only while no audio stream is open; a sound device that appears
+    mid-call is listed once the call's streams are closed (the fingerprint stays "dirty"
+    until then).
+    """
+
+    def __init__(self, dev: str = "/dev", max_camera_index: int = 9) -> None:
+        self.dev = dev
+        self.max_camera_index = max_camera_index
+        self._audio_stale = False
+
+    def fingerprint(self) -> Hashable:
+        """Camera and sound device node names (and whether audio still needs a rescan)."""
+        try:
+            video = sorted(n for n in os.listdir(self.dev) if n.startswith("video"))
+        except OSError:
+            video = []
+        try:
+            sound = sorted(os.listdir(os.path.join(self.dev, "snd")))
+        except OSError:
+            sound = []
+        return tuple(video), tuple(sound), self._audio_stale
+
+    def list(self) -> DeviceList:
+        """Every device now; PortAudio re-reads its list when it can."""
+        self._audio_stale = False
+        listing = list_devices(self.max_camera_index, dev=self.dev, rescan_audio=True)
+        if _STREAMS.any_open:  # a stream is open: the audio list is PortAudio's old one
+            self._audio_stale = True
+        return listing
 
 
 # ---------------------------------------------------------------------------- device set
@@ -731,6 +781,7 @@ def real_devices(
             cameras[camera] = OpenCVCamera(spec, width=width, height=height, fps=fps,
                                            name=f"{camera.name.lower()} camera ({spec})")
     return DeviceSet(
+        probe=SystemDeviceProbe(),
         cameras=cameras,
         microphone=SoundDeviceMicrophone(mic, name=f"microphone ({_label(mic)})"),
         speakers={

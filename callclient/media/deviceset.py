@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from callclient.media.base import AudioSink, AudioSource, VideoSource
+from callclient.media.devicewatch import DeviceProbe
 from callclient.media.virtual import Program, Tone, VirtualCamera, VirtualMicrophone, VirtualSpeaker
 from callclient.types import AudioPlaybackDevice, Camera
 
@@ -24,6 +25,8 @@ class DeviceSet:
     cameras: dict[Camera, VideoSource] = field(default_factory=dict)
     microphone: AudioSource | None = None
     speakers: dict[AudioPlaybackDevice, AudioSink] = field(default_factory=dict)
+    probe: DeviceProbe | None = None
+    """How the engine sees the system's devices change (real devices; None: they cannot)."""
 
     @classmethod
     def virtual(

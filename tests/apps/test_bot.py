@@ -11,6 +11,7 @@ import av
 import numpy as np
 
 from callclient.apps.bot import Bot, BotConfig
+from callclient.apps.events import format_human
 from callclient.engine import CallEngine
 from callclient.media.analysis import dominant_frequency
 from callclient.media.base import MemoryView
@@ -224,3 +225,34 @@ async def test_bot_api_plays_a_file(tmp_path: Path) -> None:
     found = read_stamp(frames[-1].image)
     assert found is not None and 0 <= found[0] < 50  # a frame of the 2 s clip, looping
     assert records[-1]["event"] == "bot_exit"
+
+
+async def test_bot_log_shows_nicknames() -> None:
+    """The bot's records of callbacks about users whose nickname the engine knows carry
+    ``names``; the human format shows them; the bot's own nickname reaches the caller."""
+    records: list[dict[str, object]] = []
+    async with new_server() as srv:
+        bot = Bot(BotConfig("bob", srv.url, auto_accept=True, media=CallMediaType.AUDIO,
+                            nickname="Bob the bot"), records.append)
+        alice = CallEngine(srv.url)
+        try:
+            await bot.start()
+            await alice.login(DEV_SDK_APP_ID, "alice", sig("alice"), nickname="Alice")
+            events = alice.events()
+            await alice.call("bob", CallMediaType.AUDIO)
+            async with asyncio.timeout(15):
+                async for event in events:
+                    if event.name == "on_user_join":
+                        break
+            known = alice.user_info("bob")
+            await alice.hangup()
+        finally:
+            await alice.close()
+            await bot.close()
+    received = next(r for r in records if r["event"] == "on_call_received")
+    assert received["names"] == {"alice": "Alice"}
+    joined = next(r for r in records if r["event"] == "on_user_join")
+    assert joined["names"] == {"alice": "Alice"}
+    assert "names" not in records[0]  # bot_ready names nobody
+    assert format_human(received).endswith("[alice=Alice]")
+    assert known is not None and known.nickname == "Bob the bot"

@@ -19,16 +19,23 @@ from callclient.media.tones import SharedSink
 from callclient.media.virtual import VirtualSpeaker
 from callclient.observer import CALLBACK_NAMES, CallObserver
 from callclient.types import (
+    AudioDeviceInfo,
     AudioPlaybackDevice,
     CallMediaType,
     CallStatus,
     Camera,
+    CameraInfo,
     FillMode,
+    GroupCallInfo,
+    RoomId,
     Rotation,
     VideoRenderParams,
 )
+from signaling_server.groups import Group
+from signaling_server.server import SignalingServer
 from tests.helpers.desktop import FakeEngine
 from tests.helpers.engine import MakeParty, Party
+from tests.helpers.servers import APP, sig
 from tests.helpers.waits import T, eventually
 
 # ---------------------------------------------------------------------------- fake engine
@@ -293,3 +300,88 @@ async def test_cancel_while_ringing_and_close_during_a_call(make_party: MakePart
     await app.close()
     await bob.rec.wait_for("on_call_end", start=mark, timeout=T)
     assert alice.engine.current_call is None
+
+
+async def test_tiles_and_banner_show_nicknames() -> None:
+    """Tiles, the incoming banner and the local tile name users by nickname once the engine
+    knows one, and follow a change."""
+    engine = FakeEngine()
+    app = DesktopApp(engine, AppConfig("alice", media_type=CallMediaType.AUDIO))
+    await app.start()
+    engine.learn("alice", "Alice")
+    engine.learn("carol", "Carol C.")
+    engine.ring_in("carol", CallMediaType.AUDIO)
+    assert "from Carol C." in app.state.banner
+    assert [t.name for t in app.state.tiles] == ["Alice (me)", "Carol C."]
+    engine.learn("carol", "Caroline")
+    assert app.state.tiles[1].name == "Caroline"
+    await app.close()
+
+
+async def test_join_key_when_the_group_has_a_call() -> None:
+    """With a group id, an idle app asks whether the group has a call; when it has one the
+    banner offers 'j', which joins it with the call's media type; a non-member is told."""
+    engine = FakeEngine()
+    app = DesktopApp(engine, AppConfig("alice", group_id="team", group_poll_s=0.02,
+                                       media_type=CallMediaType.AUDIO))
+    await app.start()
+    assert await _press(app, engine, "j") == []
+    assert "no call in progress" in app.state.status
+    info = GroupCallInfo("team", "c9", RoomId(7), CallMediaType.AUDIO, "bob", ["bob", "carol"],
+                         1000.0)
+    engine.learn("bob", "Bob")
+    engine.group_calls["team"] = info
+    await eventually(lambda: "[j] join" in app.state.banner, "the banner offers to join")
+    assert app.state.banner.startswith("Group team has a call with Bob, carol")
+    assert await _press(app, engine, "j") == [
+        ("join_in_group_call", RoomId(7), "team", CallMediaType.AUDIO)]
+    engine.begin()
+    assert app.phase is Phase.CONNECTED and "[j] join" not in app.state.banner
+    asks = engine.group_asks
+    await asyncio.sleep(0.1)
+    assert engine.group_asks == asks, "a connected app does not ask"
+    await app.close()
+    outsider = FakeEngine()
+    outsider.refuse.add("group_call_in_progress")
+    app = DesktopApp(outsider, AppConfig("alice", group_id="team", group_poll_s=0.02))
+    await app.start()
+    await eventually(lambda: "not a member" in app.state.status, "the app says why")
+    await app.close()
+
+
+async def test_device_changes_are_shown_and_listed() -> None:
+    """A device list change is shown in the status bar and listed under the key help."""
+    engine = FakeEngine()
+    app = DesktopApp(engine, AppConfig("alice", media_type=CallMediaType.AUDIO))
+    await app.start()
+    engine.plug([CameraInfo(0, "/dev/video0", "USB camera")],
+                [AudioDeviceInfo(2, "USB mic", "ALSA", 1, 48000.0, False)])
+    assert "devices changed: 1 camera(s), 1 microphone(s), 0 speaker(s)" in app.state.status
+    assert "cameras: USB camera" in app.state.help_lines
+    assert "microphones: USB mic" in app.state.help_lines
+    await app.close()
+
+
+async def test_join_a_groups_call_from_the_app(
+    make_party: MakeParty, server: SignalingServer
+) -> None:
+    """Real engines: bob group-calls carol in "team"; alice's app (a member) offers 'j' with
+    their nicknames, and 'j' joins: connected, a tile for each of them."""
+    server.groups.put(Group("team", "Team", 0.0, dict.fromkeys(["alice", "bob", "carol"], 0.0)))
+    alice, carol = await make_party("alice"), await make_party("carol")
+    bob = await make_party("bob", login=False)
+    await bob.engine.login(APP, "bob", sig("bob"), nickname="Bob")
+    app, _ = await _app(alice, AppConfig("alice", group_id="team", group_poll_s=0.05,
+                                         media_type=CallMediaType.AUDIO))
+    await bob.engine.group_call("team", ["carol"], CallMediaType.AUDIO)
+    await carol.rec.wait_for("on_call_received")
+    await carol.engine.accept()
+    await eventually(lambda: "[j] join" in app.state.banner, "alice's app offers to join")
+    await alice.engine.get_users_info(["bob"])
+    await eventually(lambda: "Bob, carol" in app.state.banner, "the banner names them")
+    await app.handle_key(ord("j"))
+    await alice.rec.wait_for("on_user_join", "carol")
+    await eventually(lambda: len(app.state.tiles) == 3, "a tile per member")
+    assert app.phase is Phase.CONNECTED
+    assert [t.name for t in app.state.tiles[1:]] == ["Bob", "carol"]
+    await app.close()

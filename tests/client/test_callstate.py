@@ -17,6 +17,9 @@ from callclient.callstate import (
     RemoteAudioMuted,
     RemoteUplinkReported,
     StartCallMedia,
+    UserInfoCache,
+    calls_request,
+    invite_request,
 )
 from callclient.errors import (
     ErrorCode,
@@ -25,8 +28,22 @@ from callclient.errors import (
     RequestRefusedError,
     RequestRepeatedError,
 )
-from callclient.types import CallMediaType, CallRole, CallScene, CallStatus, NetworkQuality
+from callclient.types import (
+    AudioDeviceInfo,
+    CallIOSOfflinePushType,
+    CallMediaType,
+    CallParams,
+    CallRole,
+    CallScene,
+    CallStatus,
+    CameraInfo,
+    NetworkQuality,
+    OfflinePushInfo,
+    RoomId,
+    UserInfo,
+)
 from callwire import messages as ev
+from callwire import protocol
 from callwire.protocol import Relay
 
 NOW = 1_700_000_000.0
@@ -243,19 +260,156 @@ def test_switch_to_audio_closes_the_camera_before_the_callback() -> None:
     assert state.call is not None and state.call.media_type is CallMediaType.AUDIO
 
 
-def test_kicked_out_ends_call_and_session_then_notifies() -> None:
-    """KICKED_OUT: the call's media ends, the session ends, then on_kicked_offline."""
-    state = connected()
-    effects = state.receive(ev.KickedOut("logged in elsewhere"), NOW)
-    assert effects == [EndCallMedia(), EndSession(), Notify(note.KickedOffline())]
+def test_kicked_out_ends_the_call_then_the_session() -> None:
+    """KICKED_OUT in a connected call: media ends, on_call_end (its duration to the ms), the
+    session ends, then on_kicked_offline."""
+    state = ringing()
+    state.receive(ev.OnCallBegin("c1", 42, CallMediaType.VIDEO), NOW)
+    effects = state.receive(ev.KickedOut("logged in elsewhere"), NOW + 12.3456)
+    assert effects == [
+        EndCallMedia(),
+        Notify(note.CallEnd(RoomId(int_room_id=42), CallMediaType.VIDEO, CallRole.CALLED,
+                            12.346)),
+        EndSession(),
+        Notify(note.KickedOffline()),
+    ]
     assert state.call is None and state.user_id is None
 
 
-def test_logout_ends_the_call_silently() -> None:
-    """An application logout ends the call's media without callbacks."""
+def test_session_lost_while_ringing_cancels_with_own_id() -> None:
+    """KICKED_OUT or USER_SIG_EXPIRED while an invitation rings: on_call_cancelled with our
+    own id (an abnormal interruption), then the session's callback."""
+    state = ringing()
+    effects = state.receive(ev.UserSigExpired("expired"), NOW)
+    assert effects == [EndCallMedia(), Notify(note.CallCancelled("bob")), EndSession(),
+                       Notify(note.UserSigExpired())]
+    state = logged_in()
+    assert state.receive(ev.KickedOut("again"), NOW) == [EndSession(),
+                                                        Notify(note.KickedOffline())]
+
+
+def test_logout_ends_the_call_with_its_callback() -> None:
+    """An application logout ends a connected call with on_call_end, a ringing one with
+    on_call_cancelled(own id), and with no call fires nothing."""
     state = connected()
-    assert state.logged_out() == [EndCallMedia()]
+    assert state.call is not None and state.call.begin_time == NOW
+    assert state.logged_out(NOW + 3.0004) == [
+        EndCallMedia(),
+        Notify(note.CallEnd(RoomId(int_room_id=42), CallMediaType.VIDEO, CallRole.CALLED, 3.0)),
+    ]
     assert state.user_id is None and state.call is None
+    state = ringing()
+    assert state.logged_out(NOW) == [EndCallMedia(), Notify(note.CallCancelled("bob"))]
+    assert logged_in().logged_out(NOW) == []
+
+
+def test_cancelled_user_id_follows_the_reference() -> None:
+    """An invitee's on_call_cancelled: the caller's id when the caller cancelled, its own for
+    an abnormal interruption and everything else; the caller always its own."""
+    for reason, expected in (("cancel", "alice"), ("interrupted", "bob"), ("timeout", "bob"),
+                             ("reject", "bob"), ("answered_elsewhere", "bob")):
+        state = ringing()
+        effects = state.receive(ev.OnCallCanceled("c1", "bob", "alice", reason), NOW)
+        assert notes(effects) == [note.CallCancelled(expected)], reason
+    caller = logged_in("alice")
+    caller.call_created(ev.CallCreatedReply("c2", 7, []), CallMediaType.AUDIO, ["bob"])
+    effects = caller.receive(ev.OnCallCanceled("c2", "alice", "alice", "interrupted"), NOW)
+    assert notes(effects) == [note.CallCancelled("alice")]
+
+
+def test_a_ringing_call_gone_after_reconnect_cancels_with_own_id() -> None:
+    """The server lost a call that rang for us (it restarted): on_call_cancelled(own id)."""
+    state = ringing()
+    assert notes(state.reconnected(None, NOW)) == [note.CallCancelled("bob")]
+
+
+def test_user_info_cache_learns_from_events() -> None:
+    """Invitations, USER_ENTER and USER_INFO_CHANGED fill the cache; on_user_info_changed
+    follows the event's own callback, only when something changed."""
+    state = logged_in()
+    invitation = ev.OnCallReceived("c1", "alice", ["bob", "carol"], "", CallMediaType.VIDEO,
+                                   42, "", "Alice", "a.png")
+    effects = state.receive(invitation, NOW)
+    assert notes(effects) == [note.CallReceived("alice", ["bob", "carol"], "",
+                                                CallMediaType.VIDEO),
+                              note.UserInfoChanged("alice", "Alice", "a.png")]
+    assert state.users.get("alice") == UserInfo("alice", "Alice", "a.png")
+    state.receive(ev.OnCallBegin("c1", 42, CallMediaType.VIDEO), NOW)
+    effects = state.receive(ev.UserEnter("c1", "alice", "Alice", "a.png"), NOW)
+    assert notes(effects) == [note.UserJoin("alice")]  # nothing new about alice
+    effects = state.receive(ev.UserEnter("c1", "carol", "", ""), NOW)
+    assert notes(effects) == [note.UserJoin("carol")]  # first seen without a nickname
+    assert state.users.get("carol") == UserInfo("carol") and state.users.get("dave") is None
+    effects = state.receive(ev.UserInfoChanged("c1", "alice", "Alicia", "a.png"), NOW)
+    assert notes(effects) == [note.UserInfoChanged("alice", "Alicia", "a.png")]
+    assert state.receive(ev.UserInfoChanged("c1", "alice", "Alicia", "a.png"), NOW) == []
+    effects = state.users_info_received([ev.UserProfile("dave", "Dave", ""),
+                                         ev.UserProfile("carol", "", "")])
+    assert notes(effects) == [note.UserInfoChanged("dave", "Dave", "")]
+    assert notes(state.self_info_set("Bobby", "")) == [note.UserInfoChanged("bob", "Bobby", "")]
+
+
+def test_user_info_cache_is_bounded() -> None:
+    """The cache keeps the most recently seen users only."""
+    cache = UserInfoCache(limit=2)
+    for user in ("a", "b", "c"):
+        cache.learn(user, user.upper(), "")
+    assert cache.get("a") is None and cache.get("c") == UserInfo("c", "C", "")
+    cache.learn("b", "B", "")  # seen again: now the most recent
+    cache.learn("d", "D", "")
+    assert cache.get("b") is not None and cache.get("c") is None
+
+
+def test_group_call_join_builds_the_call_from_the_reply() -> None:
+    """join_in_group_call: allowed in no call; the reply makes a waiting call we are the
+    callee of, with the caller, group and invitees it names; ON_CALL_BEGIN connects it."""
+    state = connected()
+    with pytest.raises(RequestRefusedError, match="cannot join a group call: already in call"):
+        state.check_group_join()
+    state = logged_in("carol")
+    state.check_group_join()
+    call = state.group_call_joined(ev.JoinedReply("g1", 99, CallMediaType.AUDIO,
+                                                  ["alice", "bob", "carol"], "alice", "team",
+                                                  ["bob", "carol"], ""))
+    assert (call.call_id, call.role, call.status, call.caller, call.group_id) == (
+        "g1", CallRole.CALLED, CallStatus.WAITING, "alice", "team")
+    assert call.callees == ["bob", "carol"] and call.scene is CallScene.GROUP_CALL
+    effects = state.receive(ev.OnCallBegin("g1", 99, CallMediaType.AUDIO), NOW)
+    assert notes(effects) == [note.CallBegin(RoomId(int_room_id=99), CallMediaType.AUDIO,
+                                             CallRole.CALLED)]
+
+
+def test_requests_carry_user_data_and_every_push_field() -> None:
+    """calls and invite carry userData and the whole offlinePushInfo, reference names."""
+    push = OfflinePushInfo(title="Call", desc="from Alice", ignore_ios_badge=True,
+                           ios_sound="ring.caf", android_sound="ring", android_oppo_channel_id="o",
+                           android_vivo_classification=0, android_xiaomi_channel_id="x",
+                           android_fcm_channel_id="f", android_huawei_category="IM",
+                           is_disable_push=False, ios_push_type=CallIOSOfflinePushType.VOIP)
+    params = CallParams(user_data="ud", offline_push_info=push)
+    data = calls_request(["bob"], CallMediaType.VIDEO, params)
+    wire = {
+        "title": "Call", "desc": "from Alice", "ignoreIOSBadge": True, "iOSSound": "ring.caf",
+        "androidSound": "ring", "androidOPPOChannelID": "o", "androidVIVOClassification": 0,
+        "androidXiaoMiChannelID": "x", "androidFCMChannelID": "f",
+        "androidHuaWeiCategory": "IM", "isDisablePush": False, "iOSPushType": 1,
+    }
+    assert data["offlinePushInfo"] == wire and data["userData"] == "ud"
+    assert set(wire) == set(protocol.PUSH_INFO_FIELDS)
+    protocol.parse_request(protocol.encode_request("calls", 1, data))  # the server accepts it
+    invite = invite_request("c1", ["carol"], params)
+    assert invite["offlinePushInfo"] == wire and invite["userData"] == "ud"
+    assert "offlinePushInfo" not in calls_request(["bob"], CallMediaType.AUDIO, CallParams())
+
+
+def test_device_list_change_is_one_callback() -> None:
+    """A device list change becomes on_devices_updated with the lists and current ids."""
+    mic = AudioDeviceInfo(3, "USB mic", "ALSA", 1, 48000.0, False)
+    cam = CameraInfo(0, "/dev/video0", "USB camera")
+    effects = logged_in().devices_updated([mic], [cam], "USB mic", "/dev/video0", [], "")
+    assert effects == [Notify(note.DevicesUpdated([mic], [cam], "USB mic", "/dev/video0",
+                                                  [], ""))]
+    assert effects[0].notification.as_event().web_event == "DEVICED_UPDATED"
 
 
 def test_call_begin_records_time_and_room() -> None:

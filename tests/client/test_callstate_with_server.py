@@ -17,8 +17,10 @@ from callclient.callstate import (
     Notify,
     StartCallMedia,
 )
-from callclient.types import CallMediaType, CallRole, CallStatus
+from callclient.types import CallMediaType, CallRole, CallStatus, RoomId, UserInfo
+from callwire.codes import ErrorCode
 from signaling_server.core import CoreConfig
+from signaling_server.groups import Group, GroupDirectory
 from tests.helpers.core import CoreHarness
 from tests.helpers.paired import PairedWorld
 
@@ -183,6 +185,8 @@ def test_caller_interrupted_while_ringing() -> None:
     world.drop_connection("alice")
     world.advance(3.5)
     assert bob.names() == ["on_call_received", "on_call_cancelled"]
+    # An abnormal interruption: the callee's on_call_cancelled carries its own id.
+    assert bob.callbacks()[1].args == ("bob",)
     assert bob.state.call is None
 
 
@@ -241,3 +245,160 @@ def test_peer_silent_while_signaling_is_down_ends_the_call() -> None:
     assert effects[0] == DisconnectPeer("bob") and EndCallMedia() in effects
     assert alice.mark() == mark and alice.state.call is None
 
+
+
+def test_total_time_is_to_the_millisecond() -> None:
+    """on_call_end's total_time is a float of seconds with millisecond precision."""
+    world = PairedWorld()
+    connected_pair(world)
+    alice, bob = world.clients["alice"], world.clients["bob"]
+    world.advance(12.3456)
+    mark_a, mark_b = alice.mark(), bob.mark()
+    bob.hangup()
+    for client, mark in ((alice, mark_a), (bob, mark_b)):
+        total = client.callbacks(mark)[-1].args[3]
+        assert isinstance(total, float) and total == 12.346
+
+
+def test_logout_during_a_call_ends_it_with_on_call_end() -> None:
+    """Logging out mid-call: on_call_end here (the local duration); the other side sees the
+    user leave and its own call end, as for a hangup."""
+    world = PairedWorld()
+    connected_pair(world)
+    alice, bob = world.clients["alice"], world.clients["bob"]
+    world.advance(5.0)
+    mark_a, mark_b = alice.mark(), bob.mark()
+    alice.logout()
+    assert alice.names(mark_a) == ["on_call_end"]
+    assert alice.callbacks(mark_a)[0].args[2:] == (CallRole.CALLER, 5.0)
+    assert bob.names(mark_b) == ["on_user_leave", "on_call_end"]
+    assert alice.state.call is None and alice.state.user_id is None
+
+
+def test_kicked_offline_during_a_call_ends_it_first() -> None:
+    """Kicked offline mid-call (the same user logged in elsewhere): on_call_end, then
+    on_kicked_offline; the new login takes the call over, the other side sees nothing."""
+    world = PairedWorld()
+    connected_pair(world)
+    alice, bob = world.clients["alice"], world.clients["bob"]
+    mark_a, mark_b = alice.mark(), bob.mark()
+    reply = world.harness.login("bob")  # bob on another device
+    world.pump()
+    assert bob.names(mark_b) == ["on_call_end", "on_kicked_offline"]
+    assert bob.state.call is None
+    assert reply["activeCall"]["callId"] == alice.state.call.call_id  # type: ignore[union-attr]
+    assert alice.names(mark_a) == []
+
+
+def test_user_data_of_a_midcall_invitation_reaches_the_invitee() -> None:
+    """userData given to calls reaches the invitees; the userData of a later invite reaches
+    the users it invites."""
+    world = PairedWorld()
+    alice, bob, carol = (world.client(u) for u in ("alice", "bob", "carol"))
+    alice.calls(["bob"], userData="first")
+    assert bob.state.call is not None and bob.state.call.user_data == "first"
+    bob.answer("accept")
+    alice.invite(["carol"], userData="second")
+    assert carol.state.call is not None and carol.state.call.user_data == "second"
+
+
+def test_nicknames_and_avatars_reach_the_other_side() -> None:
+    """A login nickname reaches the callee's cache with the invitation (on_user_info_changed
+    after on_call_received); a change without an avatar keeps the avatar; the profile outlives
+    the session (a later login without a nickname is shown with the stored one)."""
+    world = PairedWorld()
+    alice = world.client("alice", login=False)
+    alice.login(nickname="Alice", avatar="a.png")
+    bob = world.client("bob")
+    alice.calls(["bob"])
+    assert bob.names() == ["on_call_received", "on_user_info_changed"]
+    assert bob.callbacks()[1].args == ("alice", "Alice", "a.png")
+    assert bob.state.users.get("alice") == UserInfo("alice", "Alice", "a.png")
+    bob.answer("accept")
+    mark = bob.mark()
+    alice.set_self_info("Alicia")  # no avatar: it stays
+    assert bob.names(mark) == ["on_user_info_changed"]
+    assert bob.callbacks(mark)[0].args == ("alice", "Alicia", "a.png")
+    assert alice.state.users.get("alice") == UserInfo("alice", "Alicia", "a.png")
+    alice.hangup()
+    alice.logout()
+    alice.login()  # no nickname: the stored profile is shown
+    carol = world.client("carol")
+    alice.calls(["carol"])
+    assert carol.callbacks()[1].args == ("alice", "Alicia", "a.png")
+
+
+def team_world(*members: str) -> PairedWorld:
+    groups = GroupDirectory([Group("team", "Team", 0.0, dict.fromkeys(members, 0.0))])
+    return PairedWorld(CoreHarness(groups=groups))
+
+
+def test_a_group_member_joins_the_groups_call() -> None:
+    """A member of the group joins the call in progress: the others get on_user_join, the
+    joiner on_call_begin then on_user_join for each member; a non-member is refused (-1101);
+    the webhook is callee_join_in_group_call; after the call the group has none."""
+    world = team_world("alice", "bob", "carol")
+    alice, bob, carol = (world.client(u) for u in ("alice", "bob", "carol"))
+    dave = world.client("dave")
+    call_id = alice.calls(["bob"], groupId="team")
+    bob.answer("accept")
+    seen = carol.request("get_group_call", groupId="team")["call"]
+    assert (seen["callId"], seen["sponsor"], seen["userIDList"]) == (
+        call_id, "alice", ["alice", "bob"])
+    mark_a, mark_b = alice.mark(), bob.mark()
+    world.harness.clear_notices()
+    assert carol.join_in_group_call("team") == call_id
+    assert carol.names() == ["on_call_begin", "on_user_join", "on_user_join"]
+    assert [e.args[0] for e in carol.callbacks()[1:]] == ["alice", "bob"]
+    assert carol.state.call is not None and carol.state.call.caller == "alice"
+    assert carol.state.call.status is CallStatus.ACCEPT and carol.state.call.group_id == "team"
+    assert alice.names(mark_a) == ["on_user_join"] == bob.names(mark_b)
+    assert alice.callbacks(mark_a)[0].args == ("carol",)
+    assert [(n.event, n.user_id, n.role) for n in world.harness.notices] == [
+        ("join_in_group_call", "carol", "called")]
+    error = dave.request("join_in_group_call", groupId="team", mediaType=2,
+                         expect_error=ErrorCode.PERMISSION_DENIED)
+    assert "not a member of group 'team'" in error["message"]
+    dave.request("get_group_call", groupId="team", expect_error=ErrorCode.PERMISSION_DENIED)
+    error = carol.request("join_in_group_call", groupId="team", mediaType=2,
+                          roomId={"strRoomId": "elsewhere"},
+                          expect_error=ErrorCode.CALL_NOT_FOUND)
+    assert "no call in room 'elsewhere'" in error["message"]
+    carol.request("join_in_group_call", groupId="team", mediaType=2,
+                  expect_error=ErrorCode.REQUEST_REPEATED)
+    alice.hangup()
+    bob.hangup()  # carol is alone: the call ends
+    assert carol.names()[-2:] == ["on_user_leave", "on_call_end"]
+    assert carol.request("get_group_call", groupId="team") == {"groupId": "team", "call": None}
+    carol.request("join_in_group_call", groupId="team", mediaType=2,
+                  expect_error=ErrorCode.CALL_NOT_FOUND)
+
+
+def test_group_rules_for_starting_a_call() -> None:
+    """In an existing group only members call and are called, and a group has one call at a
+    time; a refused call is reported as call_failed. A group id no group has only labels the
+    call (nobody can join it through the group)."""
+    world = team_world("alice", "bob", "carol")
+    alice, bob, carol = (world.client(u) for u in ("alice", "bob", "carol"))
+    dave = world.client("dave")
+    world.harness.clear_notices()
+    error = dave.request("calls", userIDList=["alice"], mediaType=1, groupId="team",
+                         expect_error=ErrorCode.PERMISSION_DENIED)
+    assert error["message"] == "cannot call: dave is not a member of group 'team'"
+    alice.request("calls", userIDList=["bob", "dave"], mediaType=1, groupId="team",
+                  expect_error=ErrorCode.PERMISSION_DENIED)
+    assert [(n.event, n.user_id) for n in world.harness.notices] == [
+        ("call_failed", "dave"), ("call_failed", "alice")]
+    call_id = alice.calls(["bob"], groupId="team")
+    error = carol.request("calls", userIDList=["bob"], mediaType=1, groupId="team",
+                          expect_error=ErrorCode.REQUEST_REFUSED)
+    assert call_id in error["message"] and "join_in_group_call" in error["message"]
+    bob.answer("accept")
+    alice.request("invite", callId=call_id, userIDList=["dave"],
+                  expect_error=ErrorCode.PERMISSION_DENIED)
+    dave.calls(["carol"], groupId="no-such-group")  # only a label
+    carol.answer("accept")
+    assert carol.state.call is not None and carol.state.call.group_id == "no-such-group"
+    dave.request("get_group_call", groupId="no-such-group",
+                 expect_error=ErrorCode.PERMISSION_DENIED)
+    assert RoomId.from_value(alice.request("get_group_call", groupId="team")["call"]["roomID"])

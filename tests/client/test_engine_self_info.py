@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from callclient.errors import NotLoggedInError
-from callclient.types import CallMediaType
+from callclient.errors import InvalidParameterError, NotLoggedInError
+from callclient.types import CallMediaType, UserInfo
 from signaling_server.server import SignalingServer
 from tests.helpers.engine import MakeParty
 from tests.helpers.servers import APP, sig
@@ -51,3 +51,41 @@ async def test_self_info_needs_login(make_party: MakeParty) -> None:
     alice = await make_party("alice", login=False)
     with pytest.raises(NotLoggedInError):
         await alice.engine.set_self_info("Alice")
+
+
+async def test_user_info_cache_through_engines(make_party: MakeParty) -> None:
+    """A caller's nickname and avatar reach the callee's engine with the invitation
+    (on_user_info_changed right after on_call_received, user_info() filled); a change without
+    an avatar keeps the avatar; get_users_info answers for users online, offline with a stored
+    profile, and never seen, and fills the cache."""
+    dave = await make_party("dave", login=False)
+    await dave.engine.login(APP, "dave", sig("dave"), nickname="Dave", avatar="d.png")
+    await dave.engine.logout()  # offline: the server keeps dave's profile
+    alice = await make_party("alice", login=False)
+    await alice.engine.login(APP, "alice", sig("alice"), nickname="Alice", avatar="a.png")
+    carol = await make_party("carol", login=False)
+    await carol.engine.login(APP, "carol", sig("carol"), nickname="Carol")
+    bob = await make_party("bob")
+    assert bob.engine.user_info("alice") is None
+    await alice.engine.call("bob", CallMediaType.AUDIO)
+    await bob.rec.wait_names(["on_call_received", "on_user_info_changed"])
+    assert bob.rec.signal()[1].args == ("alice", "Alice", "a.png")
+    assert bob.engine.user_info("alice") == UserInfo("alice", "Alice", "a.png")
+    await bob.engine.accept()
+    await bob.rec.wait_for("on_user_join", "alice")
+    mark = bob.rec.mark()
+    await alice.engine.set_self_info("Alicia")  # no avatar given: it stays
+    await bob.rec.wait_for("on_user_info_changed", "alice", start=mark)
+    assert bob.rec.find("on_user_info_changed", start=mark).args == (  # type: ignore[union-attr]
+        "alice", "Alicia", "a.png")
+    assert alice.engine.user_info("alice") == UserInfo("alice", "Alicia", "a.png")
+
+    infos = await bob.engine.get_users_info(["carol", "dave", "zed", "carol"])
+    assert infos == [UserInfo("carol", "Carol", ""), UserInfo("dave", "Dave", "d.png"),
+                     UserInfo("zed", "", "")]
+    assert bob.engine.user_info("dave") == UserInfo("dave", "Dave", "d.png")
+    assert bob.engine.user_info("zed") == UserInfo("zed")
+    changed = [e.args[0] for e in bob.rec.signal(mark) if e.name == "on_user_info_changed"]
+    assert changed == ["alice", "carol", "dave"]  # zed: nothing new to tell
+    with pytest.raises(InvalidParameterError):
+        await bob.engine.get_users_info(["not valid!"])

@@ -72,3 +72,28 @@ def test_recorders_see_every_callback_as_one_event() -> None:
     observer.UserVoiceVolumeChanged({"a": 3}).deliver(keep)
     assert seen == [observer.CallEvent("on_user_join", ("carol",)),
                     observer.CallEvent("on_user_voice_volume_changed", ({"a": 3},))]
+
+
+def test_every_reference_type_is_exported() -> None:
+    """The reference's types, CallIOSOfflinePushType included, come from ``callclient``."""
+    for name in ("CallIOSOfflinePushType", "OfflinePushInfo", "UserInfo", "GroupCallInfo",
+                 "DeviceList", "CameraInfo", "AudioDeviceInfo"):
+        assert name in callclient.__all__, name
+    assert callclient.CallIOSOfflinePushType.APNS == 0
+    assert callclient.CallIOSOfflinePushType.VOIP == 1
+    fields = [f.name for f in dataclasses.fields(callclient.OfflinePushInfo)]
+    assert fields == [
+        "title", "desc", "ignore_ios_badge", "ios_sound", "android_sound",
+        "android_oppo_channel_id", "android_vivo_classification", "android_xiaomi_channel_id",
+        "android_fcm_channel_id", "android_huawei_category", "is_disable_push", "ios_push_type",
+    ]
+
+
+def test_every_callback_names_its_web_event() -> None:
+    """Each callback maps to one TUICallEvent name, the reference's where it has one."""
+    assert set(observer.WEB_EVENTS) == set(CALLBACK_NAMES)
+    assert observer.WEB_EVENTS["on_user_voice_volume_changed"] == "USER_VOICE_VOLUME"
+    assert observer.WEB_EVENTS["on_devices_updated"] == "DEVICED_UPDATED"
+    assert observer.WEB_EVENTS["on_call_end"] == "CALLING_END"
+    assert len(set(observer.WEB_EVENTS.values())) == len(CALLBACK_NAMES)
+    assert observer.CallEvent("on_user_join", ("x",)).web_event == "USER_ENTER"

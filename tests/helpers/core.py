@@ -9,7 +9,10 @@ connection. Inputs go through the same entry points the websocket layer uses (``
 * ``Close``: the connection is marked closed and, as the server would, ``closed`` is fed back;
 * ``SaveCall``: appended to :attr:`saves`; :attr:`records` keeps the last one per callId;
 * ``Notice``: appended to :attr:`notices`;
-* ``StoreRequest``: appended to :attr:`store_requests`.
+* ``StoreRequest``: appended to :attr:`store_requests`;
+* ``OfflinePush``: appended to :attr:`pushes`;
+* ``SaveProfile`` / ``LoadProfile``: kept in :attr:`profiles` (a stand-in for the store), and a
+  load is answered at once with :meth:`CallCore.profile_loaded`, as the server does later.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ from signaling_server.core import (
     CallCore,
     Close,
     CoreConfig,
+    LoadProfile,
     Notice,
+    OfflinePush,
     Output,
     SaveCall,
+    SaveProfile,
     Send,
     StoreRequest,
 )
+from signaling_server.groups import GroupDirectory
 from signaling_server.records import StoredCall
 
 APP_ID = 1400000001
@@ -63,12 +70,18 @@ Who = str | int
 class CoreHarness:
     """A :class:`CallCore` with a fake clock and per-connection inboxes."""
 
-    def __init__(self, config: CoreConfig | None = None, *, sdk_app_id: int = APP_ID) -> None:
+    def __init__(
+        self,
+        config: CoreConfig | None = None,
+        *,
+        sdk_app_id: int = APP_ID,
+        groups: GroupDirectory | None = None,
+    ) -> None:
         self.now = START
         self.sdk_app_id = sdk_app_id
         self.sig_lifetime: dict[str, float] = {}
         """Per-user userSig lifetime in seconds (default one day)."""
-        self.core = CallCore(sdk_app_id, self._verify, config)
+        self.core = CallCore(sdk_app_id, self._verify, config, groups)
         self._conn_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
         self.inbox: dict[int, list[Frame]] = {}
@@ -81,6 +94,9 @@ class CoreHarness:
         self.saves: list[StoredCall] = []
         self.notices: list[Notice] = []
         self.store_requests: list[StoreRequest] = []
+        self.pushes: list[OfflinePush] = []
+        self.profiles: dict[str, tuple[str, str]] = {}
+        """The stored (nickname, avatar) per user, as SaveProfile left it."""
         self.last_outputs: list[Output] = []
         """Every output of the most recent input (including fed-back closes)."""
 
@@ -99,6 +115,7 @@ class CoreHarness:
         handled: list[Output] = []
         pending = list(outputs)
         closed_now: list[int] = []
+        loads: list[str] = []
         for out in pending:
             handled.append(out)
             if isinstance(out, Send):
@@ -125,11 +142,24 @@ class CoreHarness:
                 self.notices.append(out)
             elif isinstance(out, StoreRequest):
                 self.store_requests.append(out)
+            elif isinstance(out, OfflinePush):
+                self.pushes.append(out)
+            elif isinstance(out, SaveProfile):
+                nickname, avatar = self.profiles.get(out.user_id, ("", ""))
+                self.profiles[out.user_id] = (
+                    nickname if out.nickname is None else out.nickname,
+                    avatar if out.avatar is None else out.avatar,
+                )
+            elif isinstance(out, LoadProfile):
+                loads.append(out.user_id)
             else:  # pragma: no cover - a new output type
                 raise AssertionError(f"unknown output {out!r}")
         # The websocket layer reports every close back to the core.
         for conn in closed_now:
             handled.extend(self._process(self.core.closed(conn, self.now)))
+        for user in loads:
+            stored = self.profiles.get(user, ("", ""))
+            handled.extend(self._process(self.core.profile_loaded(user, *stored, self.now)))
         return handled
 
     def _feed(self, outputs: list[Output]) -> list[Output]:

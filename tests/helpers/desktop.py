@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from callclient.errors import RequestRefusedError
+from callclient.errors import PermissionDeniedError, RequestRefusedError
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.processing import AudioProcessing
 from callclient.observer import CallObserver
 from callclient.types import (
+    AudioDeviceInfo,
     AudioPlaybackDevice,
     CallMediaType,
     CallParams,
     CallRole,
     CallStatus,
     Camera,
+    CameraInfo,
+    GroupCallInfo,
     RoomId,
+    UserInfo,
     VideoRenderParams,
 )
 
@@ -49,6 +53,10 @@ class FakeEngine:
         self.views: dict[str, VideoView] = {}
         self.refuse: set[str] = set()
         self.audio_processing = AudioProcessing()
+        self.users: dict[str, UserInfo] = {}
+        self.group_calls: dict[str, GroupCallInfo] = {}
+        """What group_call_in_progress answers, by group id."""
+        self.group_asks = 0
 
     def set_audio_processing(
         self,
@@ -128,6 +136,23 @@ class FakeEngine:
     async def switch_call_media_type(self, media_type: CallMediaType) -> None:
         self._record("switch_call_media_type", media_type)
 
+    def user_info(self, user_id: str) -> UserInfo | None:
+        return self.users.get(user_id)
+
+    async def group_call_in_progress(self, group_id: str) -> GroupCallInfo | None:
+        self.group_asks += 1
+        if "group_call_in_progress" in self.refuse:
+            raise PermissionDeniedError(f"not a member of group {group_id!r}")
+        return self.group_calls.get(group_id)
+
+    async def join_in_group_call(self, room_id: RoomId, group_id: str,
+                                 media_type: CallMediaType) -> str:
+        self._record("join_in_group_call", room_id, group_id, media_type)
+        info = self.group_calls[group_id]
+        self.current_call = FakeCall(CallStatus.WAITING, CallRole.CALLED, media_type,
+                                     info.caller)
+        return info.call_id
+
     # -- scripted server events
 
     def ring_in(self, caller: str, media: CallMediaType) -> None:
@@ -161,3 +186,14 @@ class FakeEngine:
         """A remote user joins."""
         for observer in list(self.observers):
             observer.on_user_join(user_id)
+
+    def learn(self, user_id: str, nickname: str, avatar: str = "") -> None:
+        """The engine learns a user's nickname."""
+        self.users[user_id] = UserInfo(user_id, nickname, avatar)
+        for observer in list(self.observers):
+            observer.on_user_info_changed(user_id, nickname, avatar)
+
+    def plug(self, cameras: list[CameraInfo], microphones: list[AudioDeviceInfo]) -> None:
+        """The device list changes."""
+        for observer in list(self.observers):
+            observer.on_devices_updated(microphones, cameras, "", "", [], "")

@@ -56,9 +56,9 @@ class PairedClient:
 
     # ------------------------------------------------------------------ session
 
-    def login(self) -> None:
-        """Log in on a new connection, as the engine does."""
-        reply = self.world.harness.login(self.user_id, drain_ready=False)
+    def login(self, **extra: Any) -> None:
+        """Log in on a new connection, as the engine does (``extra``: nickname, avatar...)."""
+        reply = self.world.harness.login(self.user_id, drain_ready=False, **extra)
         self.conn = self.world.harness.conn(self.user_id)
         self.state.logged_in(reply["userID"])
         self.world.pump()
@@ -102,10 +102,10 @@ class PairedClient:
         self.request("hangup", callId=call.call_id)
         self.world.pump()
 
-    def invite(self, user_ids: list[str]) -> list[str]:
-        """``CallEngine.invite_user``."""
+    def invite(self, user_ids: list[str], **extra: Any) -> list[str]:
+        """``CallEngine.invite_user`` (``extra``: userData, offlinePushInfo...)."""
         call = self.state.check_invite()
-        reply = self.request("invite", callId=call.call_id, userIDList=user_ids)
+        reply = self.request("invite", callId=call.call_id, userIDList=user_ids, **extra)
         invited = self.state.invited(messages.parse_invited_reply(reply))
         self.world.pump()
         return invited
@@ -115,6 +115,27 @@ class PairedClient:
         self.state.begin_join(call_id)
         reply = self.request("join", callId=call_id)
         self.state.joined(messages.parse_joined_reply(reply))
+        self.world.pump()
+
+    def join_in_group_call(self, group_id: str, media: CallMediaType = CallMediaType.VIDEO) -> str:
+        """``CallEngine.join_in_group_call``: the reply makes the call before what follows."""
+        self.state.check_group_join()
+        reply = self.request("join_in_group_call", groupId=group_id, mediaType=int(media))
+        call = self.state.group_call_joined(messages.parse_joined_reply(reply))
+        self.world.pump()
+        return call.call_id
+
+    def set_self_info(self, nickname: str, **avatar: str) -> None:
+        """``CallEngine.set_self_info``."""
+        reply = self.request("self_info", nickname=nickname, **avatar)
+        self.effects += self.state.self_info_set(reply["nickname"], reply["avatar"])
+        self.world.pump()
+
+    def logout(self) -> None:
+        """``CallEngine.logout``: the call ends here first, then the request goes out."""
+        self.effects += self.state.logged_out(self.world.harness.now)
+        self.request("logout")
+        self.world.harness.inbox[self.conn].clear()  # what follows the logout is not read
         self.world.pump()
 
     def switch_media_type(self, media: CallMediaType) -> None:

@@ -224,7 +224,8 @@ def test_nine_member_limit() -> None:
 def test_invite_mid_call_turns_1v1_into_group() -> None:
     """Inviting into a 1v1: the new invitee gets ON_CALL_RECEIVED (group, the full list),
     the members already in the call get GROUP_CALL_INVITEE_LIST_UPDATE, the record becomes
-    scene 0, and invite_user/receive_call notices name the new invitee."""
+    scene 0, invite_user names the inviter (the operating user) and receive_call the new
+    invitee, in that order."""
     h = setup("A", "B", "C")
     call_id = call(h, "A", "B")
     h.request("B", "accept", callId=call_id)
@@ -241,7 +242,10 @@ def test_invite_mid_call_turns_1v1_into_group() -> None:
         assert h.events(user) == [("GROUP_CALL_INVITEE_LIST_UPDATE",
                                    {"callId": call_id, "userIDList": ["B", "C"]})]
     assert h.records[call_id].scene == CallScene.GROUP_CALL
-    assert h.notice_names("C") == ["receive_call", "invite_user"]
+    assert h.notice_names("C") == ["receive_call"]
+    invite = [(n.event, n.user_id, n.role) for n in h.notices
+              if n.event in ("invite_user", "receive_call") and n.user_id != "B"]
+    assert invite == [("invite_user", "A", "caller"), ("receive_call", "C", "called")]
     # Re-inviting a ringing or joined user is -1204; a ringing member cannot invite.
     h.request("B", "invite", callId=call_id, userIDList=["C"],
               expect_error=ErrorCode.REQUEST_REPEATED)

@@ -25,7 +25,7 @@ def test_login_replies_then_sdk_ready() -> None:
     conn = h.open()
     reply = h.request(conn, "login", **login_data("alice", nickname="Alice"))
     assert reply["userID"] == "alice"
-    assert reply["protocolVersion"] == "1.0"
+    assert reply["protocolVersion"] == "1.1"
     assert reply["serverTime"] == h.now
     assert reply["userSigExpiresAt"] == h.now + 86_400
     assert "activeCall" not in reply
@@ -82,7 +82,7 @@ def test_major_version_refused_minor_accepted() -> None:
     h.request(conn, "login", expect_error=ErrorCode.UNSUPPORTED_VERSION,
               **login_data("alice", protocolVersion="0.9"))
     reply = h.request(conn, "login", **login_data("alice", protocolVersion="1.7"))
-    assert reply["protocolVersion"] == "1.0"
+    assert reply["protocolVersion"] == "1.1"
 
 
 def test_double_login_on_one_connection_is_1204() -> None:

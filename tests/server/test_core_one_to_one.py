@@ -51,7 +51,8 @@ def test_accept_then_hangup() -> None:
     h.advance(2)
     accepted = h.request("bob", "accept", callId=call_id)
     assert accepted == {"callId": call_id, "roomID": 42, "callMediaType": 2,
-                        "userIDList": ["alice", "bob"]}
+                        "userIDList": ["alice", "bob"], "sponsor": "alice", "groupID": "",
+                        "inviteeIDList": ["bob"], "userData": "hello"}
     bob = h.events("bob")
     assert [n for n, _ in bob] == ["ON_CALL_BEGIN", "USER_ENTER"]
     assert bob[0][1]["callRole"] == "called"
@@ -297,12 +298,17 @@ def test_relay_to_reconnecting_peer_is_4041() -> None:
 
 
 def test_calling_yourself_is_1202() -> None:
-    """Calling yourself is a parameter error; no call is created."""
+    """Calling yourself is a parameter error; no call is created, no record is saved, and the
+    business backend gets the attempt as caller_call_failed (a fresh callId, EndTs set)."""
     h = setup("alice")
     h.request("alice", "calls", userIDList=["alice"], mediaType=1,
               expect_error=ErrorCode.PARAM_INVALID)
     assert h.core.active_calls == {}
-    assert h.saves == [] and h.notices == []
+    assert h.saves == []
+    assert [(n.event, n.user_id, n.role) for n in h.notices] == [
+        ("call_failed", "alice", "caller")]
+    failed = h.notices[0].call
+    assert failed.end_ts == h.now and failed.result == "" and failed.total_users == 1
 
 
 def test_calling_while_in_a_call_is_1203() -> None:

@@ -41,6 +41,7 @@ from callclient.errors import ErrorCode
 from callwire import protocol
 from callwire.protocol import Event, Relay, Reply
 from signaling_server.core import CoreConfig
+from signaling_server.groups import Group
 from signaling_server.server import SignalingServer
 from tests.helpers.servers import APP, new_server, sig
 
@@ -265,8 +266,9 @@ class FuzzUser:
         kind = rng.choices(
             ["calls", "accept", "reject", "ignore", "hangup", "invite", "join",
              "switch_media_type", "media_state", "network_quality", "relay", "self_info",
-             "ping", "query_recent_calls", "delete_record_calls"],
-            weights=[8, 8, 2, 1, 4, 2, 2, 1, 2, 1, 12, 1, 1, 1, 1],
+             "ping", "query_recent_calls", "delete_record_calls", "join_in_group_call",
+             "get_group_call", "get_user_info"],
+            weights=[8, 8, 2, 1, 4, 2, 2, 1, 2, 1, 12, 1, 1, 1, 1, 3, 1, 1],
         )[0]
         data: dict[str, Any]
         if kind == "calls":
@@ -293,6 +295,12 @@ class FuzzUser:
                     "payload": {"n": rng.randint(0, 10**6), "sdp": "v=0 " * rng.randint(0, 50)}}
         elif kind == "self_info":
             data = {"nickname": rng.choice(["", "Ann", "日本語", "😀"])}
+        elif kind == "join_in_group_call":
+            data = {"groupId": "g" + str(rng.randint(0, 9)), "mediaType": rng.choice([1, 2])}
+        elif kind == "get_group_call":
+            data = {"groupId": "g" + str(rng.randint(0, 9))}
+        elif kind == "get_user_info":
+            data = {"userIDList": self._others(1, 4)}
         elif kind in ("ping",):
             data = {}
         elif kind == "query_recent_calls":
@@ -460,6 +468,10 @@ async def test_random_clients_keep_the_invariants(
     rng = random.Random(seed)
     started = time.monotonic()
     async with new_server(db=str(db), core=CORE) as server:
+        # Groups g0..g4 exist (the rest of g0..g9 only label calls), each with half the users.
+        for index in range(5):
+            members = rng.sample(USERS, len(USERS) // 2)
+            server.groups.put(Group(f"g{index}", "", 0.0, dict.fromkeys(members, 0.0)))
         fuzzers = [FuzzUser(u, server.url, random.Random(rng.random()), world) for u in USERS]
         stop = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(watch(server, world, stop))

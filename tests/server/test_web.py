@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from callwire.dev import DEV_SECRET_KEY
+from callwire.protocol import PROTOCOL_VERSION
 from callwire.usersig import verify_user_sig
 from signaling_server.server import SignalingServer
 from signaling_server.web import DEFAULT_WEB_ROOT, WebClient, dev_login_allowed, is_loopback
@@ -65,7 +66,7 @@ async def test_settings_name_the_websocket_and_the_development_login(
     status, _, body = await fetch(site.http_url + "config.json")
     assert status == 200
     assert json.loads(body) == {
-        "sdkAppId": APP, "protocolVersion": "1.0", "websocketUrl": None,
+        "sdkAppId": APP, "protocolVersion": PROTOCOL_VERSION, "websocketUrl": None,
         "websocketPort": site.port, "secure": False, "developmentLogin": True,
     }
 

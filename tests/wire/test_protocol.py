@@ -68,6 +68,31 @@ plain_json = st.recursive(
 user_lists = st.lists(user_ids, min_size=1, max_size=8, unique=True)
 media_types = st.sampled_from([1, 2])
 timeouts = st.integers(min_value=1, max_value=600)
+group_ids = st.text(min_size=1, max_size=64)
+room_ids = st.fixed_dictionaries(
+    {},
+    optional={
+        "intRoomId": st.integers(min_value=0, max_value=4294967294),
+        "strRoomId": st.text(max_size=64),
+    },
+)
+push_infos = st.fixed_dictionaries(
+    {},
+    optional={
+        "title": st.text(max_size=50),
+        "desc": st.text(max_size=100),
+        "ignoreIOSBadge": st.booleans(),
+        "iOSSound": st.text(max_size=20),
+        "androidSound": st.text(max_size=20),
+        "androidOPPOChannelID": st.text(max_size=20),
+        "androidVIVOClassification": st.sampled_from([0, 1]),
+        "androidXiaoMiChannelID": st.text(max_size=20),
+        "androidFCMChannelID": st.text(max_size=20),
+        "androidHuaWeiCategory": st.text(max_size=20),
+        "isDisablePush": st.booleans(),
+        "iOSPushType": st.sampled_from([0, 1]),
+    },
+)
 
 VALID_DATA: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "login": st.fixed_dictionaries(
@@ -89,16 +114,11 @@ VALID_DATA: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "calls": st.fixed_dictionaries(
         {"userIDList": user_lists, "mediaType": media_types},
         optional={
-            "roomId": st.fixed_dictionaries(
-                {},
-                optional={
-                    "intRoomId": st.integers(min_value=0, max_value=4294967294),
-                    "strRoomId": st.text(max_size=64),
-                },
-            ),
+            "roomId": room_ids,
             "timeout": timeouts,
             "userData": st.text(max_size=200),
             "groupId": st.text(max_size=64),
+            "offlinePushInfo": push_infos,
         },
     ),
     **{
@@ -107,7 +127,15 @@ VALID_DATA: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     },
     "invite": st.fixed_dictionaries(
         {"callId": call_ids, "userIDList": user_lists},
-        optional={"timeout": timeouts, "userData": st.text(max_size=200)},
+        optional={"timeout": timeouts, "userData": st.text(max_size=200),
+                  "offlinePushInfo": push_infos},
+    ),
+    "join_in_group_call": st.fixed_dictionaries(
+        {"groupId": group_ids, "mediaType": media_types}, optional={"roomId": room_ids}
+    ),
+    "get_group_call": st.fixed_dictionaries({"groupId": group_ids}),
+    "get_user_info": st.fixed_dictionaries(
+        {"userIDList": st.lists(user_ids, min_size=1, max_size=100, unique=True)}
     ),
     "switch_media_type": st.fixed_dictionaries({"callId": call_ids, "mediaType": media_types}),
     "media_state": st.fixed_dictionaries(

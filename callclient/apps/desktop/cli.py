@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--call", metavar="ID", help="call this user at start (and with 'd')")
     target.add_argument("--group", metavar="ID,ID", help="call these users as a group call")
+    parser.add_argument("--group-id", default="", metavar="GROUP",
+                        help="the group whose calls 'd' places and 'j' joins (shows when it "
+                        "has a call in progress)")
     parser.add_argument("--audio", action="store_true", help="place audio calls (default video)")
     parser.add_argument("--virtual", action="store_true",
                         help="virtual camera/microphone/speakers instead of real devices")
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         mute_ringtone=args.mute_ringtone,
         audio_processing=None if args.audio_processing is None
         else AudioProcessing() if args.audio_processing == "on" else AudioProcessing.off(),
+        group_id=args.group_id,
     )
     return run_app(config, Login(args.server, args.sdkappid, user_sig),
                    _devices(args.virtual, args.user))

@@ -4,7 +4,9 @@
 :class:`~callclient.apps.desktop.keys.Command` of each key against it (accept, reject, hang
 up, dial, microphone, camera, routes, tiles), plays the ringtone and the ringback, and after
 every change publishes an immutable :class:`~callclient.apps.desktop.state.AppState` for the
-window to draw.
+window to draw. Tiles show users' nicknames (the engine's user info cache); with a group id
+the app asks every ``group_poll_s`` seconds, while idle, whether the group has a call in
+progress and offers ``j`` to join it; device list changes are shown and listed in the help.
 
 The call phase is never kept here: :attr:`DesktopApp.phase` is
 :func:`~callclient.apps.desktop.phase.phase_of` the engine's current call, which the engine
@@ -30,23 +32,28 @@ from callclient.apps.desktop.keys import Command, KeyBindings
 from callclient.apps.desktop.phase import CallLike, Phase, phase_of
 from callclient.apps.desktop.state import AppState, TileState, TileView, duration_text
 from callclient.assets import RINGBACK, RINGTONE, asset_path
-from callclient.errors import CallError
+from callclient.errors import CallError, PermissionDeniedError
 from callclient.media.base import AudioSink, VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.processing import AudioProcessing
 from callclient.media.tones import SharedSink, TonePlayer
 from callclient.observer import CallObserver
 from callclient.types import (
+    AudioDeviceInfo,
     AudioPlaybackDevice,
     CallMediaType,
     CallParams,
     CallRole,
     Camera,
+    CameraInfo,
+    DeviceList,
     FillMode,
+    GroupCallInfo,
     NetworkQuality,
     NetworkQualityInfo,
     RoomId,
     Rotation,
+    UserInfo,
     VideoRenderParams,
 )
 
@@ -123,6 +130,14 @@ class EngineLike(Protocol):
 
     async def switch_call_media_type(self, media_type: CallMediaType) -> None: ...
 
+    def user_info(self, user_id: str) -> UserInfo | None: ...
+
+    async def group_call_in_progress(self, group_id: str) -> GroupCallInfo | None: ...
+
+    async def join_in_group_call(
+        self, room_id: RoomId, group_id: str, media_type: CallMediaType
+    ) -> str: ...
+
 
 @dataclass(frozen=True)
 class AppConfig:
@@ -141,6 +156,10 @@ class AppConfig:
     """The window title (default ``callclient - USER``)."""
     audio_processing: AudioProcessing | None = None
     """Microphone processing; None: the engine's default (on for real devices)."""
+    group_id: str = ""
+    """The group whose calls ``d`` places and ``j`` joins ("" : none)."""
+    group_poll_s: float = 2.0
+    """How often an idle app asks whether the group has a call in progress."""
 
     @property
     def window_name(self) -> str:
@@ -189,6 +208,10 @@ class _Model:
     route: AudioPlaybackDevice = AudioPlaybackDevice.SPEAKERPHONE
     show_help: bool = False
     message: str = ""
+    group_call: GroupCallInfo | None = None
+    """The group's call in progress, as last asked (None: none, or in a call)."""
+    devices: DeviceList | None = None
+    """The device list as the engine last reported a change of it."""
 
 
 _LOCAL_STATUS = {Phase.IDLE: "preview", Phase.CALLING: "calling", Phase.INCOMING: "ringing"}
@@ -217,6 +240,7 @@ class DesktopApp(CallObserver):
         self._state = AppState(size=config.window, help_lines=self.bindings.help_lines())
         self._keys: asyncio.Queue[int] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._group_watch: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._quit = asyncio.Event()
         self._closed = False
@@ -230,6 +254,7 @@ class DesktopApp(CallObserver):
             Command.REJECT: self.reject,
             Command.HANGUP: self.hangup,
             Command.DIAL: self.dial,
+            Command.JOIN: self.join_group_call,
             Command.MICROPHONE: self.toggle_microphone,
             Command.NOISE_SUPPRESSION: self.toggle_noise_suppression,
             Command.CAMERA: self.toggle_camera,
@@ -277,7 +302,10 @@ class DesktopApp(CallObserver):
             return
         self._started = True
         self.engine.add_observer(self)
-        self._worker = asyncio.get_running_loop().create_task(self._run_keys(), name="app keys")
+        loop = asyncio.get_running_loop()
+        self._worker = loop.create_task(self._run_keys(), name="app keys")
+        if self.config.group_id:
+            self._group_watch = loop.create_task(self._watch_group(), name="app group watch")
         if self.config.media_type is CallMediaType.VIDEO:
             await self._open_camera()
         if self.config.call:
@@ -327,10 +355,11 @@ class DesktopApp(CallObserver):
             return
         self._closed = True
         self._quit.set()
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        for task in (self._worker, self._group_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._tasks:  # tone and device changes in flight: let them finish, briefly
             await asyncio.wait(list(self._tasks), timeout=_HANGUP_TIMEOUT)
         for task in list(self._tasks):
@@ -395,7 +424,8 @@ class DesktopApp(CallObserver):
             self._publish()
             self._play(self.config.ringback)
             await self._camera_for_call()
-            await self.engine.calls(targets, self.config.media_type)
+            await self.engine.calls(targets, self.config.media_type,
+                                    group_id=self.config.group_id)
         except CallError:
             self._dialing = False
             if self.phase is Phase.IDLE:
@@ -404,6 +434,24 @@ class DesktopApp(CallObserver):
             raise
         finally:
             self._dialing = False
+
+    async def join_group_call(self) -> None:
+        """Join the call the configured group has in progress."""
+        group_call = self._model.group_call
+        if not self.config.group_id:
+            self._model.message = "no group: start with --group-id"
+            return
+        if self.phase is not Phase.IDLE:
+            self._model.message = "already in a call"
+            return
+        if group_call is None:
+            self._model.message = f"group {self.config.group_id} has no call in progress"
+            return
+        self._model.group_call = None
+        if group_call.media_type is CallMediaType.VIDEO:
+            await self._camera_for_call()
+        await self.engine.join_in_group_call(group_call.room_id, self.config.group_id,
+                                             group_call.media_type)
 
     async def toggle_microphone(self) -> None:
         """Microphone off/on; between calls it says whether the next call starts muted."""
@@ -631,6 +679,27 @@ class DesktopApp(CallObserver):
         self._end_call()
         self.set_message("logged out: the userSig expired")
 
+    def on_user_info_changed(self, user_id: str, nickname: str, avatar: str) -> None:
+        """A nickname changed: the tiles show it."""
+        self._publish()
+
+    def on_devices_updated(
+        self,
+        microphone_list: list[AudioDeviceInfo],
+        camera_list: list[CameraInfo],
+        current_microphone_id: str,
+        current_camera_id: str,
+        speaker_list: list[AudioDeviceInfo],
+        current_speaker_id: str,
+    ) -> None:
+        """A device was plugged in or removed: the help lists the devices present now."""
+        self._model.devices = DeviceList(list(camera_list), list(microphone_list),
+                                         list(speaker_list))
+        self.set_message(
+            f"devices changed: {len(camera_list)} camera(s), {len(microphone_list)} "
+            f"microphone(s), {len(speaker_list)} speaker(s)"
+        )
+
     # -------------------------------------------------------------- internals
 
     def _media(self) -> CallMediaType:
@@ -683,6 +752,31 @@ class DesktopApp(CallObserver):
         while True:
             await self.handle_key(await self._keys.get())
 
+    async def _watch_group(self) -> None:
+        """While idle, ask now and then whether the group has a call to join."""
+        group_id = self.config.group_id
+        # Python 3.11's wait_for (inside the engine's request) can swallow a cancellation
+        # that races its result: the loop also stops on its own once the app is closed.
+        while not self._closed:
+            found: GroupCallInfo | None = None
+            if self.phase is Phase.IDLE:
+                try:
+                    found = await self.engine.group_call_in_progress(group_id)
+                except PermissionDeniedError as exc:
+                    self.set_message(f"group {group_id}: {exc.message}")
+                    return
+                except CallError as exc:  # not logged in yet, reconnecting: ask again later
+                    logger.debug("group call of %s: %s", group_id, exc)
+            if found != self._model.group_call:
+                self._model.group_call = found
+                self._publish()
+            await asyncio.sleep(self.config.group_poll_s)
+
+    def _name(self, user_id: str) -> str:
+        """What a tile calls a user: the nickname when the engine knows one."""
+        info = self.engine.user_info(user_id)
+        return info.display_name if info is not None else user_id
+
     def _add_remote(self, user_id: str, status: str) -> _Remote:
         remote = self._model.remotes.get(user_id)
         if remote is None:
@@ -734,7 +828,7 @@ class DesktopApp(CallObserver):
         selected = self._selected_user()
         local = TileState(
             user_id=self.user_id,
-            name=f"{self.user_id} (me)",
+            name=f"{self._name(self.user_id)} (me)",
             view=self.local_view,
             params=self._params(self.user_id),
             status=_LOCAL_STATUS.get(phase, phase.value),
@@ -750,7 +844,7 @@ class DesktopApp(CallObserver):
             tiles.append(
                 TileState(
                     user_id=remote.user_id,
-                    name=remote.user_id,
+                    name=self._name(remote.user_id),
                     view=remote.view,
                     params=self._params(remote.user_id),
                     status=remote.status,
@@ -768,16 +862,33 @@ class DesktopApp(CallObserver):
             banner=self._banner(phase, media, call),
             status=self._status_line(phase),
             show_help=model.show_help,
-            help_lines=self.bindings.help_lines(),
+            help_lines=self.bindings.help_lines() + self._device_lines(),
             now=time.time(),
+        )
+
+    def _device_lines(self) -> tuple[str, ...]:
+        devices = self._model.devices
+        if devices is None:
+            return ()
+        return (
+            "",
+            "cameras: " + (", ".join(c.name for c in devices.cameras) or "none"),
+            "microphones: " + (", ".join(m.name for m in devices.microphones) or "none"),
+            "speakers: " + (", ".join(s.name for s in devices.speakers) or "none"),
         )
 
     def _banner(self, phase: Phase, media: CallMediaType, call: CallLike | None) -> str:
         kind = media.name.lower()
         if phase is Phase.INCOMING and call is not None:
-            return f"Incoming {kind} call from {call.caller}   [a] accept   [r] reject"
+            return (f"Incoming {kind} call from {self._name(call.caller)}   [a] accept   "
+                    "[r] reject")
+        group_call = self._model.group_call
+        if phase is Phase.IDLE and group_call is not None:
+            people = ", ".join(self._name(u) for u in group_call.user_ids)
+            return f"Group {group_call.group_id} has a call with {people}   [j] join"
         if phase is Phase.CALLING:
-            return f"Calling {', '.join(self._model.remotes)} ...   [h] cancel"
+            people = ", ".join(self._name(u) for u in self._model.remotes)
+            return f"Calling {people} ...   [h] cancel"
         return ""
 
     def _status_line(self, phase: Phase) -> str:

@@ -20,6 +20,7 @@ class Command(enum.StrEnum):
     REJECT = "reject"
     HANGUP = "hangup"
     DIAL = "dial"
+    JOIN = "join"
     MICROPHONE = "microphone"
     NOISE_SUPPRESSION = "noise_suppression"
     CAMERA = "camera"
@@ -59,6 +60,7 @@ DEFAULT_BINDINGS = (
     Binding("r", Command.REJECT, "reject the incoming call"),
     Binding("h", Command.HANGUP, "hang up / cancel"),
     Binding("d", Command.DIAL, "call the --call/--group users (again)"),
+    Binding("j", Command.JOIN, "join the --group-id group's call in progress"),
     Binding("m", Command.MICROPHONE, "microphone on/off"),
     Binding("n", Command.NOISE_SUPPRESSION, "noise suppression on/off"),
     Binding("c", Command.CAMERA, "camera on/off"),
