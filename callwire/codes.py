@@ -50,6 +50,7 @@ class ErrorCode(enum.IntEnum):
     CALL_NOT_FOUND = 4040
     USER_OFFLINE = 4041
     CALL_FULL = 4090
+    SERVER_BUSY = 4290  # too many record queries waiting; retry after the replies
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
 

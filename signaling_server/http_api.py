@@ -332,9 +332,9 @@ class HttpApi:
             raise RestError(ErrorCode.BODY_UNPARSEABLE, "request body must be a JSON object")
         return data
 
-    async def _run_db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def _read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._writer is not None:
-            return await self._writer.run_query(fn, *args, **kwargs)
+            return await self._writer.run_read(fn, *args, **kwargs)
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     def _require_webhooks(self) -> WebhookService:
@@ -348,7 +348,7 @@ class HttpApi:
         body = Body(data, ("callId",))
         call_id = body.string("callId", required=True)
         assert call_id is not None
-        call = await self._run_db(self.store.get_call, self.config.sdk_app_id, call_id)
+        call = await self._read(self.store.get_call, self.config.sdk_app_id, call_id)
         if call is None:
             raise invalid(f"no call record with callId {call_id!r}")
         return record_to_wire(call)
@@ -373,7 +373,7 @@ class HttpApi:
         if not isinstance(cursor, str) or len(cursor) > 512:
             raise invalid("cursor must be the nextCursor string of the previous page")
         after = _decode_cursor(cursor) if cursor else None
-        calls = await self._run_db(
+        calls = await self._read(
             self.store.find_calls,
             self.config.sdk_app_id,
             begin=start,

@@ -2,36 +2,22 @@
 
 The call core keeps the profile of every connected user in memory and hands out
 :class:`~signaling_server.core.SaveProfile` / :class:`~signaling_server.core.LoadProfile`
-outputs; the server runs these functions on the record writer's thread. A profile outlives the
+outputs; the server stores a profile change with the records of the same step
+(:meth:`~signaling_server.store.RecordWriter.submit_unit`) and runs these queries on the
+writer's reader thread. A profile outlives the
 session, as an IM profile does: a user who logs in without a nickname is shown with the one
 stored, and ``get_user_info`` answers for users who are offline.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 
 from signaling_server.store import CallStore
 
-__all__ = ["load_profiles", "save_profile", "user_info_reply"]
+__all__ = ["load_profiles", "user_info_reply"]
 
 _CHUNK = 500
-
-
-def save_profile(
-    store: CallStore, sdk_app_id: int, user_id: str, nickname: str | None, avatar: str | None
-) -> None:
-    """Store the fields given; a field that is None keeps its stored value."""
-    with store.transaction() as conn:
-        conn.execute(
-            "INSERT INTO user_profiles (sdk_app_id, user_id, nickname, avatar, updated_ts) "
-            "VALUES (?, ?, COALESCE(?, ''), COALESCE(?, ''), ?) "
-            "ON CONFLICT (sdk_app_id, user_id) DO UPDATE SET "
-            "nickname = COALESCE(?, nickname), avatar = COALESCE(?, avatar), "
-            "updated_ts = excluded.updated_ts",
-            (sdk_app_id, user_id, nickname, avatar, time.time(), nickname, avatar),
-        )
 
 
 def load_profiles(

@@ -2,7 +2,7 @@
 
 The call core hands out an :class:`~signaling_server.core.OfflinePush` for every invitee that
 rings while not connected (unless the inviter's ``offlinePushInfo.isDisablePush`` is set). The
-server maps it with :func:`push_request` and queues it on a
+server maps it with :func:`push_row` and stores it with the call's record, for a
 :class:`~signaling_server.webhooks.WebhookService` running the :data:`PUSHES` channel: the
 same durable outbox, retries and per-call order as the call-event webhooks, with its own
 endpoint (``/v1/push/...`` in the REST API, :func:`push_commands`), so a slow push backend
@@ -19,6 +19,7 @@ from typing import Any, Final
 from callwire.protocol import PUSH_INFO_DEFAULTS
 from signaling_server.core import OfflinePush
 from signaling_server.http_api import Body, invalid
+from signaling_server.records import OutboxRow
 from signaling_server.webhooks import (
     CallbackConfig,
     CallbackConfigError,
@@ -26,7 +27,7 @@ from signaling_server.webhooks import (
     WebhookService,
 )
 
-__all__ = ["COMMAND", "PUSHES", "push_commands", "push_request", "push_sink"]
+__all__ = ["COMMAND", "PUSHES", "push_commands", "push_request", "push_row"]
 
 PUSHES: Final = Channel("push", "push_config", filtered=False)
 """Offline pushes: outbox rows of kind ``push``, endpoint in ``push_config``."""
@@ -55,15 +56,12 @@ def push_request(push: OfflinePush) -> tuple[dict[str, str], dict[str, Any]]:
     return query, body
 
 
-def push_sink(service: WebhookService) -> Callable[[OfflinePush], None]:
-    """A function that queues each core push on ``service`` (a :data:`PUSHES` service)."""
-
-    def sink(push: OfflinePush) -> None:
-        query, body = push_request(push)
-        service.enqueue(push.call.sdk_app_id, push.call.call_id, COMMAND, COMMAND, query, body,
-                        expires_at=push.expires_at)
-
-    return sink
+def push_row(service: WebhookService, push: OfflinePush) -> OutboxRow | None:
+    """The outbox row of ``push`` on ``service`` (a :data:`PUSHES` service), or None when no
+    push endpoint is configured; the server stores it with the call's record."""
+    query, body = push_request(push)
+    return service.outbox_row(push.call.sdk_app_id, push.call.call_id, COMMAND, COMMAND, query,
+                              body, expires_at=push.expires_at)
 
 
 def _wire(config: CallbackConfig) -> dict[str, Any]:

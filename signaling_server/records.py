@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 from callwire.enums import CallResultType
 
-__all__ = ["ParticipantOutcome", "StoredCall", "snapshot", "users_in_call"]
+__all__ = [
+    "OutboxRow",
+    "ParticipantOutcome",
+    "ProfileUpdate",
+    "StoredCall",
+    "snapshot",
+    "users_in_call",
+]
 
 
 @dataclass
@@ -73,3 +80,34 @@ def snapshot(call: StoredCall) -> StoredCall:
             user: ParticipantOutcome(p.role, p.result_type) for user, p in call.participants.items()
         },
     )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One outbox row to store: a webhook notice or an offline push, already encoded.
+
+    Written in the same transaction as the record it belongs to (the outbox pattern); the
+    sender (:mod:`signaling_server.webhooks`) only ever sends rows that are committed.
+    """
+
+    sdk_app_id: int
+    call_id: str
+    command: str
+    query: str
+    """JSON object: the request's query parameters."""
+    body: str
+    """JSON object: the request's body."""
+    created_at: float
+    kind: str = "callback"
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileUpdate:
+    """A user's nickname and/or avatar to store; a field that is None keeps the stored value."""
+
+    sdk_app_id: int
+    user_id: str
+    nickname: str | None
+    avatar: str | None
+    updated_ts: float

@@ -3,12 +3,16 @@
 Each accepted websocket gets an increasing connection id. Every frame it sends goes to
 :meth:`CallCore.receive`; the core's outputs are carried out in order: frames are queued on
 the target connection (each connection drains its own bounded queue, so a slow reader never
-stalls anyone else and is dropped once its queue overflows), records go to the
-:class:`~signaling_server.store.RecordWriter` thread, record queries run there too, and
-webhook notices go to the :class:`~signaling_server.webhooks.WebhookService` (and an optional
-``notice_sink``), offline pushes to a second service on the push channel
-(:mod:`signaling_server.push`), profile saves and loads to the writer thread
-(:mod:`signaling_server.profiles`). One timer task calls :meth:`CallCore.tick` whenever
+stalls anyone else and is dropped once its queue overflows). The durable outputs of one
+step (records, the outbox rows of its webhook notices and offline pushes, profile changes) go
+to the :class:`~signaling_server.store.RecordWriter` as one unit, written in one
+transaction, and that step's frames are sent only once the unit is committed: a client that
+saw a call end can count on its record being on disk, whenever the server dies. Committed
+outbox rows are handed to the :class:`~signaling_server.webhooks.WebhookService` (call-event
+webhooks) or its second instance on the push channel (:mod:`signaling_server.push`) to
+send; notices also go to an optional ``notice_sink``. Record queries and profile loads run
+on the writer's reader thread, at most ``max_queries_per_conn`` per connection at a time.
+One timer task calls :meth:`CallCore.tick` whenever
 :meth:`CallCore.next_deadline` passes. With ``http_port`` set, the REST API
 (:mod:`signaling_server.http_api`, with the groups of :mod:`signaling_server.group_api`) and
 the browser client (:mod:`signaling_server.web`) listen on their own port. With ``tls`` set,
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -57,10 +63,10 @@ from signaling_server.core import (
 )
 from signaling_server.group_api import GroupService, group_commands, load_groups
 from signaling_server.groups import GroupDirectory
-from signaling_server.http_api import HttpApi, HttpApiConfig
-from signaling_server.push import PUSHES, push_commands, push_sink
-from signaling_server.records import StoredCall
-from signaling_server.store import CallStore, RecordWriter
+from signaling_server.http_api import Body, HttpApi, HttpApiConfig
+from signaling_server.push import PUSHES, push_commands, push_row
+from signaling_server.records import OutboxRow, ProfileUpdate, StoredCall
+from signaling_server.store import CallStore, RecordWriter, StoreBusy
 from signaling_server.tls import ServerTls, TlsFiles
 from signaling_server.webhooks import WebhookService, WebhookSettings
 
@@ -124,6 +130,9 @@ class ServerConfig:
     """The browser client's files, served on the HTTP port."""
     public_ws_url: str | None = None
     """The websocket URL browsers use when it is not this host's port (a reverse proxy)."""
+    max_queries_per_conn: int = 4
+    """Record queries (recent calls, deletions, user info) in flight per connection; more get
+    error 4290 at once."""
 
 
 class _Peer:
@@ -139,7 +148,7 @@ class _Peer:
         self._server = server
         self.conn_id = conn_id
         self.ws = ws
-        self._queue: collections.deque[str] = collections.deque()
+        self._queue: collections.deque[str | asyncio.Future[Any]] = collections.deque()
         self._queued = 0
         self._close: tuple[int, str] | None = None
         self.writer: asyncio.Task[None] | None = None
@@ -181,6 +190,13 @@ class _Peer:
             return
         self._wake()
 
+    def gate(self, until: asyncio.Future[Any]) -> None:
+        """Hold every frame sent from now on until ``until`` is done (a commit), in order."""
+        if self._close is not None or self.dropped or until.done():
+            return
+        self._queue.append(until)
+        self._wake()
+
     def close(self, code: int, reason: str) -> None:
         """Close after every frame queued so far has been sent."""
         if self._close is not None or self.dropped:
@@ -212,10 +228,13 @@ class _Peer:
         timeout = self._server.config.send_timeout
         try:
             while self._queue:
-                text = self._queue.popleft()
-                self._queued -= len(text)
+                item = self._queue.popleft()
+                if not isinstance(item, str):
+                    await asyncio.shield(item)  # shared by every peer of that step
+                    continue
+                self._queued -= len(item)
                 async with asyncio.timeout(timeout):
-                    await self.ws.send(text)
+                    await self.ws.send(item)
             if self._close is not None:
                 await self.ws.close(*self._close)
         except ConnectionClosed:
@@ -242,11 +261,13 @@ class SignalingServer:
         self.core = CallCore(config.sdk_app_id, self._verify_sig, config.core, self.groups)
         self._ws_server: Server | None = None
         self._writer: RecordWriter | None = None
+        self._store: CallStore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queries: collections.Counter[int] = collections.Counter()
         self.webhooks: WebhookService | None = None
         """The call-event webhook service, once started."""
         self.pushes: WebhookService | None = None
         """The offline push service (the push channel of the outbox), once started."""
-        self._push: Callable[[OfflinePush], None] | None = None
         self.http_api: HttpApi | None = None
         """The REST API and the browser client, once started with ``http_port`` set."""
         self.tls: ServerTls | None = None
@@ -320,13 +341,11 @@ class SignalingServer:
                 self._stopped.set()
                 raise
         context = self.tls.context if self.tls is not None else None
+        self._loop = asyncio.get_running_loop()
         store = await asyncio.to_thread(CallStore, self.config.db)
+        self._store = store
         self._writer = RecordWriter(store)
         try:
-            now = time.time()
-            interrupted = await self._writer.run_query(store.interrupt_open_calls, now)
-            if interrupted:
-                logger.info("%d call(s) left open by the last run interrupted", len(interrupted))
             cfg = self.config
             self.webhooks = WebhookService(
                 store, cfg.sdk_app_id, cfg.webhooks, writer=self._writer
@@ -336,11 +355,9 @@ class SignalingServer:
                 store, cfg.sdk_app_id, cfg.webhooks, writer=self._writer, channel=PUSHES
             )
             await self.pushes.start()
-            self._push = push_sink(self.pushes)
-            for group in await self._writer.run_query(load_groups, store, cfg.sdk_app_id):
+            for group in await self._writer.run_read(load_groups, store, cfg.sdk_app_id):
                 self.groups.put(group)
-            for call in interrupted:
-                self._notify_interrupted_after_crash(call, now)
+            await self._interrupt_open_calls(time.time())
             if cfg.http_port is not None:
                 groups = GroupService(store, cfg.sdk_app_id, self.groups, writer=self._writer)
                 self.http_api = HttpApi(
@@ -350,7 +367,8 @@ class SignalingServer:
                     store,
                     self.webhooks,
                     writer=self._writer,
-                    extra_commands={**group_commands(groups), **push_commands(self.pushes)},
+                    extra_commands={**group_commands(groups), **push_commands(self.pushes),
+                                    "server/get_stats": self._rest_stats},
                 )
                 web.install(self.http_api.app, self._web_client())
                 await self.http_api.start(cfg.host, cfg.http_port, ssl_context=context)
@@ -500,10 +518,13 @@ class SignalingServer:
     def _execute(self, outputs: list[Output]) -> None:
         """Carry out the core's outputs in order, then re-arm the timer if needed.
 
-        The frames for one connection are gathered and handed over together (one socket
-        write), before that connection's Close if there is one; the order of the frames on
-        each connection is the core's.
+        The durable outputs go to the writer as one unit first; every frame of this step
+        waits behind that unit's commit (:meth:`_Peer.gate`, so later frames to the same
+        connection stay behind it too). The frames for one connection are gathered and handed
+        over together (one socket write), before that connection's Close if there is one; the
+        order of the frames on each connection is the core's.
         """
+        gate = self._persist(outputs)
         frames: dict[int, list[str]] = {}
         for out in outputs:
             if isinstance(out, Send):
@@ -516,69 +537,141 @@ class SignalingServer:
                 peer = self._peers.get(out.conn)
                 pending = frames.pop(out.conn, None)
                 if peer is not None:
+                    if gate is not None:
+                        peer.gate(gate)
                     if pending:
                         peer.send_many(pending)
                     peer.close(out.code, out.reason)
-            elif isinstance(out, SaveCall):
-                self._save(out)
             elif isinstance(out, StoreRequest):
-                self._spawn(self._store_request(out), f"signaling-store-{out.conn}")
+                self._store_request(out)
             elif isinstance(out, Notice):
                 self._deliver_notice(out)
-            elif isinstance(out, OfflinePush):
-                if self._push is not None:
-                    self._push(out)
-            elif isinstance(out, SaveProfile | LoadProfile):
-                self._spawn(self._profile(out), f"signaling-profile-{out.user_id}")
+            elif isinstance(out, LoadProfile):
+                self._spawn(self._load_profile(out), f"signaling-profile-{out.user_id}")
         for conn, texts in frames.items():
             peer = self._peers.get(conn)
             if peer is not None:
+                if gate is not None:
+                    peer.gate(gate)
                 peer.send_many(texts)
         if self.core.next_deadline() != self._armed:
             self._rearm.set()
 
-    def _save(self, out: SaveCall) -> None:
-        if self._writer is None or self._writer.closed:
-            logger.error("call %s not recorded: the record writer is closed", out.call.call_id)
-            return
-        self._writer.submit(out.call)
+    def _persist(self, outputs: Sequence[Output]) -> asyncio.Future[bool] | None:
+        """Submit the step's records, outbox rows and profile changes as one unit; a future
+        done once it was written (or its first attempt failed), None if there is nothing."""
+        calls: list[StoredCall] = []
+        rows: list[tuple[WebhookService, OutboxRow]] = []
+        changes: list[ProfileUpdate] = []
+        for out in outputs:
+            if isinstance(out, SaveCall):
+                calls.append(out.call)
+            elif isinstance(out, Notice):
+                if self.webhooks is not None and (row := self.webhooks.notice_row(out)):
+                    rows.append((self.webhooks, row))
+            elif isinstance(out, OfflinePush):
+                if self.pushes is not None and (row := push_row(self.pushes, out)):
+                    rows.append((self.pushes, row))
+            elif isinstance(out, SaveProfile):
+                changes.append(ProfileUpdate(
+                    out.sdk_app_id, out.user_id, out.nickname, out.avatar, time.time()
+                ))
+        if not calls and not rows and not changes:
+            return None
+        writer = self._writer
+        if writer is None or writer.closed:
+            logger.error("calls %s and %d outbox row(s) not stored: the record writer is "
+                         "closed", [c.call_id for c in calls], len(rows))
+            return None
+        unit = writer.submit_unit(calls, [row for _, row in rows], changes)
+        if rows:
+            unit.committed.add_done_callback(functools.partial(self._outbox_committed, rows))
+        return asyncio.wrap_future(unit.attempted)
 
-    def _notify_interrupted_after_crash(self, call: StoredCall, now: float) -> None:
-        """``call_interrupted`` for a call the last run left open (it died without a stop).
+    def _outbox_committed(
+        self,
+        rows: list[tuple[WebhookService, OutboxRow]],
+        committed: concurrent.futures.Future[list[int]],
+    ) -> None:
+        """On the writer thread: hand the committed rows to their services, on the loop."""
+        if committed.exception() is not None or self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the next run sends them
+            self._loop.call_soon_threadsafe(self._adopt, rows, committed.result())
+
+    @staticmethod
+    def _adopt(rows: list[tuple[WebhookService, OutboxRow]], ids: list[int]) -> None:
+        for (service, row), row_id in zip(rows, ids, strict=True):
+            service.adopt(row, row_id)
+
+    async def _interrupt_open_calls(self, now: float) -> None:
+        """End the calls the last run left open (it died without a stop) as ``interrupt``,
+        with their ``call_interrupted`` notices in the same transaction.
 
         The record does not say who was still connected when it died; the caller and every
         invitee who had answered were in the call.
         """
-        for user_id, outcome in call.participants.items():
-            caller = outcome.role == CallRole.CALLER
-            if caller or outcome.result_type == CallResultType.INCOMING:
-                self._deliver_notice(Notice(
-                    "call_interrupted", user_id, "caller" if caller else "called", call, now,
-                    client_ip="", platform="",
-                ))
+        assert self._writer is not None and self._store is not None
+        calls = await self._writer.run_read(self._store.open_calls)
+        if not calls:
+            return
+        outputs: list[Output] = []
+        for call in calls:
+            call.result, call.end_ts = "interrupt", now
+            outputs.append(SaveCall(call))
+            for user_id, outcome in call.participants.items():
+                caller = outcome.role == CallRole.CALLER
+                if caller or outcome.result_type == CallResultType.INCOMING:
+                    outputs.append(Notice(
+                        "call_interrupted", user_id, "caller" if caller else "called", call,
+                        now, client_ip="", platform="",
+                    ))
+        committed = self._persist(outputs)
+        for out in outputs:
+            if isinstance(out, Notice):
+                self._deliver_notice(out)
+        if committed is not None and not await committed:
+            logger.error("the %d call(s) left open by the last run are not marked interrupted "
+                         "yet: the record store is failing (retrying)", len(calls))
+        logger.info("%d call(s) left open by the last run interrupted", len(calls))
 
     def _deliver_notice(self, notice: Notice) -> None:
-        for sink in (self.webhooks.notice_sink if self.webhooks else None, self.notice_sink):
-            if sink is None:
-                continue
-            try:
-                sink(notice)
-            except Exception:
-                logger.exception("notice sink failed on %s for %s", notice.event, notice.user_id)
+        """Give a notice to ``notice_sink`` (the webhook's row is stored by :meth:`_persist`)."""
+        if self.notice_sink is None:
+            return
+        try:
+            self.notice_sink(notice)
+        except Exception:
+            logger.exception("notice sink failed on %s for %s", notice.event, notice.user_id)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _store_request(self, req: StoreRequest) -> None:
-        writer = self._writer
-        assert writer is not None
-        store = writer.store
+    def _store_request(self, req: StoreRequest) -> None:
+        """Run a record query unless the connection has too many in flight (4290 then)."""
+        if self._queries[req.conn] >= self.config.max_queries_per_conn:
+            self._reply_busy(req, f"{self.config.max_queries_per_conn} record queries are in "
+                             "flight on this connection; wait for their replies, then retry")
+            return
+        self._queries[req.conn] += 1
+        self._spawn(self._run_store_request(req), f"signaling-store-{req.conn}")
+
+    def _reply_busy(self, req: StoreRequest, message: str) -> None:
+        peer = self._peers.get(req.conn)
+        if peer is not None:
+            peer.send(protocol.encode_reply_error(
+                req.request_id, ErrorCode.SERVER_BUSY, f"{req.op}: {message}"
+            ))
+
+    async def _run_store_request(self, req: StoreRequest) -> None:
+        writer, store = self._writer, self._store
+        assert writer is not None and store is not None
         params = req.params
         try:
             if req.op == "recent_calls":
-                records = await writer.run_query(
+                records = await writer.run_read(
                     store.recent_calls,
                     req.sdk_app_id,
                     req.user_id,
@@ -594,7 +687,7 @@ class SignalingServer:
                 )
                 text = protocol.encode_reply_ok(req.request_id, {"deleted": deleted})
             elif req.op == "user_info":
-                users = await writer.run_query(
+                users = await writer.run_read(
                     profiles.user_info_reply, store, req.sdk_app_id, params["userIDList"],
                     params["known"],
                 )
@@ -603,39 +696,49 @@ class SignalingServer:
                 raise ValueError(f"unknown store operation {req.op!r}")
         except asyncio.CancelledError:
             raise
+        except StoreBusy:
+            self._reply_busy(req, "the record store is busy; retry in a moment")
+            return
         except Exception:
             logger.exception("record query %s for %s failed", req.op, req.user_id)
             text = protocol.encode_reply_error(
                 req.request_id, ErrorCode.INTERNAL, f"{req.op}: the record store failed"
             )
+        finally:
+            self._queries[req.conn] -= 1
+            if self._queries[req.conn] <= 0:
+                del self._queries[req.conn]
         peer = self._peers.get(req.conn)
         if peer is not None:
             peer.send(text)
 
-    async def _profile(self, out: SaveProfile | LoadProfile) -> None:
-        """Save a profile, or load one and hand it to the core."""
-        writer = self._writer
-        if writer is None or writer.closed:
+    async def _load_profile(self, out: LoadProfile) -> None:
+        """Load a stored profile and hand it to the core."""
+        writer, store = self._writer, self._store
+        if writer is None or writer.closed or store is None:
             return
         try:
-            if isinstance(out, SaveProfile):
-                # Shielded: a stop cancels this task, not the save it already queued.
-                await asyncio.shield(writer.run_query(
-                    profiles.save_profile, writer.store, out.sdk_app_id, out.user_id,
-                    out.nickname, out.avatar,
-                ))
-                return
-            found = await writer.run_query(
-                profiles.load_profiles, writer.store, out.sdk_app_id, [out.user_id]
+            found = await writer.run_read(
+                profiles.load_profiles, store, out.sdk_app_id, [out.user_id]
             )
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("profile of %s could not be %s", out.user_id,
-                             "saved" if isinstance(out, SaveProfile) else "loaded")
+            logger.exception("profile of %s could not be loaded", out.user_id)
             return
         nickname, avatar = found.get(out.user_id, ("", ""))
         self._execute(self.core.profile_loaded(out.user_id, nickname, avatar, time.time()))
+
+    async def _rest_stats(self, data: dict[str, Any]) -> dict[str, Any]:
+        """REST ``server/get_stats``: the record writer's counters, webhooks pending."""
+        Body(data, ())
+        writer = self._writer
+        return {
+            "store": writer.stats().to_wire() if writer is not None else {},
+            "webhooksPending": self.webhooks.pending if self.webhooks is not None else 0,
+            "pushesPending": self.pushes.pending if self.pushes is not None else 0,
+            "connections": self.connection_count,
+        }
 
     async def _run_timer(self) -> None:
         """Sleep until the core's next deadline (re-armed by :meth:`_execute`), then tick."""

@@ -4,25 +4,46 @@ One row of ``calls`` per call and one row of ``call_participants`` per user of i
 and everyone ever invited). A user's deletion of a record only flags that user's participant
 row, so everyone else still sees the call. Room ids keep their type: the int room 123 and the
 string room ``"123"`` are different rooms, stored in two columns ``room_int`` / ``room_str``.
+
+:class:`RecordStore` is what the writer and the server need from a store (records, their
+outbox rows and profiles written in one transaction; record queries); :class:`CallStore` is
+the SQLite implementation, so another database can stand behind the same interface.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final, ParamSpec, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
-from signaling_server.records import ParticipantOutcome, StoredCall, snapshot
+from signaling_server.records import (
+    OutboxRow,
+    ParticipantOutcome,
+    ProfileUpdate,
+    StoredCall,
+    snapshot,
+)
 
-__all__ = ["SCHEMA_VERSION", "CallStore", "RecordWriter"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CallStore",
+    "PendingWrite",
+    "RecordStore",
+    "RecordWriter",
+    "StoreBusy",
+    "WriterStats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +183,21 @@ _UPSERT_PARTICIPANT: Final = """
 """
 
 
+_UPSERT_PROFILE: Final = """
+    INSERT INTO user_profiles (sdk_app_id, user_id, nickname, avatar, updated_ts)
+    VALUES (?, ?, COALESCE(?, ''), COALESCE(?, ''), ?)
+    ON CONFLICT (sdk_app_id, user_id) DO UPDATE SET
+        nickname = COALESCE(?, nickname), avatar = COALESCE(?, avatar),
+        updated_ts = excluded.updated_ts
+"""
+
+_INSERT_OUTBOX: Final = """
+    INSERT INTO webhook_outbox (sdk_app_id, call_id, command, query, body, created_at,
+                                next_attempt_at, kind, expires_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
 def _call_row(call: StoredCall) -> tuple[Any, ...]:
     room = call.room_id
     if isinstance(room, bool) or not isinstance(room, int | str):
@@ -206,64 +242,113 @@ def _call_from_row(row: sqlite3.Row) -> StoredCall:
     )
 
 
+class RecordStore(Protocol):
+    """What the record writer and the server need from a database of call records.
+
+    Blocking methods, called from the writer's threads. :meth:`save` is the one write of the
+    signaling path: records, their outbox rows and profile changes in one transaction.
+    """
+
+    path: str
+
+    def save(
+        self,
+        calls: Sequence[StoredCall],
+        outbox: Sequence[OutboxRow] = (),
+        profiles: Sequence[ProfileUpdate] = (),
+    ) -> list[int]:
+        """Write everything in one transaction; the ids of the outbox rows, in order."""
+        ...
+
+    def open_calls(self) -> list[StoredCall]:
+        """Every call still in progress, oldest first."""
+        ...
+
+    def close(self) -> None:
+        """Close the database; idempotent."""
+        ...
+
+
 class CallStore:
     """Call records in one SQLite database; every method is synchronous and thread-safe.
 
-    The connection is opened with ``check_same_thread=False`` and every access holds
-    ``self._lock``: the :class:`RecordWriter` worker thread uses a store created on the event
-    loop's thread, and tests or tools may still call it directly. With the writer, its single
-    worker thread is in practice the only user of the connection.
+    Two connections, both opened with ``check_same_thread=False``: the write connection
+    (``self._lock``), used by the :class:`RecordWriter`'s worker thread, and a read connection
+    (``self._read_lock``) for queries, so a long query never holds up a commit: in WAL mode a
+    reader sees the last committed state while the writer goes on. An in-memory database
+    (``":memory:"``) has a single connection for both.
 
-    Durability: a file database runs in WAL mode with ``synchronous=FULL``. Once
-    :meth:`save_calls` returns, the transaction is in the WAL file, so it survives the server
-    being killed (even SIGKILL: the bytes are in the OS already); FULL additionally fsyncs the
-    WAL at every commit, so it also survives an OS crash or power loss, which the default
-    NORMAL level of WAL mode does not promise. Batching commits keeps the fsync cost per
-    record small.
+    Durability: a file database runs in WAL mode with ``synchronous=FULL``. Once :meth:`save`
+    returns, the transaction is in the WAL file, so it survives the server being killed (even
+    SIGKILL: the bytes are in the OS already); FULL additionally fsyncs the WAL at every
+    commit, so it also survives an OS crash or power loss, which the default NORMAL level of
+    WAL mode does not promise. Batching commits keeps the fsync cost per record small.
+    ``busy_timeout`` is how long a write waits for another process's lock before failing
+    (the writer then retries it).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
+        self._read_lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self.open()
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether the database is in memory (one connection, nothing kept)."""
+        return self.path == ":memory:" or self.path.startswith("file::memory:")
+
     def open(self) -> None:
         """Open the database and bring its schema up to date; a no-op when already open."""
-        with self._lock:
+        with self._lock, self._read_lock:
             if self._conn is not None:
                 return
-            in_memory = self.path == ":memory:" or self.path.startswith("file::memory:")
-            if not in_memory:
+            if not self.in_memory:
                 parent = os.path.dirname(os.path.abspath(self.path))
                 os.makedirs(parent, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
+            conn = self._connect()
+            reader: sqlite3.Connection | None = None
             try:
-                conn.row_factory = sqlite3.Row
-                if not in_memory:
+                if not self.in_memory:
                     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                     if str(mode).lower() != "wal":
                         logger.warning("%s: journal mode is %s, not wal", self.path, mode)
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
                 self._migrate(conn)
+                if not self.in_memory:
+                    reader = self._connect()
+                    reader.execute("PRAGMA query_only=ON")
             except BaseException:
                 conn.close()
+                if reader is not None:
+                    reader.close()
                 raise
-            self._conn = conn
+            self._conn, self._reader = conn, reader
             logger.debug("call store %s opened", self.path)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
+        conn.row_factory = sqlite3.Row
+        return conn
 
     def close(self) -> None:
         """Close the database; calling it again does nothing."""
-        with self._lock:
+        with self._lock, self._read_lock:
             if self._conn is None:
                 return
             conn, self._conn = self._conn, None
+            reader, self._reader = self._reader, None
             conn.close()
+            if reader is not None:
+                reader.close()
             logger.debug("call store %s closed", self.path)
 
     @property
@@ -307,7 +392,7 @@ class CallStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """The connection inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, holding the store's lock.
+        """The write connection inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, holding its lock.
 
         For modules that keep their own tables in this database; blocking, so call it from a
         worker thread, never from the event loop.
@@ -317,9 +402,19 @@ class CallStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[sqlite3.Connection]:
-        """The connection (autocommit) while holding the store's lock, for reads."""
-        with self._lock:
-            yield self._connection()
+        """The read connection (autocommit, query only) while holding its lock, for reads.
+
+        It sees what is committed; an in-memory database has only the write connection.
+        """
+        if self._reader is None:
+            with self._lock:
+                yield self._connection()
+            return
+        with self._read_lock:
+            reader = self._reader
+            if reader is None:
+                raise RuntimeError(f"call store {self.path} is closed")
+            yield reader
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -328,14 +423,21 @@ class CallStore:
 
     # ------------------------------------------------------------------ writes
 
-    def save_calls(self, calls: Sequence[StoredCall]) -> None:
-        """Insert or update every call and its participants in one transaction.
+    def save(
+        self,
+        calls: Sequence[StoredCall],
+        outbox: Sequence[OutboxRow] = (),
+        profiles: Sequence[ProfileUpdate] = (),
+    ) -> list[int]:
+        """Insert or update calls, append outbox rows and apply profile changes, all in one
+        transaction; the ids of the new outbox rows, in order.
 
         A participant keeps its deleted flag; participants no longer in a call are dropped.
         """
-        if not calls:
-            return
+        if not calls and not outbox and not profiles:
+            return []
         rows = [_call_row(call) for call in calls]
+        ids: list[int] = []
         with self._transaction() as conn:
             conn.executemany(_UPSERT_CALL, rows)
             for call in calls:
@@ -352,6 +454,27 @@ class CallStore:
                     "AND user_id NOT IN (SELECT value FROM json_each(?))",
                     (call.sdk_app_id, call.call_id, json.dumps(users)),
                 )
+            for new in outbox:
+                cursor = conn.execute(
+                    _INSERT_OUTBOX,
+                    (new.sdk_app_id, new.call_id, new.command, new.query, new.body,
+                     new.created_at, new.created_at, new.kind, new.expires_at),
+                )
+                assert cursor.lastrowid is not None
+                ids.append(cursor.lastrowid)
+            conn.executemany(
+                _UPSERT_PROFILE,
+                [
+                    (p.sdk_app_id, p.user_id, p.nickname, p.avatar, p.updated_ts, p.nickname,
+                     p.avatar)
+                    for p in profiles
+                ],
+            )
+        return ids
+
+    def save_calls(self, calls: Sequence[StoredCall]) -> None:
+        """Insert or update every call and its participants in one transaction."""
+        self.save(calls)
 
     def delete_calls(self, sdk_app_id: int, user_id: str, call_ids: Sequence[str]) -> list[str]:
         """Hide records from ``user_id`` only; the ids that were visible to them and now are not."""
@@ -385,9 +508,9 @@ class CallStore:
 
     def get_call(self, sdk_app_id: int, call_id: str) -> StoredCall | None:
         """The call, or None."""
-        with self._lock:
+        with self.locked() as conn:
             calls = self._load(
-                self._connection(),
+                conn,
                 "SELECT * FROM calls WHERE sdk_app_id = ? AND call_id = ?",
                 (sdk_app_id, call_id),
             )
@@ -395,9 +518,9 @@ class CallStore:
 
     def open_calls(self) -> list[StoredCall]:
         """Every call still in progress (``result == ""``), oldest first."""
-        with self._lock:
+        with self.locked() as conn:
             return self._load(
-                self._connection(),
+                conn,
                 "SELECT * FROM calls WHERE result = '' ORDER BY start_ts, call_id",
                 (),
             )
@@ -435,8 +558,8 @@ class CallStore:
             params.append(int(result_type))
         sql.append("ORDER BY c.start_ts DESC, c.call_id DESC LIMIT ?")
         params.append(max(0, limit))
-        with self._lock:
-            rows = self._connection().execute(" ".join(sql), params).fetchall()
+        with self.locked() as conn:
+            rows = conn.execute(" ".join(sql), params).fetchall()
         records = []
         for row in rows:
             call = _call_from_row(row)
@@ -504,8 +627,8 @@ class CallStore:
             params += [float(after[0]), after[1]]
         sql.append("ORDER BY c.start_ts, c.call_id LIMIT ?")
         params.append(max(0, limit))
-        with self._lock:
-            return self._load(self._connection(), " ".join(sql), params)
+        with self.locked() as conn:
+            return self._load(conn, " ".join(sql), params)
 
     def _load(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[StoredCall]:
         """Calls selected by ``sql`` (``SELECT *`` from calls), with their participants."""
@@ -535,29 +658,142 @@ class CallStore:
 
 # ---------------------------------------------------------------------- the writer
 
-_Job = tuple[str, Any]
+
+class StoreBusy(RuntimeError):
+    """Too many queries (or non-record writes) are waiting for the store: retry later."""
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed write may succeed when tried again (busy, locked, disk full, I/O).
+
+    Anything else (a constraint, a value SQLite cannot store) fails the same way every time.
+    """
+    return isinstance(exc, sqlite3.OperationalError)
+
+
+@dataclass
+class PendingWrite:
+    """One unit of :meth:`RecordWriter.submit_unit`, written in a single transaction."""
+
+    calls: list[StoredCall]
+    outbox: list[OutboxRow]
+    profiles: list[ProfileUpdate]
+    attempted: concurrent.futures.Future[bool] = field(default_factory=concurrent.futures.Future)
+    """Set after the first attempt: True once committed, False when that attempt failed
+    (the unit is kept and retried) or the unit was lost."""
+    committed: concurrent.futures.Future[list[int]] = field(
+        default_factory=concurrent.futures.Future
+    )
+    """The ids of the outbox rows once committed (perhaps after retries); an exception if
+    the unit could never be written."""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    """Counters of a :class:`RecordWriter` (the REST API's ``server/get_stats``)."""
+
+    committed: int
+    """Call records committed (after coalescing versions of a call in one batch)."""
+    commits: int
+    """Transactions committed."""
+    failed_attempts: int
+    """Write attempts that failed; each is logged at ERROR."""
+    retrying: int
+    """Units kept after a failed attempt, waiting for their next try."""
+    lost: int
+    """Units that could never be written (a permanent error, or still failing at close)."""
+    queued: int
+    """Units waiting for the worker."""
+    jobs_queued: int
+    """Other writes (record deletions, groups, delivery results) waiting for the worker."""
+    reads_in_flight: int
+    refused: int
+    """Queries and writes refused with :class:`StoreBusy`."""
+
+    def to_wire(self) -> dict[str, int]:
+        """The REST API's data object (camelCase)."""
+        return {
+            "committedRecords": self.committed,
+            "commits": self.commits,
+            "failedAttempts": self.failed_attempts,
+            "retrying": self.retrying,
+            "lost": self.lost,
+            "queued": self.queued,
+            "jobsQueued": self.jobs_queued,
+            "readsInFlight": self.reads_in_flight,
+            "refused": self.refused,
+        }
+
+
+@dataclass
+class _Job:
+    done: concurrent.futures.Future[Any]
+    fn: Callable[..., Any] | None  # None: a flush
+    after: int  # runs once every unit up to this seq was attempted
 
 
 class RecordWriter:
-    """Commits call records from an asyncio server in batches on one worker thread.
+    """Writes call records from an asyncio server on one worker thread; queries on another.
 
-    :meth:`submit` never blocks; the worker drains the queue, keeps only the latest version of
-    each call in a batch of up to ``max_batch`` calls and commits the batch in one transaction.
+    Records first: :meth:`submit_unit` queues records, their outbox rows and profile changes as
+    one unit (never refused, never blocks); the worker takes every queued unit (up to
+    ``max_batch``), keeps the latest version of each call and commits them in one transaction
+    (group commit: one fsync for the whole batch), then runs at most one other write
+    (:meth:`run_query`: deletions, groups, webhook delivery results) before it looks at the
+    records again, so those never hold a commit up for long. Queries (:meth:`run_read`) run
+    on their own thread and connection. Both other queues are bounded: beyond ``max_jobs``
+    writes waiting or ``max_reads`` queries in flight, :class:`StoreBusy` is raised at once.
+
+    A write that fails with a transient error (database locked or busy, disk full, I/O
+    error) is kept, with every unit after it in order, and retried with exponential backoff
+    from ``retry_initial_s`` to ``retry_max_s``; each failure is logged at ERROR and counted
+    (:meth:`stats`). A unit that fails for any other reason (a value SQLite refuses) would fail
+    forever: it is logged, counted as lost, and the others go on.
+
     :meth:`flush`, :meth:`run_query` and :meth:`close` are ordered after every earlier submit.
     The thread is not a daemon, so queued records are written before the process exits; if
     the owner never calls :meth:`close`, the worker finishes the queue and stops on its own
     once the main thread has ended.
     """
 
-    def __init__(self, store: CallStore, *, max_batch: int = 512) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+    def __init__(
+        self,
+        store: RecordStore,
+        *,
+        max_batch: int = 512,
+        max_jobs: int = 1024,
+        max_reads: int = 256,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 30.0,
+        close_retry_s: float = 5.0,
+    ) -> None:
+        if max_batch < 1 or max_jobs < 1 or max_reads < 1:
+            raise ValueError("max_batch, max_jobs and max_reads must be at least 1")
         self.store = store
         self.max_batch = max_batch
-        self.committed = 0  # records committed so far, after coalescing
-        self.failed = 0  # records that could not be written; each failure is logged
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self.max_jobs = max_jobs
+        self.max_reads = max_reads
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.close_retry_s = close_retry_s
+        self.committed = 0
+        self.commits = 0
+        self.failed_attempts = 0
+        self.lost = 0
+        self.refused = 0
+        self._retrying = 0
+        self._reads = 0
+        self._cv = threading.Condition()
+        self._units: collections.deque[PendingWrite] = collections.deque()
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._seq = 0  # last unit submitted
+        self._attempted = 0  # last unit attempted (units are attempted in order)
+        self._stop = False
         self._closing: concurrent.futures.Future[None] | None = None
+        self._read_pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"record-reader:{store.path}"
+        )
         self._thread = threading.Thread(
             target=self._run, name=f"record-writer:{store.path}", daemon=False
         )
@@ -568,128 +804,261 @@ class RecordWriter:
         """Whether :meth:`close` was called."""
         return self._closing is not None
 
+    @property
+    def failed(self) -> int:
+        """Records lost so far (see :attr:`WriterStats.lost`)."""
+        return self.lost
+
+    def stats(self) -> WriterStats:
+        """The counters, at this instant."""
+        with self._cv:
+            return WriterStats(
+                self.committed, self.commits, self.failed_attempts, self._retrying, self.lost,
+                len(self._units), len(self._jobs), self._reads, self.refused,
+            )
+
     def submit(self, call: StoredCall) -> None:
         """Queue a snapshot of ``call`` for writing; returns at once."""
+        self.submit_unit([call])
+
+    def submit_unit(
+        self,
+        calls: Sequence[StoredCall] = (),
+        outbox: Sequence[OutboxRow] = (),
+        profiles: Sequence[ProfileUpdate] = (),
+    ) -> PendingWrite:
+        """Queue snapshots of ``calls`` with ``outbox`` rows and ``profiles``, to be written in
+        one transaction; returns at once (watch the result's futures)."""
         if self._closing is not None:
             raise RuntimeError("record writer is closed")
-        self._queue.put(("call", snapshot(call)))
+        unit = PendingWrite([snapshot(c) for c in calls], list(outbox), list(profiles))
+        with self._cv:
+            self._seq += 1
+            unit.seq = self._seq
+            self._units.append(unit)
+            self._cv.notify()
+        return unit
 
     async def flush(self) -> None:
-        """Wait until every call submitted before this one is committed."""
+        """Wait until every unit submitted before this one was attempted (committed unless
+        writes are failing)."""
         if self._closing is not None:
             await asyncio.wrap_future(self._closing)
             return
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._queue.put(("flush", done))
+        self._put_job(_Job(done, None, 0), bounded=False)
         await asyncio.wrap_future(done)
 
     async def run_query(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` on the worker thread, after every earlier submit."""
+        """Run the write ``fn(*args, **kwargs)`` on the worker thread, after every earlier
+        submit; :class:`StoreBusy` when ``max_jobs`` writes are already waiting."""
         if self._closing is not None:
             raise RuntimeError("record writer is closed")
         done: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put(("query", (done, fn, args, kwargs)))
+        self._put_job(_Job(done, functools.partial(fn, *args, **kwargs), 0), bounded=True)
         return await asyncio.wrap_future(done)
 
+    async def run_read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run the query ``fn(*args, **kwargs)`` on the reader thread (it sees what is
+        committed); :class:`StoreBusy` when ``max_reads`` queries are in flight."""
+        if self._closing is not None:
+            raise RuntimeError("record writer is closed")
+        if self._reads >= self.max_reads:
+            self.refused += 1
+            raise StoreBusy(f"{self._reads} record queries are already waiting")
+        self._reads += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._read_pool, functools.partial(fn, *args, **kwargs)
+            )
+        finally:
+            self._reads -= 1
+
+    def _put_job(self, job: _Job, *, bounded: bool) -> None:
+        with self._cv:
+            if bounded and len(self._jobs) >= self.max_jobs:
+                self.refused += 1
+                raise StoreBusy(f"{len(self._jobs)} store writes are already waiting")
+            job.after = self._seq
+            self._jobs.append(job)
+            self._cv.notify()
+
     async def close(self) -> None:
-        """Write everything queued, stop the thread and close the store; idempotent."""
+        """Write everything queued, stop the threads and close the store; idempotent."""
         if self._closing is None:
             self._closing = concurrent.futures.Future()
-            self._queue.put(("stop", None))
+            await asyncio.to_thread(self._read_pool.shutdown, True)
+            with self._cv:
+                self._stop = True
+                self._cv.notify()
         await asyncio.wrap_future(self._closing)
         await asyncio.to_thread(self._thread.join)
 
     # ------------------------------------------------------------------ worker thread
 
     def _run(self) -> None:
-        pending: dict[tuple[int, str], StoredCall] = {}
-        stopping = False
+        kept: list[PendingWrite] = []  # failed transiently; retried first, in order
+        delay = self.retry_initial_s
+        retry_at = 0.0
         try:
-            while not stopping:
-                try:
-                    job = self._queue.get(timeout=0.5)
-                except queue.Empty:
-                    if not threading.main_thread().is_alive():
-                        logger.warning("record writer was never closed; stopping at exit")
-                        break
-                    continue
-                while True:
-                    kind, payload = job
-                    if kind == "call":
-                        # pop first so the latest version also takes the latest position
-                        key = (payload.sdk_app_id, payload.call_id)
-                        pending.pop(key, None)
-                        pending[key] = payload
-                        if len(pending) >= self.max_batch:
-                            self._commit(pending)
-                    else:
-                        self._commit(pending)
-                        if kind == "stop":
-                            stopping = True
+            while True:
+                with self._cv:
+                    while True:
+                        now = time.monotonic()
+                        if self._units or self._stop:
                             break
-                        self._control(kind, payload)
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                self._commit(pending)
+                        if self._jobs and self._jobs[0].after <= self._attempted:
+                            break
+                        if kept and now >= retry_at:
+                            break
+                        if not threading.main_thread().is_alive() and not self._jobs:
+                            logger.warning("record writer was never closed; stopping at exit")
+                            self._stop = True
+                            break
+                        wait = 0.5 if not kept else min(0.5, max(0.0, retry_at - now))
+                        self._cv.wait(wait)
+                    units = [self._units.popleft()
+                             for _ in range(min(self.max_batch, len(self._units)))]
+                    stopping = self._stop and not self._units
+                if units or (kept and time.monotonic() >= retry_at):
+                    if kept and time.monotonic() < retry_at:
+                        kept.extend(units)  # behind the failed ones, so versions stay in order
+                        self._release(units)
+                    else:
+                        was_failing = bool(kept)
+                        kept = self._commit(kept + units)
+                        if kept:
+                            delay = (min(self.retry_max_s, delay * 2) if was_failing
+                                     else self.retry_initial_s)
+                            retry_at = time.monotonic() + delay
+                    with self._cv:
+                        self._retrying = len(kept)
+                        if units:
+                            self._attempted = units[-1].seq
+                if stopping:
+                    break
+                self._run_one_job()
         except BaseException:  # pragma: no cover - a bug in the loop itself
             logger.exception("record writer stopped unexpectedly")
             raise
         finally:
-            self._commit(pending)
+            self._finish(kept)
+
+    def _release(self, units: Sequence[PendingWrite]) -> None:
+        """Let whoever waits on these units go on: they are kept for a retry."""
+        for unit in units:
+            if not unit.attempted.done():
+                unit.attempted.set_result(False)
+
+    def _commit(self, units: list[PendingWrite]) -> list[PendingWrite]:
+        """Write ``units`` (one transaction, else one by one); the ones to retry, in order."""
+        if not units:
+            return []
+        try:
+            self._write(units)
+            return []
+        except Exception as exc:
+            self.failed_attempts += 1
+            logger.error("writing %d unit(s) of call records failed (%r); retrying one by one",
+                         len(units), exc)
+        for i, unit in enumerate(units):
+            try:
+                self._write([unit])
+            except Exception as exc:
+                self.failed_attempts += 1
+                if _transient(exc):
+                    logger.error("record store failing (%r): %d unit(s) of call records kept "
+                                 "for a retry", exc, len(units) - i)
+                    self._release(units[i:])
+                    return units[i:]
+                self.lost += 1
+                logger.exception("call records %s can never be written: lost",
+                                 [c.call_id for c in unit.calls])
+                self._release([unit])
+                unit.committed.set_exception(exc)
+        return []
+
+    def _write(self, units: Sequence[PendingWrite]) -> None:
+        calls: dict[tuple[int, str], StoredCall] = {}
+        outbox: list[OutboxRow] = []
+        profiles: list[ProfileUpdate] = []
+        for unit in units:
+            for call in unit.calls:
+                # pop first so the latest version also takes the latest position
+                key = (call.sdk_app_id, call.call_id)
+                calls.pop(key, None)
+                calls[key] = call
+            outbox += unit.outbox
+            profiles += unit.profiles
+        ids = self.store.save(list(calls.values()), outbox, profiles)
+        self.committed += len(calls)
+        self.commits += 1
+        start = 0
+        for unit in units:
+            if not unit.attempted.done():
+                unit.attempted.set_result(True)
+            if not unit.committed.done():
+                unit.committed.set_result(ids[start : start + len(unit.outbox)])
+            start += len(unit.outbox)
+
+    def _run_one_job(self) -> None:
+        with self._cv:
+            if not self._jobs or self._jobs[0].after > self._attempted:
+                return
+            job = self._jobs.popleft()
+        if job.fn is None:
+            job.done.set_result(None)
+            return
+        if not job.done.set_running_or_notify_cancel():
+            return
+        try:
+            result = job.fn()
+        except BaseException as exc:
+            job.done.set_exception(exc)
+        else:
+            job.done.set_result(result)
+
+    def _finish(self, kept: list[PendingWrite]) -> None:
+        """At stop: write what is left (retrying failures for ``close_retry_s``), run the
+        waiting jobs, close the store, answer whatever came after."""
+        try:
+            with self._cv:
+                units = list(self._units)
+                self._units.clear()
+            kept = self._commit(kept + units)
+            deadline = time.monotonic() + self.close_retry_s
+            delay = self.retry_initial_s
+            while kept and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(self.retry_max_s, delay * 2)
+                kept = self._commit(kept)
+            if kept:
+                self.lost += len(kept)
+                logger.error("%d unit(s) of call records could not be written before the "
+                             "writer stopped: lost", len(kept))
+                for unit in kept:
+                    unit.committed.set_exception(RuntimeError("record writer stopped"))
+            with self._cv:
+                self._attempted = self._seq
+                self._retrying = 0
+            while True:
+                with self._cv:
+                    if not self._jobs:
+                        break
+                self._run_one_job()
+        finally:
             self.store.close()
-            self._finish_pending_jobs()
+            with self._cv:
+                self._stop = True
+                late, self._units = list(self._units), collections.deque()
+            for unit in late:  # pragma: no cover - submit refuses once closing
+                self.lost += 1
+                logger.error("call records %s submitted after close were dropped",
+                             [c.call_id for c in unit.calls])
+                self._release([unit])
+                unit.committed.set_exception(RuntimeError("record writer is closed"))
             if self._closing is None:
                 self._closing = concurrent.futures.Future()
             if not self._closing.done():
                 self._closing.set_result(None)
-
-    def _control(self, kind: str, payload: Any) -> None:
-        if kind == "flush":
-            payload.set_result(None)
-            return
-        done, fn, args, kwargs = payload
-        if not done.set_running_or_notify_cancel():
-            return
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            done.set_exception(exc)
-        else:
-            done.set_result(result)
-
-    def _finish_pending_jobs(self) -> None:
-        """Answer whatever was queued after the stop request (the store is closed by now)."""
-        while True:
-            try:
-                kind, payload = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "call":
-                self.failed += 1
-                logger.error("call %s submitted after close was dropped", payload.call_id)
-            elif kind == "flush":
-                payload.set_result(None)
-            elif kind == "query":
-                payload[0].set_exception(RuntimeError("record writer is closed"))
-
-    def _commit(self, pending: dict[tuple[int, str], StoredCall]) -> None:
-        if not pending:
-            return
-        batch = list(pending.values())
-        pending.clear()
-        try:
-            self.store.save_calls(batch)
-        except Exception:
-            logger.exception("batch of %d call records failed; retrying one by one", len(batch))
-            for call in batch:
-                try:
-                    self.store.save_calls([call])
-                except Exception:
-                    self.failed += 1
-                    logger.exception("call record %s could not be written", call.call_id)
-                else:
-                    self.committed += 1
-        else:
-            self.committed += len(batch)

@@ -38,7 +38,7 @@ import aiohttp
 from yarl import URL
 
 from signaling_server.core import Notice
-from signaling_server.records import StoredCall, users_in_call
+from signaling_server.records import OutboxRow, StoredCall, users_in_call
 from signaling_server.store import CallStore, RecordWriter
 
 __all__ = [
@@ -227,18 +227,6 @@ def callback_request(notice: Notice) -> tuple[str, dict[str, str], dict[str, Any
 
 
 @dataclass
-class _NewRow:
-    sdk_app_id: int
-    call_id: str
-    command: str
-    query: str
-    body: str
-    created_at: float
-    kind: str = CALLBACKS.kind
-    expires_at: float | None = None
-
-
-@dataclass
 class _Row:
     id: int
     sdk_app_id: int
@@ -255,7 +243,7 @@ class _Row:
 
 @dataclass
 class _Batch:
-    inserts: list[_NewRow] = field(default_factory=list)
+    inserts: list[OutboxRow] = field(default_factory=list)
     done: list[tuple[str, float, int, str, int]] = field(default_factory=list)
     retries: list[tuple[int, float, str, int]] = field(default_factory=list)
     prune_before: float | None = None
@@ -460,6 +448,57 @@ class WebhookService:
         self.enqueue(notice.call.sdk_app_id, notice.call.call_id, command, notice.event,
                      query, body)
 
+    def notice_row(self, notice: Notice) -> OutboxRow | None:
+        """The outbox row of a core notice's callback, or None when it is not sent.
+
+        For a caller that stores the row itself, in the transaction of the record it belongs
+        to (:meth:`RecordWriter.submit_unit`), then hands it back with :meth:`adopt`.
+        """
+        command, query, body = callback_request(notice)
+        return self.outbox_row(notice.call.sdk_app_id, notice.call.call_id, command,
+                               notice.event, query, body)
+
+    def outbox_row(
+        self,
+        sdk_app_id: int,
+        call_id: str,
+        command: str,
+        event: str,
+        query: dict[str, str],
+        body: dict[str, Any],
+        expires_at: float | None = None,
+    ) -> OutboxRow | None:
+        """The row of one request of this channel, or None when no endpoint is configured,
+        ``event`` is not enabled or the service is closed (counted in :attr:`skipped`)."""
+        if self._closing is not None:
+            logger.warning("%s %s of call %s after close: dropped",
+                           self.channel.kind, command, call_id)
+            return None
+        if self._loaded and not self._enabled(command, event):
+            self.skipped += 1
+            return None
+        return OutboxRow(
+            sdk_app_id,
+            call_id,
+            command,
+            json.dumps(query, separators=(",", ":")),
+            json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+            time.time(),
+            self.channel.kind,
+            expires_at,
+        )
+
+    def adopt(self, row: OutboxRow, row_id: int) -> None:
+        """Send a row someone else committed (see :meth:`notice_row`) as row ``row_id``.
+
+        After :meth:`close` it is left in the outbox for the next run.
+        """
+        if self._closing is not None or not self._started:
+            return
+        self._dispatch(_Row(row_id, row.sdk_app_id, row.call_id, row.command,
+                            json.loads(row.query), row.body.encode("utf-8"), 0, row.created_at,
+                            row.expires_at))
+
     def enqueue(
         self,
         sdk_app_id: int,
@@ -472,26 +511,10 @@ class WebhookService:
     ) -> None:
         """Queue one request of this channel for ``call_id`` (in order after the call's earlier
         ones) unless no endpoint is configured or ``event`` is not enabled; never blocks."""
-        if self._closing is not None:
-            logger.warning("%s %s of call %s after close: dropped",
-                           self.channel.kind, command, call_id)
-            return
-        if self._loaded and not self._enabled(command, event):
-            self.skipped += 1
-            return
-        self._batch.inserts.append(
-            _NewRow(
-                sdk_app_id,
-                call_id,
-                command,
-                json.dumps(query, separators=(",", ":")),
-                json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-                time.time(),
-                self.channel.kind,
-                expires_at,
-            )
-        )
-        self._db_wake.set()
+        row = self.outbox_row(sdk_app_id, call_id, command, event, query, body, expires_at)
+        if row is not None:
+            self._batch.inserts.append(row)
+            self._db_wake.set()
 
     def _enabled(self, command: str, event: str) -> bool:
         config = self._config

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from signaling_server.records import ParticipantOutcome, StoredCall
+from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
 from signaling_server.store import CallStore, RecordWriter
 
 APP = 1400000001
@@ -44,10 +44,15 @@ class BatchLog(CallStore):
         super().__init__(path)
         self.batches: list[list[str]] = []
 
-    def save_calls(self, calls: Sequence[StoredCall]) -> None:
+    def save(
+        self,
+        calls: Sequence[StoredCall],
+        outbox: Sequence[OutboxRow] = (),
+        profiles: Sequence[ProfileUpdate] = (),
+    ) -> list[int]:
         """Record the batch, then save it."""
         self.batches.append([c.call_id for c in calls])
-        super().save_calls(calls)
+        return super().save(calls, outbox, profiles)
 
 
 async def hold_worker(writer: RecordWriter) -> tuple[threading.Event, asyncio.Task[bool]]:
@@ -203,7 +208,7 @@ async def test_close_writes_the_queue_and_is_idempotent(tmp_path: Path) -> None:
 _NEVER_CLOSED = textwrap.dedent(
     """
     import sys
-    from signaling_server.records import ParticipantOutcome, StoredCall
+    from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
     from signaling_server.store import CallStore, RecordWriter
 
     writer = RecordWriter(CallStore(sys.argv[1]))
