@@ -15,8 +15,6 @@ WebRTC) are in a video call when it dies:
 from __future__ import annotations
 
 import asyncio
-import re
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,52 +27,10 @@ from callclient.media.deviceset import DeviceSet
 from callclient.types import CallMediaType
 from signaling_server.store import CallStore
 from tests.helpers.engine import Party, Recorder, connect, frames_advance
-from tests.helpers.servers import APP, KEY, sig
+from tests.helpers.serverproc import ServerProcess
+from tests.helpers.servers import APP, sig
 
 DEAD_FOR_S = 2.5
-
-
-class ServerProcess:
-    """``python -m signaling_server`` on a file database; ``start`` returns once it listens."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db
-        self.port = 0
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Start on ``self.port`` (0 the first time: any free port, read back)."""
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "signaling_server", "--port", str(self.port),
-            "--db", str(self.db), "--sdkappid", str(APP), "--secret-key", KEY,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert self.process.stdout is not None
-        line = (await asyncio.wait_for(self.process.stdout.readline(), 15)).decode()
-        match = re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line)
-        assert match, f"unexpected server output {line!r}"
-        self.port = int(match.group(1))
-
-    @property
-    def url(self) -> str:
-        """The websocket URL."""
-        return f"ws://127.0.0.1:{self.port}"
-
-    async def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM killer would."""
-        assert self.process is not None
-        self.process.kill()
-        assert await self.process.wait() == -9
-
-    async def stop(self) -> None:
-        """SIGTERM (a graceful stop) if still running."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
 
 
 @pytest.fixture
