@@ -325,6 +325,14 @@ class SignalingServer:
             self.tls.reload()
 
     @property
+    def records(self) -> RecordWriter:
+        """The record writer (counters in :meth:`RecordWriter.stats`); RuntimeError before
+        :meth:`start`."""
+        if self._writer is None:
+            raise RuntimeError("server is not started")
+        return self._writer
+
+    @property
     def connection_count(self) -> int:
         """Open websocket connections."""
         return len(self._peers)

@@ -960,9 +960,14 @@ class RecordWriter:
             return []
         except Exception as exc:
             self.failed_attempts += 1
-            logger.error("writing %d unit(s) of call records failed (%r); retrying one by one",
-                         len(units), exc)
-        for i, unit in enumerate(units):
+            if _transient(exc):
+                logger.error("record store failing (%r): %d unit(s) of call records kept "
+                             "for a retry", exc, len(units))
+                self._release(units)
+                return units
+            logger.error("writing %d unit(s) of call records failed (%r); writing them one "
+                         "by one", len(units), exc)
+        for i, unit in enumerate(units):  # find the unit that can never be written
             try:
                 self._write([unit])
             except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
-from signaling_server.store import CallStore, RecordWriter
+from signaling_server.store import CallStore, RecordWriter, StoreBusy
 
 APP = 1400000001
 
@@ -209,7 +210,7 @@ _NEVER_CLOSED = textwrap.dedent(
     """
     import sys
     from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
-    from signaling_server.store import CallStore, RecordWriter
+    from signaling_server.store import CallStore, RecordWriter, StoreBusy
 
     writer = RecordWriter(CallStore(sys.argv[1]))
     for i in range(50):
@@ -236,3 +237,160 @@ def test_unclosed_writer_finishes_at_exit(tmp_path: Path) -> None:
     store = CallStore(str(path))
     assert len(store.find_calls(1)) == 50
     store.close()
+
+
+# ---------------------------------------------------------------------- issue 12 items 5 and 8
+
+
+async def test_a_stuck_query_does_not_hold_up_commits(tmp_path: Path) -> None:
+    """Queries run on their own thread and connection: records commit while one is stuck."""
+    store = CallStore(str(tmp_path / "calls.db"))
+    writer = RecordWriter(store)
+    release, busy = threading.Event(), threading.Event()
+
+    def stuck() -> bool:
+        busy.set()
+        return release.wait(30)
+
+    query = asyncio.ensure_future(writer.run_read(stuck))
+    await asyncio.to_thread(busy.wait, 10)
+    unit = writer.submit_unit([make_call("c1", result="normal_end")])
+    assert await asyncio.wait_for(asyncio.wrap_future(unit.attempted), 10) is True
+    assert not query.done()
+    other = CallStore(str(tmp_path / "calls.db"))
+    stored = other.get_call(APP, "c1")
+    other.close()
+    assert stored is not None and stored.result == "normal_end"
+    release.set()
+    assert await query
+    thread = await writer.run_read(threading.current_thread)
+    assert thread.name.startswith("record-reader")
+    await writer.close()
+
+
+async def test_queries_beyond_the_bound_are_refused_at_once() -> None:
+    """With max_reads queries in flight the next one raises StoreBusy; nothing queues up."""
+    writer = RecordWriter(CallStore(":memory:"), max_reads=2)
+    release = threading.Event()
+    held = [asyncio.ensure_future(writer.run_read(release.wait, 30)) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(StoreBusy):
+        await writer.run_read(writer.store.open_calls)
+    assert writer.stats().refused == 1 and writer.stats().reads_in_flight == 2
+    release.set()
+    assert await asyncio.gather(*held) == [True, True]
+    assert await writer.run_read(writer.store.open_calls) == []
+    await writer.close()
+
+
+async def test_other_writes_beyond_the_bound_are_refused_records_never() -> None:
+    """max_jobs other writes waiting: the next raises StoreBusy; records are still accepted."""
+    writer = RecordWriter(CallStore(":memory:"), max_jobs=2)
+    release, held = await hold_worker(writer)
+    waiting = [asyncio.ensure_future(writer.run_query(lambda: 1)) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(StoreBusy):
+        await writer.run_query(lambda: 2)
+    units = [writer.submit_unit([make_call(f"c{i}")]) for i in range(50)]
+    release.set()
+    await held
+    assert await asyncio.gather(*waiting) == [1, 1]
+    await writer.flush()
+    assert all(u.committed.result() == [] for u in units)
+    assert writer.committed == 50
+    await writer.close()
+
+
+async def test_records_commit_before_waiting_writes() -> None:
+    """Units queued behind other writes are committed before those writes run (priority)."""
+    store = BatchLog(":memory:")
+    writer = RecordWriter(store)
+    release, held = await hold_worker(writer)
+    order: list[str] = []
+    jobs = [asyncio.ensure_future(writer.run_query(order.append, f"job{i}")) for i in range(3)]
+    await asyncio.sleep(0)
+    unit = writer.submit_unit([make_call("late")])
+    unit.attempted.add_done_callback(lambda _: order.append("commit"))
+    release.set()
+    await held
+    await asyncio.gather(*jobs)
+    # job0 waited for nothing; the unit came after it but is committed before job1 and job2
+    assert order.index("commit") <= 1 and order[-2:] == ["job1", "job2"]
+    await writer.close()
+
+
+async def test_a_write_failing_transiently_is_kept_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process holds the write lock (SQLITE_BUSY): the record is kept, retried with
+    backoff, logged and counted, and committed once the lock is gone; nothing is lost."""
+    path = str(tmp_path / "calls.db")
+    writer = RecordWriter(CallStore(path, busy_timeout=0.02), retry_initial_s=0.02,
+                          retry_max_s=0.2)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    unit = writer.submit_unit([make_call("c1", result="normal_end")])
+    assert await asyncio.wait_for(asyncio.wrap_future(unit.attempted), 10) is False
+    later = writer.submit_unit([make_call("c2")])
+    for _ in range(500):  # 4 attempts take about 0.02 + 0.04 + 0.08 s plus busy timeouts
+        if writer.stats().failed_attempts >= 4:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail(f"only {writer.stats().failed_attempts} attempts in 10 s")
+    stats = writer.stats()
+    assert stats.retrying == 2 and stats.lost == 0 and not unit.committed.done()
+    blocker.execute("COMMIT")
+    blocker.close()
+    assert await asyncio.wait_for(asyncio.wrap_future(unit.committed), 10) == []
+    await asyncio.wait_for(asyncio.wrap_future(later.committed), 10)
+    assert writer.stats().retrying == 0 and writer.lost == 0
+    assert sum("kept for a retry" in r.message for r in caplog.records if
+               r.levelname == "ERROR") >= 3
+    await writer.close()
+    store = CallStore(path)
+    assert [c.call_id for c in store.find_calls(APP)] == ["c1", "c2"]
+    store.close()
+
+
+async def test_later_versions_wait_behind_a_failing_one(tmp_path: Path) -> None:
+    """While a unit is kept for a retry, later versions of the same call queue behind it, so
+    the newest version is the one left in the database."""
+    path = str(tmp_path / "calls.db")
+    writer = RecordWriter(CallStore(path, busy_timeout=0.02), retry_initial_s=0.05,
+                          retry_max_s=0.1)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    first = writer.submit_unit([make_call("c1")])
+    await asyncio.wrap_future(first.attempted)
+    last = writer.submit_unit([make_call("c1", result="normal_end")])
+    blocker.execute("COMMIT")
+    blocker.close()
+    await asyncio.wait_for(asyncio.wrap_future(last.committed), 10)
+    stored = await writer.run_read(writer.store.open_calls)
+    assert stored == []
+    await writer.close()
+    store = CallStore(path)
+    call = store.get_call(APP, "c1")
+    store.close()
+    assert call is not None and call.result == "normal_end"
+
+
+async def test_outbox_rows_are_written_with_their_record(tmp_path: Path) -> None:
+    """A unit's record and outbox rows are one transaction: a row that cannot be stored keeps
+    its record out too (and the unit is counted lost, loudly)."""
+    store = CallStore(str(tmp_path / "calls.db"))
+    writer = RecordWriter(store)
+    row = OutboxRow(APP, "c1", "caller_call_end", "{}", "{}", 1000.0)
+    good = writer.submit_unit([make_call("c1", result="normal_end")], [row, row])
+    assert len(await asyncio.wrap_future(good.committed)) == 2
+    with store.transaction() as conn:
+        conn.execute("CREATE TRIGGER no_outbox BEFORE INSERT ON webhook_outbox "
+                     "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    bad = writer.submit_unit([make_call("c2", result="normal_end")], [row])
+    assert await asyncio.wrap_future(bad.attempted) is False
+    with pytest.raises(sqlite3.IntegrityError):
+        await asyncio.wrap_future(bad.committed)
+    assert await writer.run_read(store.get_call, APP, "c2") is None
+    assert writer.stats().lost == 1
+    await writer.close()

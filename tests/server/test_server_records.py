@@ -1,0 +1,198 @@
+"""The server and its record store (issue 12 items 5 to 8), in process on a file database.
+
+* a step's frames go out only after its records are committed (item 6, in process; the
+  SIGKILL version is tests/system/test_server_kill_records.py);
+* a record and its webhook notices are stored together or not at all, at start-up
+  ("open calls → interrupt") as during a call (item 7);
+* record queries are limited per connection, refused with 4290 beyond (item 5);
+* the writer's counters are in the REST API's ``server/get_stats`` (item 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+from callwire import protocol
+from callwire.codes import ErrorCode
+from signaling_server.records import ParticipantOutcome, StoredCall
+from signaling_server.store import CallStore
+from signaling_server.webhooks import EVENTS
+from tests.helpers.rest import rest
+from tests.helpers.servers import APP, new_server
+from tests.helpers.wsclient import WsClient
+
+UNREACHABLE_URL = "http://127.0.0.1:9/callbacks"
+REFUSE_OUTBOX = ("CREATE TRIGGER refuse_outbox BEFORE INSERT ON webhook_outbox "
+                 "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END")
+
+
+def prepare(db: Path, *statements: str, open_call: bool = False) -> None:
+    """Callbacks configured (every event, unreachable URL), optionally a call left open by a
+    crash, then ``statements``."""
+    store = CallStore(str(db))
+    try:
+        with store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO callback_config (sdk_app_id, url, events, created_ts, updated_ts) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (APP, UNREACHABLE_URL, json.dumps(EVENTS), time.time(), time.time()),
+            )
+        if open_call:
+            store.save_calls([StoredCall(
+                call_id="crashed", sdk_app_id=APP, caller="alice", callees=["bob"], scene=2,
+                media_type=1, room_id=7, group_id="", start_ts=100.0, accept_ts=101.0,
+                end_ts=None, result="",
+                participants={"alice": ParticipantOutcome(1, 3), "bob": ParticipantOutcome(2, 2)},
+            )])
+        with store.transaction() as conn:
+            for statement in statements:
+                conn.execute(statement)
+    finally:
+        store.close()
+
+
+def stored(db: Path) -> tuple[dict[str, str], list[str]]:
+    """``{call_id: result}`` and the outbox rows' ``call_id:command``, read from the file."""
+    store = CallStore(str(db))
+    try:
+        calls = {c.call_id: c.result for c in store.find_calls(APP)}
+        with store.locked() as conn:
+            rows = [f"{r[0]}:{r[1]}" for r in conn.execute(
+                "SELECT call_id, command FROM webhook_outbox ORDER BY id")]
+    finally:
+        store.close()
+    return calls, rows
+
+
+async def test_interrupting_open_calls_at_start_stores_record_and_notices_together(
+    tmp_path: Path,
+) -> None:
+    """A call a crash left open becomes ``interrupt`` in the same transaction as its
+    call_interrupted notices: when the notices cannot be stored, neither is the record."""
+    db = tmp_path / "records.db"
+    prepare(db, REFUSE_OUTBOX, open_call=True)
+    async with new_server(db=str(db)) as server:
+        assert server.records.stats().lost == 1
+        assert stored(db) == ({"crashed": ""}, [])  # both or neither: neither
+    prepare_drop = CallStore(str(db))
+    with prepare_drop.transaction() as conn:
+        conn.execute("DROP TRIGGER refuse_outbox")
+    prepare_drop.close()
+    async with new_server(db=str(db)):
+        calls, rows = stored(db)
+    assert calls == {"crashed": "interrupt"}
+    assert rows == ["crashed:caller_call_interrupted", "crashed:callee_call_interrupted"]
+
+
+async def test_a_call_and_its_notices_are_stored_together(tmp_path: Path) -> None:
+    """During a call too: a record is never committed without its notices."""
+    db = tmp_path / "records.db"
+    prepare(db, REFUSE_OUTBOX)
+    async with (
+        new_server(db=str(db)) as server,
+        await WsClient.connect(server.url) as alice,
+        await WsClient.connect(server.url) as bob,
+    ):
+        await alice.login("alice")
+        await bob.login("bob")
+        call_id = (await alice.call("calls", {"userIDList": ["bob"], "mediaType": 1}))["callId"]
+        await bob.expect("ON_CALL_RECEIVED")
+        await bob.call("accept", {"callId": call_id})
+        await alice.call("hangup", {"callId": call_id})
+        await alice.expect("USER_ACCEPT")
+        lost = server.records.stats().lost
+        assert stored(db) == ({}, [])
+    assert lost == 3  # the call's three steps: calls, accept, hangup
+
+
+async def test_frames_of_a_step_wait_for_its_commit(tmp_path: Path) -> None:
+    """While the writer thread is busy, the hangup reply and CALLING_END are held; they go
+    out once the final record is committed, and the record is on disk by then."""
+    db = tmp_path / "records.db"
+    async with (
+        new_server(db=str(db)) as server,
+        await WsClient.connect(server.url) as alice,
+        await WsClient.connect(server.url) as bob,
+    ):
+        await alice.login("alice")
+        await bob.login("bob")
+        call_id = (await alice.call("calls", {"userIDList": ["bob"], "mediaType": 1}))["callId"]
+        await bob.expect("ON_CALL_RECEIVED")
+        await bob.call("accept", {"callId": call_id})
+        release, busy = threading.Event(), threading.Event()
+
+        def hold() -> bool:
+            busy.set()
+            return release.wait(30)
+
+        held = asyncio.ensure_future(server.records.run_query(hold))
+        await asyncio.to_thread(busy.wait, 10)
+        hangup = asyncio.ensure_future(alice.request("hangup", {"callId": call_id}, timeout=30))
+        await asyncio.sleep(0.3)  # time for the reply to arrive if it were not held
+        assert not hangup.done()
+        assert stored(db)[0] == {call_id: ""}
+        release.set()
+        reply = await hangup
+        assert reply.ok
+        assert stored(db)[0] == {call_id: "normal_end"}  # committed before the reply
+        assert await held
+
+
+async def test_record_queries_are_limited_per_connection(tmp_path: Path) -> None:
+    """With the query thread stuck, 4 queries of one connection are in flight and the other 6
+    get 4290 at once; another connection still gets its own 4; every request one reply."""
+    async with (
+        new_server(db=str(tmp_path / "records.db")) as server,
+        await WsClient.connect(server.url) as alice,
+        await WsClient.connect(server.url) as bob,
+    ):
+        await alice.login("alice")
+        await bob.login("bob")
+        release, busy = threading.Event(), threading.Event()
+
+        def stuck() -> bool:
+            busy.set()
+            return release.wait(30)
+
+        held = asyncio.ensure_future(server.records.run_read(stuck))
+        await asyncio.to_thread(busy.wait, 10)
+        sent = {}
+        for i in range(10):
+            request_id = f"q{i}"
+            sent[request_id] = asyncio.ensure_future(alice.raw_request(
+                protocol.encode_request("query_recent_calls", request_id, {}), request_id, 30
+            ))
+        bobs = [asyncio.ensure_future(bob.request("query_recent_calls", {}, timeout=30))
+                for _ in range(4)]
+        await asyncio.wait(list(sent.values()), timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(0.2)
+        refused = {i for i, f in sent.items() if f.done()}
+        assert len(refused) == 6
+        for i in refused:
+            reply = sent[i].result()
+            assert reply.code == ErrorCode.SERVER_BUSY and "in flight" in (reply.message or "")
+        release.set()
+        assert await held
+        replies = [await sent[i] for i in sorted(set(sent) - refused)] + list(
+            await asyncio.gather(*bobs))
+        assert all(r.ok and r.data == {"records": []} for r in replies)
+        assert len(replies) == 8
+
+
+async def test_writer_counters_are_in_the_rest_api(tmp_path: Path) -> None:
+    """``server/get_stats`` reports the writer's counters (failed attempts, retrying, lost)."""
+    async with (
+        new_server(db=str(tmp_path / "records.db"), http_port=0) as server,
+        await WsClient.connect(server.url) as alice,
+    ):
+        await alice.login("alice")
+        await alice.call("calls", {"userIDList": ["bob"], "mediaType": 1})
+        data = await rest(server, "server/get_stats", {})
+    store = data["store"]
+    assert store["committedRecords"] >= 1 and store["commits"] >= 1
+    assert (store["failedAttempts"], store["retrying"], store["lost"]) == (0, 0, 0)
+    assert data["connections"] == 1
