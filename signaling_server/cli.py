@@ -11,7 +11,8 @@ environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDK
 ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
 ``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
 ``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOG_LEVEL``); a flag wins
-over it. With neither, the built-in development sdkappid and secret key are used.
+over it. With neither, the built-in development sdkappid and secret key are used; the
+development key is refused (exit 2) unless ``--host`` is a loopback address.
 ``signaling-server --version`` prints the version.
 """
 
@@ -40,7 +41,7 @@ from signaling_server.server import (
     SignalingServer,
 )
 from signaling_server.tls import TlsError, TlsFiles
-from signaling_server.web import DEFAULT_WEB_ROOT
+from signaling_server.web import DEFAULT_WEB_ROOT, is_loopback
 
 __all__ = ["main"]
 
@@ -172,6 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve" and (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together (or CALLSERVER_TLS_CERT and "
                      "CALLSERVER_TLS_KEY)")
+    if args.command == "serve" and args.secret_key == DEV_SECRET_KEY and not is_loopback(
+        args.host
+    ):
+        # Anyone can mint any userSig with the published key, the REST administrator's too.
+        parser.error(
+            f"the built-in development secret key is refused when a listener is not on "
+            f"loopback (--host {args.host}): anyone could make userSigs for it, the REST "
+            "administrator's included; set --secret-key (or CALLSERVER_SECRET_KEY) to your "
+            "own key, or listen on 127.0.0.1"
+        )
     if args.command == "usersig":
         print(generate_user_sig(args.sdkappid, args.secret_key, args.user, args.expire))
         return 0
@@ -225,13 +236,6 @@ async def _serve(config: ServerConfig) -> int:
         print(f"{PROG}: error: cannot open the record database {config.db}: {exc}",
               file=sys.stderr)
         return 1
-    print(
-        f"{PROG} listening on {server.url} (sdkappid {config.sdk_app_id}, db {config.db})",
-        flush=True,
-    )
-    if server.http_api is not None:
-        print(f"{PROG} REST API on {server.http_url}v1/", flush=True)
-        print(f"{PROG} browser client on {server.http_url}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
@@ -242,6 +246,14 @@ async def _serve(config: ServerConfig) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, handler)
             installed.append(signum)
+    # Printed once the handlers are in place: whoever reads the line may signal at once.
+    print(
+        f"{PROG} listening on {server.url} (sdkappid {config.sdk_app_id}, db {config.db})",
+        flush=True,
+    )
+    if server.http_api is not None:
+        print(f"{PROG} REST API on {server.http_url}v1/", flush=True)
+        print(f"{PROG} browser client on {server.http_url}", flush=True)
     try:
         await stop.wait()
         logger.info("signal received; stopping")

@@ -174,6 +174,8 @@ class Session:
     sig_expires_at: float = 0.0
     platform: str = ""
     invalid_frames: int = 0
+    sig_timer: int = 0
+    """Sequence number of this session's userSig-expiry timer in the heap; 0: none."""
 
 
 @dataclass
@@ -277,6 +279,9 @@ class CallCore:
         self._group_calls: dict[str, str] = {}  # group id -> its call in progress
         self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
         self._timer_seq = 0
+        # userSig timers last as long as the userSig (often months) but most sessions end
+        # first: their entries stay in the heap, counted here, until a rebuild drops them.
+        self._stale_timers = 0
         self._out: list[Output] = []
         self._handlers: dict[str, Callable[[Session, Request, float], dict[str, Any] | None]] = {
             "login": self._login,
@@ -318,6 +323,11 @@ class CallCore:
         """The call a user is in (ringing or joined), if any."""
         presence = self._users.get(user_id)
         return presence.call_id if presence else None
+
+    @property
+    def timer_count(self) -> int:
+        """Entries in the timer heap, stale ones included (bounded: see ``_cancel_sig_timer``)."""
+        return len(self._timers)
 
     def is_online(self, user_id: str) -> bool:
         """Whether the user has at least one logged-in connection."""
@@ -430,7 +440,7 @@ class CallCore:
         """Advance the clock: ring timeouts, reconnect grace, userSig expiry."""
         due: dict[str, list[str]] = {}
         while self._timers and self._timers[0][0] <= now:
-            _, _, kind, key = heapq.heappop(self._timers)
+            _, seq, kind, key = heapq.heappop(self._timers)
             if kind == "ring":
                 call_id, user_id = key.split("\0", 1)
                 due.setdefault(call_id, []).append(user_id)
@@ -438,7 +448,12 @@ class CallCore:
                 call_id, user_id = key.split("\0", 1)
                 self._grace_expired(call_id, user_id, now)
             elif kind == "sig":
-                self._check_sig(int(key), now)
+                session = self._sessions.get(int(key))
+                if session is None or session.sig_timer != seq:
+                    self._stale_timers -= 1
+                    continue
+                session.sig_timer = 0
+                self._check_sig(session, now)
         for call_id, user_ids in due.items():
             self._ring_timeouts(call_id, user_ids, now)
         return self._flush()
@@ -458,6 +473,8 @@ class CallCore:
             self._out.append(Close(conn, CloseCode.GOING_AWAY, "server shutting down"))
         self._sessions.clear()
         self._users.clear()
+        self._timers.clear()  # every call has ended and every session is gone
+        self._stale_timers = 0
         return self._flush()
 
     # ------------------------------------------------------------------ plumbing
@@ -482,9 +499,33 @@ class CallCore:
         session.tokens -= 1.0
         return True
 
-    def _schedule(self, when: float, kind: str, key: str) -> None:
+    def _schedule(self, when: float, kind: str, key: str) -> int:
         self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, kind, key))
+        return self._timer_seq
+
+    def _cancel_sig_timer(self, session: Session) -> None:
+        """Forget the session's userSig timer (logout, close, kick).
+
+        The entry stays in the heap, marked stale by ``session.sig_timer``; once stale
+        entries are more than half the heap it is rebuilt without them (amortised O(1) per
+        cancel), so login/logout churn leaves the heap at most twice the live timers.
+        """
+        if session.sig_timer == 0:
+            return
+        session.sig_timer = 0
+        self._stale_timers += 1
+        if self._stale_timers > 64 and 2 * self._stale_timers > len(self._timers):
+            self._timers = [
+                entry for entry in self._timers
+                if entry[2] != "sig" or self._sig_timer_live(entry)
+            ]
+            heapq.heapify(self._timers)
+            self._stale_timers = 0
+
+    def _sig_timer_live(self, entry: tuple[float, int, str, str]) -> bool:
+        session = self._sessions.get(int(entry[3]))
+        return session is not None and session.sig_timer == entry[1]
 
     def _user(self, session: Session) -> Presence:
         assert session.user_id is not None
@@ -655,6 +696,7 @@ class CallCore:
                 self._out.append(Close(old, CloseCode.KICKED, "logged in elsewhere"))
                 if old_session is not None:
                     self._detach(old_session, now, kicked=True)
+                    self._cancel_sig_timer(old_session)
                     del self._sessions[old]
             # Detaching the last old connection of an idle user released the presence.
             self._users.setdefault(user_id, presence)
@@ -665,7 +707,7 @@ class CallCore:
         if "multiDevice" in data:
             presence.multi_device = data["multiDevice"]
         self._login_profile(presence, data.get("nickname"), data.get("avatar"))
-        self._schedule(expires_at, "sig", str(session.conn))
+        session.sig_timer = self._schedule(expires_at, "sig", str(session.conn))
 
         reply: dict[str, Any] = {
             "userID": user_id,
@@ -722,6 +764,7 @@ class CallCore:
     def _logout(self, session: Session, request: Request, now: float) -> dict[str, Any]:
         user_id = session.user_id
         self._detach(session, now, kicked=False, leave=True)
+        self._cancel_sig_timer(session)
         session.user_id = None
         return {"userID": user_id}
 
@@ -791,6 +834,7 @@ class CallCore:
 
     def _drop_session(self, session: Session, now: float, graceful: bool) -> None:
         self._detach(session, now, kicked=False, leave=graceful)
+        self._cancel_sig_timer(session)
         self._sessions.pop(session.conn, None)
 
     def _detach(self, session: Session, now: float, kicked: bool, leave: bool = False) -> None:
@@ -819,9 +863,9 @@ class CallCore:
         # Leaving the call may already have released the presence.
         self._release_if_idle(user_id)
 
-    def _check_sig(self, conn: int, now: float) -> None:
-        session = self._sessions.get(conn)
-        if session is None or session.user_id is None or session.sig_expires_at > now:
+    def _check_sig(self, session: Session, now: float) -> None:
+        conn = session.conn
+        if session.user_id is None or session.sig_expires_at > now:
             return
         self._send(
             conn,
