@@ -100,7 +100,8 @@ EVENT_NAMES: Final = frozenset(
     (*CALL_EVENTS, "SDK_READY", "KICKED_OUT", "USER_SIG_EXPIRED", "ERROR")
 )
 
-_USER_ID_RE: Final = re.compile(r"^[A-Za-z0-9_@.\-]{1,64}$")
+# Always fullmatch: with re.match, "$" also matches before a trailing newline.
+_USER_ID_RE: Final = re.compile(r"[A-Za-z0-9_@.\-]{1,64}")
 
 
 class ProtocolViolation(Exception):
@@ -138,7 +139,7 @@ def check_user_id(value: Any) -> str | None:
     """Why ``value`` is not a valid user id (1..64 of ``A-Z a-z 0-9 _ @ . -``), or None."""
     if not isinstance(value, str):
         return "must be a string"
-    if not _USER_ID_RE.match(value):
+    if not _USER_ID_RE.fullmatch(value):
         return "must be 1..64 characters of letters, digits, '_', '@', '.', '-'"
     return None
 
