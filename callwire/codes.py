@@ -67,6 +67,11 @@ class CloseCode(enum.IntEnum):
     """The userSig expired."""
     RATE_LIMITED = 4008
     """The connection sent frames faster than allowed."""
+    LOGIN_TIMEOUT = 4010
+    """The connection did not log in within the server's login deadline (10 s by default)."""
+    TOO_MANY_CONNECTIONS = 4029
+    """The server already holds as many connections as it allows from this address, or in
+    all; the reason says which. Retry later."""
 
 
 FINAL_CLOSE_CODES: frozenset[int] = frozenset({CloseCode.KICKED, CloseCode.SIG_EXPIRED})

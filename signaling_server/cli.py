@@ -2,7 +2,8 @@
 
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
 [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
-[--public-ws-url URL]`` serves until SIGTERM or SIGINT, then ends the calls in progress as
+[--public-ws-url URL] [--login-timeout S] [--max-connections N] [--max-connections-per-ip N]``
+serves until SIGTERM or SIGINT, then ends the calls in progress as
 interrupted and closes the database; ``--http-port`` also serves the REST API
 (docs/rest-api.md) and the browser client (``web/``) at ``/``; ``--tls-cert``/``--tls-key``
 put both listeners on TLS (wss, https), and SIGHUP reloads those files.
@@ -10,9 +11,11 @@ put both listeners on TLS (wss, https), and SIGHUP reloads those files.
 environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
 ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
 ``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
-``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOG_LEVEL``); a flag wins
-over it. With neither, the built-in development sdkappid and secret key are used; the
-development key is refused (exit 2) unless ``--host`` is a loopback address.
+``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOGIN_TIMEOUT``,
+``CALLSERVER_MAX_CONNECTIONS``, ``CALLSERVER_MAX_CONNECTIONS_PER_IP``,
+``CALLSERVER_LOG_LEVEL``); a flag wins over it. With neither, the built-in development
+sdkappid and secret key are used; the development key is refused (exit 2) unless ``--host``
+is a loopback address.
 ``signaling-server --version`` prints the version.
 """
 
@@ -34,6 +37,7 @@ from callwire.argtypes import LOG_LEVELS, non_negative_int, port, positive_float
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from callwire.version import __version__
+from signaling_server.core import CoreConfig
 from signaling_server.server import (
     DEFAULT_DB_PATH,
     DEFAULT_PORT,
@@ -144,6 +148,30 @@ def _parser() -> argparse.ArgumentParser:
         "(env CALLSERVER_PUBLIC_WS_URL; default: this host's --port)",
     )
     serve.add_argument(
+        "--login-timeout",
+        type=positive_float,
+        default=_env("CALLSERVER_LOGIN_TIMEOUT", "10"),
+        metavar="S",
+        help="close a connection not logged in this many seconds after it opened (env "
+        "CALLSERVER_LOGIN_TIMEOUT; default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=_env("CALLSERVER_MAX_CONNECTIONS", "20000"),
+        metavar="N",
+        help="connections held at once; more are closed with 4029 (env "
+        "CALLSERVER_MAX_CONNECTIONS; default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections-per-ip",
+        type=positive_int,
+        default=_env("CALLSERVER_MAX_CONNECTIONS_PER_IP", "256"),
+        metavar="N",
+        help="connections held at once from one client address other than loopback (env "
+        "CALLSERVER_MAX_CONNECTIONS_PER_IP; default %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -208,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
         web_root=args.web_root,
         public_ws_url=args.public_ws_url,
+        core=CoreConfig(
+            login_timeout_s=args.login_timeout,
+            max_connections=args.max_connections,
+            max_connections_per_ip=args.max_connections_per_ip,
+        ),
     )
     try:
         return asyncio.run(_serve(config))

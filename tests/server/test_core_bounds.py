@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 
 from callwire import protocol
-from callwire.codes import CloseCode
-from signaling_server.core import CallCore, Close, Send
-from tests.helpers.core import APP_ID, START
+from callwire.codes import CloseCode, ErrorCode
+from signaling_server.core import CallCore, Close, CoreConfig, Send
+from tests.helpers.core import APP_ID, START, CoreHarness
 
 SIG_LIFETIME = 180 * 86_400.0  # the default userSig lifetime
 
@@ -50,15 +50,17 @@ def test_login_logout_churn_leaves_the_timer_heap_bounded() -> None:
         assert any(isinstance(o, Send) and '"ok":true' in o.text for o in out), out
         core.receive(conn, _frame("logout", 2 * i + 1, {}), now)
         peak = max(peak, core.timer_count)
-    live = 3
+    live = 3 + 4  # three userSig timers, a login deadline per logged-out churning connection
     assert peak <= 2 * live + 65, peak
-    # The three sessions that stayed logged in still get their expiry.
+    # The three sessions that stayed logged in still get their expiry; the four churning
+    # connections, logged out, their login deadline.
     out = core.tick(now + SIG_LIFETIME + 1.0)
-    closed = sorted(o.conn for o in out if isinstance(o, Close))
-    assert closed == [5, 6, 7]
-    assert all(
-        o.code == CloseCode.SIG_EXPIRED for o in out if isinstance(o, Close)
-    )
+    closes = {o.conn: o.code for o in out if isinstance(o, Close)}
+    assert closes == {
+        1: CloseCode.LOGIN_TIMEOUT, 2: CloseCode.LOGIN_TIMEOUT, 3: CloseCode.LOGIN_TIMEOUT,
+        4: CloseCode.LOGIN_TIMEOUT,
+        5: CloseCode.SIG_EXPIRED, 6: CloseCode.SIG_EXPIRED, 7: CloseCode.SIG_EXPIRED,
+    }
     assert core.timer_count == 0
 
 
@@ -77,3 +79,84 @@ def test_closed_and_kicked_sessions_do_not_keep_their_timers() -> None:
     live = core.connection_count
     assert live <= 50
     assert core.timer_count <= 2 * live + 65, (core.timer_count, live)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def test_connection_not_logged_in_within_the_deadline_is_closed_4010() -> None:
+    """A connection that only pings is closed 10 s after it opened, with an ERROR first; one
+    that logs in in time stays; after a logout the deadline starts again."""
+    h = CoreHarness()
+    idle = h.open()
+    h.request(idle, "ping")
+    h.advance(5.0)
+    user = h.open()
+    h.login("alice", conn=user)
+    h.advance(5.1)
+    assert h.closes[idle].code == CloseCode.LOGIN_TIMEOUT
+    assert [f.body["data"]["code"] for f in h.inbox[idle]] == [ErrorCode.INIT_FAIL]
+    h.advance(60.0)
+    assert user in h.open_conns  # logged in: no deadline
+    h.request(user, "logout")
+    h.advance(9.9)
+    assert user in h.open_conns
+    h.advance(0.2)
+    assert h.closes[user].code == CloseCode.LOGIN_TIMEOUT
+    assert h.core.connection_count == 0
+
+
+def test_login_deadline_is_configurable_and_can_be_off() -> None:
+    h = CoreHarness(CoreConfig(login_timeout_s=2.0))
+    conn = h.open()
+    h.advance(2.0)
+    assert h.closes[conn].code == CloseCode.LOGIN_TIMEOUT
+    h = CoreHarness(CoreConfig(login_timeout_s=None))
+    conn = h.open()
+    h.advance(86_400.0)
+    assert conn in h.open_conns
+
+
+def test_connection_caps_per_address_and_in_all_close_4029() -> None:
+    """Beyond the per-address cap a connection from that address is closed at once (others
+    are not affected); beyond the total cap any is; closing one frees its place."""
+    h = CoreHarness(CoreConfig(max_connections=5, max_connections_per_ip=3))
+    first = [h.open("198.51.100.1") for _ in range(3)]
+    extra = h.open("198.51.100.1")
+    assert h.closes[extra].code == CloseCode.TOO_MANY_CONNECTIONS
+    assert "your address" in h.closes[extra].reason
+    assert all(c in h.open_conns for c in first)
+    other = [h.open("198.51.100.2") for _ in range(2)]
+    full = h.open("198.51.100.3")
+    assert h.closes[full].code == CloseCode.TOO_MANY_CONNECTIONS
+    assert "server full" in h.closes[full].reason
+    h.disconnect(first[0])
+    again = h.open("198.51.100.1")
+    assert again in h.open_conns
+    h.login("bob", conn=again)
+    assert h.core.connection_count == 5 and all(c in h.open_conns for c in other)
+
+
+def test_kicked_and_timed_out_connections_free_their_place() -> None:
+    """The per-address count follows every way a session ends (logout kept, close, kick,
+    login deadline, userSig expiry): 1,000 rounds through a cap of 2 never refuse."""
+    h = CoreHarness(CoreConfig(max_connections_per_ip=2))
+    for i in range(1_000):
+        conn = h.open("192.0.2.9")
+        assert conn in h.open_conns, i
+        way = i % 3
+        if way == 0:
+            h.login("carol", conn=conn)  # kicks the previous carol, if any
+        elif way == 1:
+            h.advance(10.0)  # the login deadline
+        else:
+            h.disconnect(conn)
+    assert h.core.connection_count <= 2
+
+
+def test_loopback_is_exempt_from_the_per_address_cap_but_not_the_total() -> None:
+    h = CoreHarness(CoreConfig(max_connections=6, max_connections_per_ip=2))
+    local = [h.open("127.0.0.1") for _ in range(6)]
+    assert all(c in h.open_conns for c in local)
+    over = h.open("::1")
+    assert h.closes[over].code == CloseCode.TOO_MANY_CONNECTIONS
