@@ -50,6 +50,8 @@ class ErrorCode(enum.IntEnum):
     CALL_NOT_FOUND = 4040
     USER_OFFLINE = 4041
     CALL_FULL = 4090
+    CALL_MEMBER_LIMIT = 4091  # the call has had MAX_CALL_MEMBERS distinct users
+    INVITE_RATE_LIMITED = 4290  # the user invites faster than CoreConfig.invite_rate_per_s
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
 

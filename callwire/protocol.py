@@ -29,6 +29,7 @@ from callwire.codes import ErrorCode
 __all__ = [
     "CALL_EVENTS",
     "EVENT_NAMES",
+    "MAX_CALL_MEMBERS",
     "MAX_FRAME_BYTES",
     "MAX_PARTICIPANTS",
     "MAX_USER_INFO_BATCH",
@@ -63,6 +64,10 @@ MAX_FRAME_BYTES: Final = 64 * 1024
 
 MAX_PARTICIPANTS: Final = 9
 """A call holds at most this many users, the caller included."""
+
+MAX_CALL_MEMBERS: Final = 64
+"""Distinct users one call may ever hold (ringing, joined, and those who left, rejected or
+timed out, all kept for the record); inviting a 65th is refused with 4091."""
 
 MAX_NESTING: Final = 32
 """Objects and arrays nest at most this deep in a frame (the frame object is level 1): the

@@ -150,6 +150,11 @@ class CoreConfig:
     """Token bucket per connection; a connection that runs it dry is closed."""
     max_invalid_frames: int = 100
     """Consecutive malformed frames before the connection is closed."""
+    invite_rate_per_s: float = 0.5
+    invite_burst: float = 32.0
+    """Token bucket of each user's ``invite`` requests, one token per invitee: a user may add
+    32 people to calls at once, then one every 2 s. (``calls`` is not counted: its invitees
+    go away with the call.)"""
     login_timeout_s: float | None = 10.0
     """A connection not logged in this long after it opened (or after its logout) is closed
     with 4010; None keeps such connections."""
@@ -199,6 +204,9 @@ class Presence:
     avatar: str | None = None
     """None until known: given at login or by ``self_info``, or read from the store."""
     call_id: str | None = None
+    invite_tokens: float = -1.0
+    """The ``invite`` bucket (see :attr:`CoreConfig.invite_burst`); -1 until first used."""
+    invite_refill: float = 0.0
 
     @property
     def info(self) -> dict[str, str]:
@@ -1288,8 +1296,17 @@ class CallCore:
                 f"invite: {', '.join(repeated)} already in the call or ringing",
             )
         self._require_room(call, len(wanted), "invite")
+        new = [u for u in wanted if u not in call.members]
+        if len(call.members) + len(new) > protocol.MAX_CALL_MEMBERS:
+            raise _Refused(
+                ErrorCode.CALL_MEMBER_LIMIT,
+                f"invite: a call may have at most {protocol.MAX_CALL_MEMBERS} different users "
+                f"over its life and this one has had {len(call.members)}; re-invite earlier "
+                "members or start a new call",
+            )
         if call.group_verified:
             self._require_group_members(call.group_id, wanted, "invite")
+        self._take_invite_tokens(self._user(session), len(wanted), now)
         call.scene = CallScene.GROUP_CALL
         timeout = request.data.get("timeout", self.config.default_timeout_s)
         existing = self._others(call, "", (RINGING, JOINED))
@@ -1343,6 +1360,25 @@ class CallCore:
             self._notice(call, call.members[call.caller], "call_accepted", now)
         self._save(call)
         return self._join_reply(call, member)
+
+    def _take_invite_tokens(self, presence: Presence, count: int, now: float) -> None:
+        cfg = self.config
+        if presence.invite_tokens < 0:
+            presence.invite_tokens, presence.invite_refill = cfg.invite_burst, now
+        elapsed = max(0.0, now - presence.invite_refill)
+        presence.invite_tokens = min(
+            cfg.invite_burst, presence.invite_tokens + elapsed * cfg.invite_rate_per_s
+        )
+        presence.invite_refill = now
+        if presence.invite_tokens < count:
+            wait = (count - presence.invite_tokens) / cfg.invite_rate_per_s
+            raise _Refused(
+                ErrorCode.INVITE_RATE_LIMITED,
+                f"invite: you invited too many users too fast (at most "
+                f"{cfg.invite_burst:g} at once, then {cfg.invite_rate_per_s:g}/s); "
+                f"retry in {wait:.0f} s",
+            )
+        presence.invite_tokens -= count
 
     def _require_room(self, call: Call, more: int, action: str) -> None:
         active = sum(1 for m in call.members.values() if m.state in (RINGING, JOINED))

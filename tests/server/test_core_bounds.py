@@ -160,3 +160,68 @@ def test_loopback_is_exempt_from_the_per_address_cap_but_not_the_total() -> None
     assert all(c in h.open_conns for c in local)
     over = h.open("::1")
     assert h.closes[over].code == CloseCode.TOO_MANY_CONNECTIONS
+
+
+# --------------------------------------------------------------------------- call members
+
+
+def _two_in_a_call(h: CoreHarness) -> str:
+    h.login("A")
+    h.login("B")
+    call_id = str(h.request("A", "calls", userIDList=["B"], mediaType=1)["callId"])
+    h.request("B", "accept", callId=call_id)
+    return call_id
+
+
+def test_distinct_members_of_a_call_are_capped() -> None:
+    """Two members inviting 7 made-up ids that time out, again and again (the issue's
+    attack; the rate limit is lifted here): the call stops at MAX_CALL_MEMBERS distinct users
+    with 4091, while re-inviting an earlier member still works, and the record's participant
+    list stays at the cap."""
+    h = CoreHarness(CoreConfig(invite_rate_per_s=1e6, invite_burst=1e6))
+    call_id = _two_in_a_call(h)
+    invited = 0
+    refused: dict[str, object] | None = None
+    for round_ in range(20):
+        batch = [f"ghost{round_}_{i}" for i in range(7)]
+        reply = h.request_frame("AB"[round_ % 2], "invite", {
+            "callId": call_id, "userIDList": batch, "timeout": 1})
+        if not reply["ok"]:
+            refused = reply["error"]
+            break
+        invited += len(batch)
+        h.advance(1.1)  # they time out
+    assert refused is not None and refused["code"] == ErrorCode.CALL_MEMBER_LIMIT
+    assert 2 + invited <= protocol.MAX_CALL_MEMBERS < 2 + invited + 7
+    assert len(h.records[call_id].participants) == 2 + invited
+    # Fitting the last places, and re-inviting a ghost, are still allowed.
+    last = [f"late{i}" for i in range(protocol.MAX_CALL_MEMBERS - 2 - invited)]
+    if last:
+        h.request("A", "invite", callId=call_id, userIDList=last, timeout=1)
+    h.advance(1.1)
+    h.request("A", "invite", callId=call_id, userIDList=["ghost0_0"], timeout=1)
+    h.request("A", "invite", callId=call_id, userIDList=["one_more"],
+              expect_error=ErrorCode.CALL_MEMBER_LIMIT)
+    assert len(h.core.active_calls[call_id].members) == protocol.MAX_CALL_MEMBERS
+
+
+def test_invite_rate_per_user() -> None:
+    """32 invitees at once, then one per 2 s: the 33rd within the burst is refused with 4290
+    (its message says when to retry); the other member has a bucket of its own; waiting
+    refills it."""
+    h = CoreHarness()
+    call_id = _two_in_a_call(h)
+    for i in range(4):
+        batch = [f"g{i}_{k}" for k in range(7)]
+        h.request("A", "invite", callId=call_id, userIDList=batch, timeout=1)
+        h.advance(1.0)  # they time out; 0.5 tokens come back per second
+    # 28 spent, 2 refilled: 6 left.
+    error = h.request("A", "invite", callId=call_id, userIDList=[f"x{k}" for k in range(7)],
+                      timeout=1, expect_error=ErrorCode.INVITE_RATE_LIMITED)
+    assert "retry in" in error["message"]
+    h.request("B", "invite", callId=call_id, userIDList=[f"y{k}" for k in range(7)], timeout=1)
+    h.advance(2.0)  # the y's time out; A has 7 tokens
+    h.request("A", "invite", callId=call_id, userIDList=[f"x{k}" for k in range(7)], timeout=1)
+    h.advance(1.1)  # the x's time out; 0.55 of a token back
+    h.request("A", "invite", callId=call_id, userIDList=["z"],
+              expect_error=ErrorCode.INVITE_RATE_LIMITED)
