@@ -2,8 +2,8 @@
 
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
 [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
-[--public-ws-url URL] [--login-timeout S] [--max-connections N] [--max-connections-per-ip N]``
-serves until SIGTERM or SIGINT, then ends the calls in progress as
+[--public-ws-url URL] [--login-timeout S] [--max-connections N] [--max-connections-per-ip N]
+[--webhook-allow-private]`` serves until SIGTERM or SIGINT, then ends the calls in progress as
 interrupted and closes the database; ``--http-port`` also serves the REST API
 (docs/rest-api.md) and the browser client (``web/``) at ``/``; ``--tls-cert``/``--tls-key``
 put both listeners on TLS (wss, https), and SIGHUP reloads those files.
@@ -13,9 +13,9 @@ environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDK
 ``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
 ``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOGIN_TIMEOUT``,
 ``CALLSERVER_MAX_CONNECTIONS``, ``CALLSERVER_MAX_CONNECTIONS_PER_IP``,
-``CALLSERVER_LOG_LEVEL``); a flag wins over it. With neither, the built-in development
-sdkappid and secret key are used; the development key is refused (exit 2) unless ``--host``
-is a loopback address.
+``CALLSERVER_WEBHOOK_ALLOW_PRIVATE``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it. With
+neither, the built-in development sdkappid and secret key are used; the development key is
+refused (exit 2) unless ``--host`` is a loopback address.
 ``signaling-server --version`` prints the version.
 """
 
@@ -46,6 +46,7 @@ from signaling_server.server import (
 )
 from signaling_server.tls import TlsError, TlsFiles
 from signaling_server.web import DEFAULT_WEB_ROOT, is_loopback
+from signaling_server.webhooks import WebhookSettings
 
 __all__ = ["main"]
 
@@ -172,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
         "CALLSERVER_MAX_CONNECTIONS_PER_IP; default %(default)s)",
     )
     serve.add_argument(
+        "--webhook-allow-private",
+        action="store_true",
+        default=os.environ.get("CALLSERVER_WEBHOOK_ALLOW_PRIVATE", "") not in ("", "0"),
+        help="let callback and push URLs point to loopback, private or link-local addresses "
+        "(env CALLSERVER_WEBHOOK_ALLOW_PRIVATE=1; default: refused, against SSRF)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -236,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
         web_root=args.web_root,
         public_ws_url=args.public_ws_url,
+        webhooks=WebhookSettings(allow_private_targets=args.webhook_allow_private),
         core=CoreConfig(
             login_timeout_s=args.login_timeout,
             max_connections=args.max_connections,
