@@ -103,6 +103,8 @@ _BY_CODE: dict[int, type[CallError]] = {
     ErrorCode.REQUEST_REFUSED: RequestRefusedError,
     ErrorCode.CALL_NOT_FOUND: RequestRefusedError,
     ErrorCode.CALL_FULL: RequestRefusedError,
+    ErrorCode.CALL_MEMBER_LIMIT: RequestRefusedError,
+    ErrorCode.INVITE_RATE_LIMITED: RequestRefusedError,
     ErrorCode.REQUEST_REPEATED: RequestRepeatedError,
     ErrorCode.PERMISSION_DENIED: PermissionDeniedError,
     ErrorCode.USER_SIG_INVALID: UserSigError,

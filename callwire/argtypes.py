@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 __all__ = ["LOG_LEVELS", "non_negative_int", "port", "positive_float", "positive_int"]
 
@@ -16,10 +17,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _int(text: str, what: str = "an integer") -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    # int() alone also takes " 80\n", "8_0" and non-ASCII digits; only plain digits are meant.
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return int(text)
 
 
 def positive_int(text: str) -> int:

@@ -50,7 +50,9 @@ class ErrorCode(enum.IntEnum):
     CALL_NOT_FOUND = 4040
     USER_OFFLINE = 4041
     CALL_FULL = 4090
+    CALL_MEMBER_LIMIT = 4091  # the call has had MAX_CALL_MEMBERS distinct users
     SERVER_BUSY = 4290  # too many record queries waiting; retry after the replies
+    INVITE_RATE_LIMITED = 4291  # the user invites faster than CoreConfig.invite_rate_per_s
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
 
@@ -68,6 +70,11 @@ class CloseCode(enum.IntEnum):
     """The userSig expired."""
     RATE_LIMITED = 4008
     """The connection sent frames faster than allowed."""
+    LOGIN_TIMEOUT = 4010
+    """The connection did not log in within the server's login deadline (10 s by default)."""
+    TOO_MANY_CONNECTIONS = 4029
+    """The server already holds as many connections as it allows from this address, or in
+    all; the reason says which. Retry later."""
 
 
 FINAL_CLOSE_CODES: frozenset[int] = frozenset({CloseCode.KICKED, CloseCode.SIG_EXPIRED})

@@ -29,6 +29,7 @@ from callwire.codes import ErrorCode
 __all__ = [
     "CALL_EVENTS",
     "EVENT_NAMES",
+    "MAX_CALL_MEMBERS",
     "MAX_FRAME_BYTES",
     "MAX_PARTICIPANTS",
     "MAX_USER_INFO_BATCH",
@@ -63,6 +64,10 @@ MAX_FRAME_BYTES: Final = 64 * 1024
 
 MAX_PARTICIPANTS: Final = 9
 """A call holds at most this many users, the caller included."""
+
+MAX_CALL_MEMBERS: Final = 64
+"""Distinct users one call may ever hold (ringing, joined, and those who left, rejected or
+timed out, all kept for the record); inviting a 65th is refused with 4091."""
 
 MAX_NESTING: Final = 32
 """Objects and arrays nest at most this deep in a frame (the frame object is level 1): the
@@ -100,7 +105,8 @@ EVENT_NAMES: Final = frozenset(
     (*CALL_EVENTS, "SDK_READY", "KICKED_OUT", "USER_SIG_EXPIRED", "ERROR")
 )
 
-_USER_ID_RE: Final = re.compile(r"^[A-Za-z0-9_@.\-]{1,64}$")
+# Always fullmatch: with re.match, "$" also matches before a trailing newline.
+_USER_ID_RE: Final = re.compile(r"[A-Za-z0-9_@.\-]{1,64}")
 
 
 class ProtocolViolation(Exception):
@@ -138,7 +144,7 @@ def check_user_id(value: Any) -> str | None:
     """Why ``value`` is not a valid user id (1..64 of ``A-Z a-z 0-9 _ @ . -``), or None."""
     if not isinstance(value, str):
         return "must be a string"
-    if not _USER_ID_RE.match(value):
+    if not _USER_ID_RE.fullmatch(value):
         return "must be 1..64 characters of letters, digits, '_', '@', '.', '-'"
     return None
 

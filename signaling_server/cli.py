@@ -2,7 +2,8 @@
 
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
 [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
-[--public-ws-url URL]`` serves until SIGTERM or SIGINT, then ends the calls in progress as
+[--public-ws-url URL] [--login-timeout S] [--max-connections N] [--max-connections-per-ip N]
+[--webhook-allow-private]`` serves until SIGTERM or SIGINT, then ends the calls in progress as
 interrupted and closes the database; ``--http-port`` also serves the REST API
 (docs/rest-api.md) and the browser client (``web/``) at ``/``; ``--tls-cert``/``--tls-key``
 put both listeners on TLS (wss, https), and SIGHUP reloads those files.
@@ -10,8 +11,11 @@ put both listeners on TLS (wss, https), and SIGHUP reloads those files.
 environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
 ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
 ``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
-``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOG_LEVEL``); a flag wins
-over it. With neither, the built-in development sdkappid and secret key are used.
+``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOGIN_TIMEOUT``,
+``CALLSERVER_MAX_CONNECTIONS``, ``CALLSERVER_MAX_CONNECTIONS_PER_IP``,
+``CALLSERVER_WEBHOOK_ALLOW_PRIVATE``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it. With
+neither, the built-in development sdkappid and secret key are used; the development key is
+refused (exit 2) unless ``--host`` is a loopback address.
 ``signaling-server --version`` prints the version.
 """
 
@@ -33,6 +37,7 @@ from callwire.argtypes import LOG_LEVELS, non_negative_int, port, positive_float
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from callwire.version import __version__
+from signaling_server.core import CoreConfig
 from signaling_server.server import (
     DEFAULT_DB_PATH,
     DEFAULT_PORT,
@@ -40,7 +45,8 @@ from signaling_server.server import (
     SignalingServer,
 )
 from signaling_server.tls import TlsError, TlsFiles
-from signaling_server.web import DEFAULT_WEB_ROOT
+from signaling_server.web import DEFAULT_WEB_ROOT, is_loopback
+from signaling_server.webhooks import WebhookSettings
 
 __all__ = ["main"]
 
@@ -143,6 +149,37 @@ def _parser() -> argparse.ArgumentParser:
         "(env CALLSERVER_PUBLIC_WS_URL; default: this host's --port)",
     )
     serve.add_argument(
+        "--login-timeout",
+        type=positive_float,
+        default=_env("CALLSERVER_LOGIN_TIMEOUT", "10"),
+        metavar="S",
+        help="close a connection not logged in this many seconds after it opened (env "
+        "CALLSERVER_LOGIN_TIMEOUT; default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=_env("CALLSERVER_MAX_CONNECTIONS", "20000"),
+        metavar="N",
+        help="connections held at once; more are closed with 4029 (env "
+        "CALLSERVER_MAX_CONNECTIONS; default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections-per-ip",
+        type=positive_int,
+        default=_env("CALLSERVER_MAX_CONNECTIONS_PER_IP", "256"),
+        metavar="N",
+        help="connections held at once from one client address other than loopback (env "
+        "CALLSERVER_MAX_CONNECTIONS_PER_IP; default %(default)s)",
+    )
+    serve.add_argument(
+        "--webhook-allow-private",
+        action="store_true",
+        default=os.environ.get("CALLSERVER_WEBHOOK_ALLOW_PRIVATE", "") not in ("", "0"),
+        help="let callback and push URLs point to loopback, private or link-local addresses "
+        "(env CALLSERVER_WEBHOOK_ALLOW_PRIVATE=1; default: refused, against SSRF)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -172,6 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve" and (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together (or CALLSERVER_TLS_CERT and "
                      "CALLSERVER_TLS_KEY)")
+    if args.command == "serve" and args.secret_key == DEV_SECRET_KEY and not is_loopback(
+        args.host
+    ):
+        # Anyone can mint any userSig with the published key, the REST administrator's too.
+        parser.error(
+            f"the built-in development secret key is refused when a listener is not on "
+            f"loopback (--host {args.host}): anyone could make userSigs for it, the REST "
+            "administrator's included; set --secret-key (or CALLSERVER_SECRET_KEY) to your "
+            "own key, or listen on 127.0.0.1"
+        )
     if args.command == "usersig":
         print(generate_user_sig(args.sdkappid, args.secret_key, args.user, args.expire))
         return 0
@@ -197,6 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
         web_root=args.web_root,
         public_ws_url=args.public_ws_url,
+        webhooks=WebhookSettings(allow_private_targets=args.webhook_allow_private),
+        core=CoreConfig(
+            login_timeout_s=args.login_timeout,
+            max_connections=args.max_connections,
+            max_connections_per_ip=args.max_connections_per_ip,
+        ),
     )
     try:
         return asyncio.run(_serve(config))
@@ -225,13 +278,6 @@ async def _serve(config: ServerConfig) -> int:
         print(f"{PROG}: error: cannot open the record database {config.db}: {exc}",
               file=sys.stderr)
         return 1
-    print(
-        f"{PROG} listening on {server.url} (sdkappid {config.sdk_app_id}, db {config.db})",
-        flush=True,
-    )
-    if server.http_api is not None:
-        print(f"{PROG} REST API on {server.http_url}v1/", flush=True)
-        print(f"{PROG} browser client on {server.http_url}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
@@ -242,6 +288,14 @@ async def _serve(config: ServerConfig) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, handler)
             installed.append(signum)
+    # Printed once the handlers are in place: whoever reads the line may signal at once.
+    print(
+        f"{PROG} listening on {server.url} (sdkappid {config.sdk_app_id}, db {config.db})",
+        flush=True,
+    )
+    if server.http_api is not None:
+        print(f"{PROG} REST API on {server.http_url}v1/", flush=True)
+        print(f"{PROG} browser client on {server.http_url}", flush=True)
     try:
         await stop.wait()
         logger.info("signal received; stopping")

@@ -150,6 +150,21 @@ class CoreConfig:
     """Token bucket per connection; a connection that runs it dry is closed."""
     max_invalid_frames: int = 100
     """Consecutive malformed frames before the connection is closed."""
+    invite_rate_per_s: float = 0.5
+    invite_burst: float = 32.0
+    """Token bucket of each user's ``invite`` requests, one token per invitee: a user may add
+    32 people to calls at once, then one every 2 s. (``calls`` is not counted: its invitees
+    go away with the call.)"""
+    login_timeout_s: float | None = 10.0
+    """A connection not logged in this long after it opened (or after its logout) is closed
+    with 4010; None keeps such connections."""
+    max_connections: int = 20_000
+    """Connections held at once; one more is closed at once with 4029."""
+    max_connections_per_ip: int = 256
+    """Connections held at once from one client address; one more is closed with 4029."""
+    per_ip_exempt: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+    """Addresses the per-address cap does not apply to: a reverse proxy on this machine makes
+    every client loopback (and load tests run there); the total cap still applies."""
 
 
 # --------------------------------------------------------------------------- state
@@ -174,6 +189,10 @@ class Session:
     sig_expires_at: float = 0.0
     platform: str = ""
     invalid_frames: int = 0
+    sig_timer: int = 0
+    """Sequence number of this session's userSig-expiry timer in the heap; 0: none."""
+    login_timer: int = 0
+    """Sequence number of the login-deadline timer while not logged in; 0: none."""
 
 
 @dataclass
@@ -185,6 +204,9 @@ class Presence:
     avatar: str | None = None
     """None until known: given at login or by ``self_info``, or read from the store."""
     call_id: str | None = None
+    invite_tokens: float = -1.0
+    """The ``invite`` bucket (see :attr:`CoreConfig.invite_burst`); -1 until first used."""
+    invite_refill: float = 0.0
 
     @property
     def info(self) -> dict[str, str]:
@@ -275,8 +297,12 @@ class CallCore:
         self._users: dict[str, Presence] = {}
         self._calls: dict[str, Call] = {}
         self._group_calls: dict[str, str] = {}  # group id -> its call in progress
+        self._per_ip: dict[str, int] = {}  # client address -> open connections
         self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
         self._timer_seq = 0
+        # userSig timers last as long as the userSig (often months) but most sessions end
+        # first: their entries stay in the heap, counted here, until a rebuild drops them.
+        self._stale_timers = 0
         self._out: list[Output] = []
         self._handlers: dict[str, Callable[[Session, Request, float], dict[str, Any] | None]] = {
             "login": self._login,
@@ -319,6 +345,11 @@ class CallCore:
         presence = self._users.get(user_id)
         return presence.call_id if presence else None
 
+    @property
+    def timer_count(self) -> int:
+        """Entries in the timer heap, stale ones included (bounded: see ``_cancel_timers``)."""
+        return len(self._timers)
+
     def is_online(self, user_id: str) -> bool:
         """Whether the user has at least one logged-in connection."""
         presence = self._users.get(user_id)
@@ -327,10 +358,21 @@ class CallCore:
     # ------------------------------------------------------------------ inputs
 
     def open(self, conn: int, now: float, client_ip: str = "") -> list[Output]:
-        """A new connection; it must log in before anything but ``ping``."""
-        self._sessions[conn] = Session(
-            conn, client_ip, tokens=self.config.rate_burst, last_refill=now
-        )
+        """A new connection; it must log in before anything but ``ping``, within
+        :attr:`CoreConfig.login_timeout_s`. Beyond the connection caps it is closed at once."""
+        cfg = self.config
+        held = self._per_ip.get(client_ip, 0)
+        if len(self._sessions) >= cfg.max_connections:
+            return [Close(conn, CloseCode.TOO_MANY_CONNECTIONS,
+                          f"server full: {cfg.max_connections} connections; retry later")]
+        if held >= cfg.max_connections_per_ip and client_ip not in cfg.per_ip_exempt:
+            return [Close(conn, CloseCode.TOO_MANY_CONNECTIONS,
+                          f"too many connections from your address "
+                          f"({cfg.max_connections_per_ip}); close some first")]
+        self._per_ip[client_ip] = held + 1
+        session = Session(conn, client_ip, tokens=cfg.rate_burst, last_refill=now)
+        self._sessions[conn] = session
+        self._arm_login_deadline(session, now)
         return []
 
     def receive(self, conn: int, raw: str | bytes, now: float) -> list[Output]:
@@ -430,15 +472,23 @@ class CallCore:
         """Advance the clock: ring timeouts, reconnect grace, userSig expiry."""
         due: dict[str, list[str]] = {}
         while self._timers and self._timers[0][0] <= now:
-            _, _, kind, key = heapq.heappop(self._timers)
+            when, seq, kind, key = heapq.heappop(self._timers)
             if kind == "ring":
                 call_id, user_id = key.split("\0", 1)
                 due.setdefault(call_id, []).append(user_id)
             elif kind == "grace":
                 call_id, user_id = key.split("\0", 1)
                 self._grace_expired(call_id, user_id, now)
+            elif not self._timer_live((when, seq, kind, key)):
+                self._stale_timers -= 1  # a login or sig timer cancelled earlier
+            elif kind == "login":
+                session = self._sessions[int(key)]
+                session.login_timer = 0
+                self._login_expired(session, now)
             elif kind == "sig":
-                self._check_sig(int(key), now)
+                session = self._sessions[int(key)]
+                session.sig_timer = 0
+                self._check_sig(session, now)
         for call_id, user_ids in due.items():
             self._ring_timeouts(call_id, user_ids, now)
         return self._flush()
@@ -457,7 +507,10 @@ class CallCore:
             )
             self._out.append(Close(conn, CloseCode.GOING_AWAY, "server shutting down"))
         self._sessions.clear()
+        self._per_ip.clear()
         self._users.clear()
+        self._timers.clear()  # every call has ended and every session is gone
+        self._stale_timers = 0
         return self._flush()
 
     # ------------------------------------------------------------------ plumbing
@@ -482,9 +535,54 @@ class CallCore:
         session.tokens -= 1.0
         return True
 
-    def _schedule(self, when: float, kind: str, key: str) -> None:
+    def _schedule(self, when: float, kind: str, key: str) -> int:
         self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, kind, key))
+        return self._timer_seq
+
+    def _cancel_timers(self, session: Session, login_only: bool = False) -> None:
+        """Forget the session's login-deadline and userSig timers (login, logout, close, kick).
+
+        The entries stay in the heap, marked stale by ``session.login_timer`` /
+        ``session.sig_timer`` no longer naming them; once stale entries are more than half the
+        heap it is rebuilt without them (amortised O(1) per cancel), so login/logout churn
+        leaves the heap at most about twice the live timers.
+        """
+        if session.login_timer:
+            session.login_timer = 0
+            self._stale_timers += 1
+        if session.sig_timer and not login_only:
+            session.sig_timer = 0
+            self._stale_timers += 1
+        if self._stale_timers > 64 and 2 * self._stale_timers > len(self._timers):
+            self._timers = [entry for entry in self._timers if self._timer_live(entry)]
+            heapq.heapify(self._timers)
+            self._stale_timers = 0
+
+    def _timer_live(self, entry: tuple[float, int, str, str]) -> bool:
+        """Whether a heap entry still counts (ring and grace timers always do: they are
+        checked against the call when due, and last at most a ring timeout)."""
+        kind = entry[2]
+        if kind not in ("sig", "login"):
+            return True
+        session = self._sessions.get(int(entry[3]))
+        if session is None:
+            return False
+        return (session.sig_timer if kind == "sig" else session.login_timer) == entry[1]
+
+    def _arm_login_deadline(self, session: Session, now: float) -> None:
+        timeout = self.config.login_timeout_s
+        if timeout is not None:
+            session.login_timer = self._schedule(now + timeout, "login", str(session.conn))
+
+    def _login_expired(self, session: Session, now: float) -> None:
+        timeout = self.config.login_timeout_s or 0.0
+        self._send_error_event(
+            session.conn, ErrorCode.INIT_FAIL,
+            f"not logged in within {timeout:g} s of connecting; connection closed",
+        )
+        self._out.append(Close(session.conn, CloseCode.LOGIN_TIMEOUT, "login deadline passed"))
+        self._drop_session(session, now, graceful=False)
 
     def _user(self, session: Session) -> Presence:
         assert session.user_id is not None
@@ -655,9 +753,11 @@ class CallCore:
                 self._out.append(Close(old, CloseCode.KICKED, "logged in elsewhere"))
                 if old_session is not None:
                     self._detach(old_session, now, kicked=True)
-                    del self._sessions[old]
+                    self._cancel_timers(old_session)
+                    self._forget(old_session)
             # Detaching the last old connection of an idle user released the presence.
             self._users.setdefault(user_id, presence)
+        self._cancel_timers(session, login_only=True)
         session.user_id = user_id
         session.sig_expires_at = expires_at
         session.platform = data.get("platform", "")
@@ -665,7 +765,7 @@ class CallCore:
         if "multiDevice" in data:
             presence.multi_device = data["multiDevice"]
         self._login_profile(presence, data.get("nickname"), data.get("avatar"))
-        self._schedule(expires_at, "sig", str(session.conn))
+        session.sig_timer = self._schedule(expires_at, "sig", str(session.conn))
 
         reply: dict[str, Any] = {
             "userID": user_id,
@@ -722,7 +822,9 @@ class CallCore:
     def _logout(self, session: Session, request: Request, now: float) -> dict[str, Any]:
         user_id = session.user_id
         self._detach(session, now, kicked=False, leave=True)
+        self._cancel_timers(session)
         session.user_id = None
+        self._arm_login_deadline(session, now)
         return {"userID": user_id}
 
     def _ping(self, session: Session, request: Request, now: float) -> dict[str, Any]:
@@ -791,7 +893,18 @@ class CallCore:
 
     def _drop_session(self, session: Session, now: float, graceful: bool) -> None:
         self._detach(session, now, kicked=False, leave=graceful)
-        self._sessions.pop(session.conn, None)
+        self._cancel_timers(session)
+        self._forget(session)
+
+    def _forget(self, session: Session) -> None:
+        """Remove a session and its count in the per-address cap."""
+        if self._sessions.pop(session.conn, None) is None:
+            return
+        left = self._per_ip.get(session.client_ip, 1) - 1
+        if left > 0:
+            self._per_ip[session.client_ip] = left
+        else:
+            self._per_ip.pop(session.client_ip, None)
 
     def _detach(self, session: Session, now: float, kicked: bool, leave: bool = False) -> None:
         """Unbind a connection from its user; a joined call gets a reconnect grace period."""
@@ -819,9 +932,9 @@ class CallCore:
         # Leaving the call may already have released the presence.
         self._release_if_idle(user_id)
 
-    def _check_sig(self, conn: int, now: float) -> None:
-        session = self._sessions.get(conn)
-        if session is None or session.user_id is None or session.sig_expires_at > now:
+    def _check_sig(self, session: Session, now: float) -> None:
+        conn = session.conn
+        if session.user_id is None or session.sig_expires_at > now:
             return
         self._send(
             conn,
@@ -1183,8 +1296,17 @@ class CallCore:
                 f"invite: {', '.join(repeated)} already in the call or ringing",
             )
         self._require_room(call, len(wanted), "invite")
+        new = [u for u in wanted if u not in call.members]
+        if len(call.members) + len(new) > protocol.MAX_CALL_MEMBERS:
+            raise _Refused(
+                ErrorCode.CALL_MEMBER_LIMIT,
+                f"invite: a call may have at most {protocol.MAX_CALL_MEMBERS} different users "
+                f"over its life and this one has had {len(call.members)}; re-invite earlier "
+                "members or start a new call",
+            )
         if call.group_verified:
             self._require_group_members(call.group_id, wanted, "invite")
+        self._take_invite_tokens(self._user(session), len(wanted), now)
         call.scene = CallScene.GROUP_CALL
         timeout = request.data.get("timeout", self.config.default_timeout_s)
         existing = self._others(call, "", (RINGING, JOINED))
@@ -1238,6 +1360,25 @@ class CallCore:
             self._notice(call, call.members[call.caller], "call_accepted", now)
         self._save(call)
         return self._join_reply(call, member)
+
+    def _take_invite_tokens(self, presence: Presence, count: int, now: float) -> None:
+        cfg = self.config
+        if presence.invite_tokens < 0:
+            presence.invite_tokens, presence.invite_refill = cfg.invite_burst, now
+        elapsed = max(0.0, now - presence.invite_refill)
+        presence.invite_tokens = min(
+            cfg.invite_burst, presence.invite_tokens + elapsed * cfg.invite_rate_per_s
+        )
+        presence.invite_refill = now
+        if presence.invite_tokens < count:
+            wait = (count - presence.invite_tokens) / cfg.invite_rate_per_s
+            raise _Refused(
+                ErrorCode.INVITE_RATE_LIMITED,
+                f"invite: you invited too many users too fast (at most "
+                f"{cfg.invite_burst:g} at once, then {cfg.invite_rate_per_s:g}/s); "
+                f"retry in {wait:.0f} s",
+            )
+        presence.invite_tokens -= count
 
     def _require_room(self, call: Call, more: int, action: str) -> None:
         active = sum(1 for m in call.members.values() if m.state in (RINGING, JOINED))

@@ -100,11 +100,14 @@ class ServerConfig:
     db: str = DEFAULT_DB_PATH
     """SQLite file of call records (its directory is created), or ``":memory:"``."""
     core: CoreConfig = field(default_factory=CoreConfig)
-    max_size: int = 2**20
+    max_size: int = 128 * 1024
     """Largest incoming message. Frames between the protocol's 64 KiB and this get the core's
     FRAME_TOO_LARGE reply and the connection stays; larger ones close it with 1009."""
-    max_queue: int = 8
-    """Incoming frames buffered per connection before websockets stops reading its socket."""
+    max_queue: int = 4
+    """Incoming frames buffered per connection before websockets stops reading its socket.
+    With ``max_size`` this bounds what one connection can make the server hold of its input:
+    ``max_queue`` whole frames, one being assembled and one socket read (256 KiB), about
+    (4 + 1) x 128 KiB + 256 KiB = 896 KiB (it was 9 MiB with 8 x 1 MiB)."""
     write_limit: int = 32 * 1024
     """High-water mark of each connection's transport write buffer, in bytes."""
     send_queue_limit: int = 1024 * 1024

@@ -25,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
+import ipaddress
 import json
 import logging
 import random
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -51,6 +54,7 @@ __all__ = [
     "WebhookService",
     "WebhookSettings",
     "callback_request",
+    "forbidden_target",
     "normalize_events",
     "validate_url",
 ]
@@ -89,6 +93,8 @@ _MEDIA: Final = {1: "audio", 2: "video"}
 _SINGLE_CALL: Final = 2  # CallScene.SINGLE_CALL; GROUP_CALL (0) and MULTI_CALL (1) are groups
 _MAX_URL_CHARS: Final = 2048
 _PRUNE_EVERY_S: Final = 3600.0
+_MAX_RESPONSE_BYTES: Final = 64 * 1024
+"""Of a receiver's response body, read and thrown away; the rest is never read."""
 
 
 class CallbackConfigError(ValueError):
@@ -148,6 +154,10 @@ class WebhookSettings:
     for a retry are left for the next run at once)."""
     retention_s: float = 7 * 86400.0
     """Delivered and discarded rows older than this are deleted from the outbox."""
+    allow_private_targets: bool = False
+    """Whether endpoints may be on loopback, private, link-local or other non-public addresses
+    (``--webhook-allow-private``). Off, such URLs are refused when configured and every
+    connection is checked again at the socket (a name that later resolves to one fails)."""
 
 
 def validate_url(url: Any) -> str:
@@ -161,6 +171,60 @@ def validate_url(url: Any) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise CallbackConfigError(f"url {url!r:.100} must be an absolute http:// or https:// URL")
     return url
+
+
+def forbidden_target(address: str) -> str | None:
+    """Why an endpoint at IP ``address`` is refused without ``allow_private_targets``
+    (``"loopback"``, ``"private"``, ...), or None for a public address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind, flag in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
+                       ("unspecified", ip.is_unspecified), ("multicast", ip.is_multicast),
+                       ("private", ip.is_private)):
+        if flag:
+            return kind
+    return None if ip.is_global else "reserved"
+
+
+async def _check_target(url: str) -> None:
+    """Refuse ``url`` when its host is, or resolves to, a non-public address.
+
+    A name that does not resolve now is accepted: each delivery checks the address it
+    connects to (:func:`_public_socket`), which also defeats a name re-pointed later.
+    """
+    host = URL(url).host
+    assert host is not None
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host.strip("[]"), None, type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        logger.warning("webhook host %s does not resolve now (%s); checked at each delivery",
+                       host, exc)
+        return
+    for info in infos:
+        address = str(info[4][0])
+        reason = forbidden_target(address)
+        if reason is not None:
+            raise CallbackConfigError(
+                f"url {url!r:.100} points to a {reason} address ({address}); callbacks go to "
+                "public addresses unless the server runs with --webhook-allow-private"
+            )
+
+
+def _public_socket(addr_info: Any) -> socket.socket:
+    """aiohttp's socket factory: a socket only for a public address (no SSRF into the
+    server's own network, whatever a name resolves to at the time)."""
+    family, kind, proto, _, sockaddr = addr_info
+    reason = forbidden_target(str(sockaddr[0]))
+    if reason is not None:
+        raise OSError(errno.EACCES, f"{sockaddr[0]} is a {reason} address; webhooks go to "
+                      "public addresses (--webhook-allow-private allows others)")
+    return socket.socket(family=family, type=kind, proto=proto)
 
 
 def normalize_events(events: Any) -> tuple[str, ...]:
@@ -431,7 +495,10 @@ class WebhookService:
                 self.skipped += 1
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
-            connector=aiohttp.TCPConnector(limit=self.settings.max_concurrency),
+            connector=aiohttp.TCPConnector(
+                limit=self.settings.max_concurrency,
+                socket_factory=None if self.settings.allow_private_targets else _public_socket,
+            ),
             headers={"User-Agent": "signaling-server-webhooks/1"},
         )
         if rows:
@@ -568,7 +635,8 @@ class WebhookService:
 
     async def create_config(self, url: Any, events: Any = None) -> CallbackConfig:
         """Create the configuration; CallbackConfigError if one exists or input is invalid."""
-        config = await self._change("create", validate_url(url), normalize_events(events))
+        checked = await self._validate_target(url)
+        config = await self._change("create", checked, normalize_events(events))
         assert config is not None
         return config
 
@@ -586,11 +654,17 @@ class WebhookService:
             raise CallbackConfigError("update_config needs url or events")
         config = await self._change(
             "update",
-            None if url is None else validate_url(url),
+            None if url is None else await self._validate_target(url),
             None if events is None else normalize_events(events),
         )
         assert config is not None
         return config
+
+    async def _validate_target(self, url: Any) -> str:
+        checked = validate_url(url)
+        if not self.settings.allow_private_targets:
+            await _check_target(checked)
+        return checked
 
     async def delete_config(self) -> bool:
         """Delete the configuration (nothing is sent any more); whether one existed."""
@@ -735,10 +809,15 @@ class WebhookService:
                 data=row.body,
                 headers={"Content-Type": "application/json; charset=utf-8",
                          "X-Callback-Seq": str(row.id)},
+                allow_redirects=False,  # a redirect could point anywhere, our network too
             ) as response:
-                await response.read()
+                # Only the status matters; a bounded read lets a short body keep the
+                # connection reusable, a longer one is dropped with the connection.
+                await response.content.read(_MAX_RESPONSE_BYTES)
                 if 200 <= response.status < 300:
                     return None
+                if 300 <= response.status < 400:
+                    return f"HTTP {response.status}: redirects are not followed"
                 return f"HTTP {response.status}"
         except TimeoutError:
             return f"no answer within {self.settings.timeout_s:g} s"

@@ -14,6 +14,7 @@ from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.usersig import generate_user_sig
 from signaling_server.core import CoreConfig
 from signaling_server.server import ServerConfig, SignalingServer
+from signaling_server.webhooks import WebhookSettings
 
 __all__ = ["APP", "KEY", "new_server", "server_config", "sig"]
 
@@ -30,8 +31,10 @@ def server_config(
     db: str = ":memory:", core: CoreConfig | None = None, **overrides: Any
 ) -> ServerConfig:
     """A server configuration for the test app on a free port of 127.0.0.1."""
+    # Webhook receivers in tests listen on loopback, which a real server refuses by default.
     settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "sdk_app_id": APP,
-                                "secret_key": KEY, "db": db, "core": core or CoreConfig()}
+                                "secret_key": KEY, "db": db, "core": core or CoreConfig(),
+                                "webhooks": WebhookSettings(allow_private_targets=True)}
     settings.update(overrides)
     return ServerConfig(**settings)
 

@@ -139,3 +139,36 @@ async def test_rest_api_flags_and_env(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_development_key_refused_off_loopback(tmp_path: Path) -> None:
+    """The published development key lets anyone mint an administrator's userSig: off
+    loopback the server refuses to start with it, naming --secret-key; with a key of its
+    own it starts (the listener is on 0.0.0.0 for a moment)."""
+    for host in ("0.0.0.0", "::", "192.0.2.10", "example.com"):
+        code, out, err = await run("--host", host, "--port", "0", "--db", ":memory:",
+                                   "--http-port", "0", cwd=tmp_path)
+        assert code == 2, (host, out, err)
+        assert out == ""
+        assert "--secret-key" in err and f"--host {host}" in err and "Traceback" not in err
+    code, _, err = await run("--port", "0", "--db", ":memory:", cwd=tmp_path,
+                             env=clean_env(CALLSERVER_HOST="0.0.0.0"))
+    assert code == 2 and "--secret-key" in err
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling_server", "--host", "0.0.0.0", "--port", "0",
+        "--db", ":memory:", "--secret-key", "a-key-of-our-own-0123456789",
+        cwd=tmp_path, env=clean_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            line = (await proc.stdout.readline()).decode()
+        assert line.startswith("signaling-server listening on ws://0.0.0.0:"), line
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -16,7 +16,9 @@ from tests.helpers.waits import eventually
 from tests.helpers.webhook_receiver import Receiver
 from tests.helpers.wsclient import WsClient
 
-FAST = WebhookSettings(backoff_initial_s=0.05, backoff_max_s=0.2, close_grace_s=0.0)
+# The receivers listen on loopback: allowed only with allow_private_targets.
+FAST = WebhookSettings(backoff_initial_s=0.05, backoff_max_s=0.2, close_grace_s=0.0,
+                       allow_private_targets=True)
 PUSH_FIELDS = ["UserId", "CallId", "EventTime", "ExpireTs", "OfflinePushInfo", "Invitation"]
 
 

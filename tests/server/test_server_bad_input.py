@@ -13,6 +13,7 @@ import pytest
 
 from callclient.errors import ErrorCode
 from callwire import protocol
+from callwire.codes import CloseCode
 from callwire.usersig import generate_user_sig
 from signaling_server.core import CoreConfig
 from signaling_server.server import SignalingServer
@@ -174,14 +175,16 @@ async def test_each_bad_input_gets_its_error_code(server: SignalingServer) -> No
 
 
 async def test_frame_over_max_size_closes_with_1009(server: SignalingServer) -> None:
-    """A frame beyond websockets' 1 MiB limit closes that connection with 1009 only."""
+    """A frame beyond the server's ``max_size`` (128 KiB) closes that connection with 1009
+    only."""
     async with (
         await WsClient.connect(server.url) as big,
         await WsClient.connect(server.url) as other,
     ):
         await big.login("big")
         await other.login("other")
-        await big.send_raw("x" * (1024 * 1024 + 1))
+        assert server.config.max_size == 128 * 1024
+        await big.send_raw("x" * (server.config.max_size + 1))
         assert (await big.closed()).code == 1009
         assert "serverTime" in await other.call("ping")
 
@@ -265,3 +268,26 @@ async def test_client_that_stops_reading_is_dropped() -> None:
         finally:
             slow.abort()
             await slow.close()
+
+
+async def test_idle_connections_closed_and_capped_over_real_sockets() -> None:
+    """Over real websockets: a connection that does not log in within the deadline is closed
+    with 4010 after an ERROR event; past the per-address cap a new connection is closed with
+    4029 while the others go on; one that logs in in time keeps working."""
+    core = CoreConfig(login_timeout_s=1.0, max_connections_per_ip=3, per_ip_exempt=frozenset())
+    async with new_server(core=core) as server:
+        idle = await WsClient.connect(server.url, "idle")
+        user = await WsClient.connect(server.url, "user")
+        await user.login("dave")
+        third = await WsClient.connect(server.url, "third")
+        fourth = await WsClient.connect(server.url, "fourth")
+        closed = await fourth.closed()
+        assert (closed.code, "your address" in closed.reason) == (
+            CloseCode.TOO_MANY_CONNECTIONS, True)
+        error = await idle.expect("ERROR")
+        assert error["code"] == ErrorCode.INIT_FAIL
+        assert (await idle.closed()).code == CloseCode.LOGIN_TIMEOUT
+        assert (await third.closed()).code == CloseCode.LOGIN_TIMEOUT
+        assert "serverTime" in await user.call("ping")
+        assert server.connection_count == 1
+        await user.close()

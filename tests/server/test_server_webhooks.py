@@ -13,7 +13,9 @@ from tests.helpers.servers import APP, new_server
 from tests.helpers.webhook_receiver import Receiver
 from tests.helpers.wsclient import WsClient
 
-FAST = WebhookSettings(backoff_initial_s=0.05, backoff_max_s=0.2, close_grace_s=0.0)
+# The receivers listen on loopback: allowed only with allow_private_targets.
+FAST = WebhookSettings(backoff_initial_s=0.05, backoff_max_s=0.2, close_grace_s=0.0,
+                       allow_private_targets=True)
 
 
 async def test_call_through_server_reaches_receiver_and_records(tmp_path: Path) -> None:

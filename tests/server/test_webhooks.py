@@ -24,7 +24,9 @@ from tests.helpers.core import APP_ID, START, CoreHarness
 from tests.helpers.waits import eventually
 from tests.helpers.webhook_receiver import Received, Receiver
 
-FAST = WebhookSettings(backoff_initial_s=0.05, backoff_max_s=0.2, close_grace_s=0.0)
+# The receivers listen on loopback: allowed only with allow_private_targets.
+FAST = WebhookSettings(backoff_initial_s=0.05, backoff_max_s=0.2, close_grace_s=0.0,
+                       allow_private_targets=True)
 BODY_FIELDS = [
     "UserId", "RoomId", "TotalNum", "MediaType", "CallType", "CallId", "Role", "Event",
     "CallResult", "EventTime", "StartCallTs", "AcceptTs", "EndTs",
@@ -355,7 +357,8 @@ async def test_close_does_not_wait_for_retries(tmp_path: Path, receiver: Receive
     """Closing while callbacks wait for a retry is quick and leaves them pending on disk."""
     await receiver.stop()
     h = harness("alice", "bob")
-    async with running_service(tmp_path / "db", receiver.url, settings=WebhookSettings()) as svc:
+    settings = WebhookSettings(allow_private_targets=True)
+    async with running_service(tmp_path / "db", receiver.url, settings=settings) as svc:
         call(h, "alice", "bob")
         feed(h, svc)
         await svc.flush()

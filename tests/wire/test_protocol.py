@@ -31,7 +31,7 @@ PARSERS: list[Parser] = [protocol.parse_request, protocol.parse_server_frame]
 
 # --------------------------------------------------------------------------- strategies
 
-user_ids = st.from_regex(r"\A[A-Za-z0-9_@.\-]{1,64}\Z")
+user_ids = st.from_regex(r"[A-Za-z0-9_@.\-]{1,64}", fullmatch=True)
 call_ids = st.text(min_size=1, max_size=64)
 request_ids = st.one_of(
     st.integers(min_value=-(2**53), max_value=2**53), st.text(min_size=1, max_size=64)
@@ -341,16 +341,85 @@ def test_server_frames_round_trip(
 WRONG_VALUES: list[Any] = [None, True, 0, -1, 1.5, 2**64, "", "x", [], ["offer"], {}, {"a": 1}]
 FIELDS = [(kind, name) for kind, fields in protocol.REQUEST_TYPES.items() for name in fields]
 
+VALID_EXAMPLE: dict[str, dict[str, Any]] = {
+    "login": {"sdkAppId": 1400000001, "userID": "alice", "userSig": "sig",
+              "protocolVersion": "1.0"},
+    "logout": {},
+    "ping": {},
+    "calls": {"userIDList": ["bob"], "mediaType": 1},
+    **{kind: {"callId": "c1"} for kind in ("accept", "reject", "ignore", "hangup", "join")},
+    "invite": {"callId": "c1", "userIDList": ["bob"]},
+    "join_in_group_call": {"groupId": "g1", "mediaType": 2},
+    "get_group_call": {"groupId": "g1"},
+    "get_user_info": {"userIDList": ["bob"]},
+    "switch_media_type": {"callId": "c1", "mediaType": 2},
+    "media_state": {"callId": "c1"},
+    "network_quality": {"callId": "c1", "quality": 2},
+    "self_info": {"nickname": "Al"},
+    "multi_device": {"enable": True},
+    "relay": {"callId": "c1", "to": "bob", "kind": "offer", "payload": {}},
+    "query_recent_calls": {},
+    "delete_record_calls": {"callIds": ["c1"]},
+}
+"""One valid ``data`` per request type: the start of each case, so only the target changes."""
+
+
+def test_valid_examples_are_valid() -> None:
+    for kind, data in VALID_EXAMPLE.items():
+        assert protocol.parse_request(json.dumps({"type": kind, "id": 1, "data": data}))
+    assert set(VALID_EXAMPLE) == set(protocol.REQUEST_TYPES)
+
 
 @pytest.mark.parametrize(("kind", "name"), FIELDS, ids=[f"{k}.{n}" for k, n in FIELDS])
 def test_every_field_with_every_json_type(kind: str, name: str) -> None:
-    """Each field of each request type set to a value of every JSON type (a list for the relay
-    ``kind`` used to raise TypeError: unhashable type): a request or ProtocolViolation."""
+    """Each field of each request type set to a value of every JSON type, in an otherwise
+    valid frame (a list for the relay ``kind`` used to raise TypeError: unhashable type):
+    the request is accepted with that very value, or refused naming that field. Every field
+    refuses some of the values (each case reaches the field it is about)."""
+    refused = 0
     for value in WRONG_VALUES:
-        raw = json.dumps({"type": kind, "id": 1, "data": {name: value}})
+        data = {**VALID_EXAMPLE[kind], name: value}
+        raw = json.dumps({"type": kind, "id": 1, "data": data})
         result = parse_only_violations(protocol.parse_request, raw)
         if isinstance(result, ProtocolViolation):
+            refused += 1
             assert result.request_id == 1
+            assert result.code == ErrorCode.PARAM_INVALID
+            assert f"field {name!r}" in result.message, (value, result.message)
+        else:
+            assert result.data[name] == value
+    assert refused > 0
+
+
+_AFFIXES = ["\n", "\r\n", "\r", " ", "\t", "\x00", "\u2028", "\x85", "é", "/", "\ufeff"]
+near_user_ids = st.tuples(
+    st.from_regex(r"[A-Za-z0-9_@.\-]{1,62}", fullmatch=True),
+    st.sampled_from(_AFFIXES),
+    st.sampled_from(["suffix", "prefix", "inside"]),
+).map(lambda t: {"suffix": t[0] + t[1], "prefix": t[1] + t[0],
+                 "inside": t[0][:1] + t[1] + t[0][1:]}[t[2]])
+"""Valid user ids (at most 62 characters, so the length stays valid) with one character that
+is not allowed: a trailing newline ("alice\n" passed ``re.match(r"^...$")``), before, after or
+inside."""
+
+
+@FAST
+@given(bad=near_user_ids)
+def test_user_id_with_a_stray_character_is_refused_everywhere(bad: str) -> None:
+    """Every field holding a user id refuses it, naming the field."""
+    cases = {
+        "login": ("userID", {**VALID_EXAMPLE["login"], "userID": bad}),
+        "relay": ("to", {**VALID_EXAMPLE["relay"], "to": bad}),
+        "calls": ("userIDList", {**VALID_EXAMPLE["calls"], "userIDList": ["bob", bad]}),
+        "invite": ("userIDList", {**VALID_EXAMPLE["invite"], "userIDList": [bad]}),
+        "get_user_info": ("userIDList", {"userIDList": [bad]}),
+    }
+    for kind, (name, data) in cases.items():
+        with pytest.raises(ProtocolViolation) as info:
+            protocol.parse_request(json.dumps({"type": kind, "id": 1, "data": data}))
+        assert info.value.code == ErrorCode.PARAM_INVALID
+        assert f"field {name!r}" in info.value.message
+    assert protocol.check_user_id(bad) is not None
 
 
 # --------------------------------------------------------------------------- decided edge cases
