@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -57,6 +58,7 @@ from callclient.errors import (
     RequestRefusedError,
     RequestRepeatedError,
 )
+from callclient.ice import IceChooser
 from callclient.localmedia import LocalMedia
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
@@ -159,8 +161,10 @@ class CallEngine:
             self._device_failed,
             audio_processing,
         )
+        self._ice = IceChooser(list(ice_servers), self._tasks, self._notify)
         self._media = CallMedia(
-            self._local, self._remote, self._tasks, self.peer_config,
+            self._local, self._remote, self._tasks,
+            lambda: dataclasses.replace(self.peer_config, ice_servers=self._ice.servers),
             signaling=lambda: self._signaling,
             notify=self._notify,
             on_unresponsive=self._peer_unresponsive,
@@ -184,6 +188,12 @@ class CallEngine:
     def devices(self) -> DeviceSet:
         """The cameras, microphone and speakers this engine uses."""
         return self._local.devices
+
+    @property
+    def ice(self) -> IceChooser:
+        """The STUN/TURN servers peer connections use now (``ice.servers``): the explicit
+        ``ice_servers``, else the signaling server's, TURN URLs tried (:mod:`callclient.ice`)."""
+        return self._ice
 
     @property
     def user_id(self) -> str | None:
@@ -309,7 +319,8 @@ class CallEngine:
         self._state.logged_in(user_id)
         self._local.user_id = user_id
         try:
-            await signaling.login(Credentials(sdk_app_id, user_id, user_sig, extra))
+            reply = await signaling.login(Credentials(sdk_app_id, user_id, user_sig, extra))
+            self._ice.update(_parsed(messages.parse_ice_servers, reply))
         except BaseException:
             self._signaling = None
             self._apply(self._state.logged_out(time.time()))
@@ -321,6 +332,7 @@ class CallEngine:
         """End any call (``on_call_end``, or ``on_call_cancelled`` while it rings) and log
         out. Idempotent."""
         self._apply(self._state.logged_out(time.time()))
+        self._ice.clear()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.stop()
@@ -601,6 +613,9 @@ class CallEngine:
         except ProtocolViolation as exc:
             logger.warning("ignoring a malformed %s event: %s", event.name, exc.message)
             return
+        if isinstance(parsed, messages.IceServers):  # ICE_SERVERS: renewed credentials
+            self._ice.update(parsed)
+            return
         self._apply(self._state.receive(parsed, time.time()))
 
     def _on_relay(self, relay: Relay) -> None:
@@ -610,6 +625,10 @@ class CallEngine:
         logger.info("signaling connection lost; reconnecting")
 
     def _on_reconnected(self, reply: dict[str, Any]) -> None:
+        try:
+            self._ice.update(messages.parse_ice_servers(reply))
+        except ProtocolViolation as exc:
+            logger.warning("ignoring the malformed iceServers of a re-login: %s", exc.message)
         active = reply.get("activeCall")
         active_id = active.get("callId") if isinstance(active, dict) else None
         self._apply(self._state.reconnected(

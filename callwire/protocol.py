@@ -97,7 +97,7 @@ CALL_EVENTS: Final = (
 """Events about one call; each carries ``callId``."""
 
 EVENT_NAMES: Final = frozenset(
-    (*CALL_EVENTS, "SDK_READY", "KICKED_OUT", "USER_SIG_EXPIRED", "ERROR")
+    (*CALL_EVENTS, "SDK_READY", "KICKED_OUT", "USER_SIG_EXPIRED", "ERROR", "ICE_SERVERS")
 )
 
 _USER_ID_RE: Final = re.compile(r"^[A-Za-z0-9_@.\-]{1,64}$")

@@ -2,15 +2,18 @@
 
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
 [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
-[--public-ws-url URL]`` serves until SIGTERM or SIGINT, then ends the calls in progress as
-interrupted and closes the database; ``--http-port`` also serves the REST API
-(docs/rest-api.md) and the browser client (``web/``) at ``/``; ``--tls-cert``/``--tls-key``
-put both listeners on TLS (wss, https), and SIGHUP reloads those files.
+[--public-ws-url URL] [--turn URL[,URL...] --turn-secret S [--turn-ttl S]]`` serves until
+SIGTERM or SIGINT, then ends the calls in progress as interrupted and closes the database;
+``--http-port`` also serves the REST API (docs/rest-api.md) and the browser client (``web/``)
+at ``/``; ``--tls-cert``/``--tls-key`` put both listeners on TLS (wss, https), and SIGHUP
+reloads those files; ``--turn`` hands clients STUN/TURN servers with credentials
+(docs/protocol.md, "ICE servers").
 ``signaling-server usersig USER [--expire S]`` prints a userSig. Every option also has an
 environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
 ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
 ``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
-``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOG_LEVEL``); a flag wins
+``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_TURN``,
+``CALLSERVER_TURN_SECRET``, ``CALLSERVER_TURN_TTL``, ``CALLSERVER_LOG_LEVEL``); a flag wins
 over it. With neither, the built-in development sdkappid and secret key are used.
 ``signaling-server --version`` prints the version.
 """
@@ -31,8 +34,10 @@ from pathlib import Path
 
 from callwire.argtypes import LOG_LEVELS, non_negative_int, port, positive_float, positive_int
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.turn import DEFAULT_TTL_S, TurnUrl, parse_turn_url
 from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from callwire.version import __version__
+from signaling_server.core import CoreConfig
 from signaling_server.server import (
     DEFAULT_DB_PATH,
     DEFAULT_PORT,
@@ -66,6 +71,14 @@ def _add_identity(parser: argparse.ArgumentParser) -> None:
         help="key userSigs are signed with (env CALLSERVER_SECRET_KEY; default: the "
         "built-in development key)",
     )
+
+
+def _turn_urls(text: str) -> tuple[TurnUrl, ...]:
+    """``--turn``: comma-separated TURN URLs (an empty string: none)."""
+    try:
+        return tuple(parse_turn_url(url) for url in text.split(",") if url.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,6 +156,30 @@ def _parser() -> argparse.ArgumentParser:
         "(env CALLSERVER_PUBLIC_WS_URL; default: this host's --port)",
     )
     serve.add_argument(
+        "--turn",
+        type=_turn_urls,
+        default=_turn_urls(os.environ.get("CALLSERVER_TURN", "")),
+        metavar="URL[,URL...]",
+        help="TURN servers (coturn) handed to clients at login, e.g. "
+        "turn:turn.example.com:3478,turn:turn.example.com:3478?transport=tcp; their STUN side "
+        "comes with them (env CALLSERVER_TURN; default: none, host candidates only)",
+    )
+    serve.add_argument(
+        "--turn-secret",
+        default=os.environ.get("CALLSERVER_TURN_SECRET") or None,
+        metavar="SECRET",
+        help="coturn's static-auth-secret, signing time-limited TURN credentials (env "
+        "CALLSERVER_TURN_SECRET; required with --turn)",
+    )
+    serve.add_argument(
+        "--turn-ttl",
+        type=positive_int,
+        default=_env("CALLSERVER_TURN_TTL", str(DEFAULT_TTL_S)),
+        metavar="SECONDS",
+        help="validity of the TURN credentials; fresh ones are sent when a quarter is left "
+        "(env CALLSERVER_TURN_TTL; default %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -172,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve" and (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together (or CALLSERVER_TLS_CERT and "
                      "CALLSERVER_TLS_KEY)")
+    if args.command == "serve" and args.turn and not args.turn_secret:
+        parser.error("--turn needs --turn-secret (or CALLSERVER_TURN_SECRET): the "
+                     "static-auth-secret of coturn's configuration")
     if args.command == "usersig":
         print(generate_user_sig(args.sdkappid, args.secret_key, args.user, args.expire))
         return 0
@@ -197,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
         web_root=args.web_root,
         public_ws_url=args.public_ws_url,
+        core=CoreConfig(
+            turn_urls=args.turn, turn_secret=args.turn_secret or "", turn_ttl_s=args.turn_ttl
+        ),
     )
     try:
         return asyncio.run(_serve(config))

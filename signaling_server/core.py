@@ -22,6 +22,7 @@ from callwire import protocol
 from callwire.codes import CloseCode, ErrorCode
 from callwire.enums import CallResultType, CallRole, CallScene
 from callwire.protocol import ProtocolViolation, Request
+from callwire.turn import DEFAULT_TTL_S, TurnUrl, ice_servers
 from callwire.version import __version__
 from signaling_server.groups import GroupDirectory
 from signaling_server.records import ParticipantOutcome, StoredCall
@@ -150,6 +151,13 @@ class CoreConfig:
     """Token bucket per connection; a connection that runs it dry is closed."""
     max_invalid_frames: int = 100
     """Consecutive malformed frames before the connection is closed."""
+    turn_urls: tuple[TurnUrl, ...] = ()
+    """TURN servers handed to clients (``iceServers``); none: no ``iceServers`` at all."""
+    turn_secret: str = ""
+    """coturn's ``static-auth-secret``: signs the time-limited TURN credentials."""
+    turn_ttl_s: int = DEFAULT_TTL_S
+    """Validity of the TURN credentials; fresh ones are pushed (``ICE_SERVERS``) when a
+    quarter of it is left."""
 
 
 # --------------------------------------------------------------------------- state
@@ -174,6 +182,8 @@ class Session:
     sig_expires_at: float = 0.0
     platform: str = ""
     invalid_frames: int = 0
+    ice_generation: int = 0
+    """Counts the TURN credentials handed out; a refresh timer of an older login is moot."""
 
 
 @dataclass
@@ -427,7 +437,8 @@ class CallCore:
         return self._timers[0][0] if self._timers else None
 
     def tick(self, now: float) -> list[Output]:
-        """Advance the clock: ring timeouts, reconnect grace, userSig expiry."""
+        """Advance the clock: ring timeouts, reconnect grace, userSig expiry, TURN
+        credential refresh."""
         due: dict[str, list[str]] = {}
         while self._timers and self._timers[0][0] <= now:
             _, _, kind, key = heapq.heappop(self._timers)
@@ -439,6 +450,9 @@ class CallCore:
                 self._grace_expired(call_id, user_id, now)
             elif kind == "sig":
                 self._check_sig(int(key), now)
+            elif kind == "ice":
+                conn, generation = key.split("\0", 1)
+                self._refresh_ice(int(conn), int(generation), now)
         for call_id, user_ids in due.items():
             self._ring_timeouts(call_id, user_ids, now)
         return self._flush()
@@ -674,6 +688,7 @@ class CallCore:
             "serverTime": now,
             "userSigExpiresAt": expires_at,
         }
+        reply.update(self._ice_servers(session, now))
         active = self._resume(presence, session, now)
         if active is not None:
             reply["activeCall"] = active
@@ -818,6 +833,29 @@ class CallCore:
                         self._schedule(member.deadline, "grace", f"{call.call_id}\0{user_id}")
         # Leaving the call may already have released the presence.
         self._release_if_idle(user_id)
+
+    def _ice_servers(self, session: Session, now: float) -> dict[str, Any]:
+        """``{"iceServers", "iceServersExpireAt"}`` for ``session``'s user (nothing without
+        TURN servers), and the timer that sends fresh ones before these expire."""
+        config = self.config
+        if not config.turn_urls or session.user_id is None:
+            return {}
+        expires_at = int(now) + config.turn_ttl_s
+        session.ice_generation += 1
+        refresh_at = max(now + 1.0, expires_at - config.turn_ttl_s / 4)
+        self._schedule(refresh_at, "ice", f"{session.conn}\0{session.ice_generation}")
+        return {
+            "iceServers": ice_servers(
+                config.turn_urls, config.turn_secret, session.user_id, expires_at
+            ),
+            "iceServersExpireAt": expires_at,
+        }
+
+    def _refresh_ice(self, conn: int, generation: int, now: float) -> None:
+        session = self._sessions.get(conn)
+        if session is None or session.user_id is None or session.ice_generation != generation:
+            return  # gone, logged out, or logged in again (which handed out new ones)
+        self._send(conn, protocol.encode_event("ICE_SERVERS", self._ice_servers(session, now)))
 
     def _check_sig(self, conn: int, now: float) -> None:
         session = self._sessions.get(conn)
