@@ -58,7 +58,7 @@ from callclient.errors import (
     RequestRefusedError,
     RequestRepeatedError,
 )
-from callclient.ice import IceChooser
+from callclient.ice import IceChooser, selected_path
 from callclient.localmedia import LocalMedia
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
@@ -121,7 +121,9 @@ class CallEngine:
     which capture processing stages run (:mod:`callclient.media.processing`); by default all
     of them for a real microphone and none for a virtual one (bit-exact test audio). While
     logged in, devices that can change (``devices.probe``) are checked every
-    ``device_watch_interval`` seconds.
+    ``device_watch_interval`` seconds. Peer connections use the STUN/TURN servers the
+    signaling server hands out (:mod:`callclient.ice`) unless ``ice_servers`` is given;
+    ``relay_only`` restricts them to TURN relays.
     Use as ``async with CallEngine(...) as engine:`` or call :meth:`close`.
     """
 
@@ -131,6 +133,7 @@ class CallEngine:
         *,
         devices: DeviceSet | None = None,
         ice_servers: Iterable[IceServer] = (),
+        relay_only: bool = False,
         video_codec: str = "VP8",
         reconnect: bool = True,
         request_timeout: float = 10.0,
@@ -143,7 +146,7 @@ class CallEngine:
             raise InvalidParameterError(f"video_codec must be VP8 or H264, not {video_codec!r}")
         self.server_url = server_url
         self.peer_config = PeerConfig(
-            ice_servers=list(ice_servers), video_codec=video_codec.upper()
+            ice_servers=list(ice_servers), relay_only=relay_only, video_codec=video_codec.upper()
         )
         self._reconnect = reconnect
         self._request_timeout = request_timeout
@@ -217,8 +220,14 @@ class CallEngine:
 
     @property
     def remote_stats(self) -> dict[str, RemoteStats]:
-        """Per remote user counters of the current call."""
-        return self._remote.stats
+        """Per remote user counters of the current call, and the candidate pair (``path``)
+        each one's media flows on."""
+        stats = self._remote.stats
+        mesh = self._media.mesh
+        for user_id, counters in stats.items():
+            peer = mesh.peers.get(user_id) if mesh is not None else None
+            counters.path = selected_path(peer.pc) if peer is not None else None
+        return stats
 
     @property
     def mixer(self) -> Mixer:

@@ -30,6 +30,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -71,6 +72,8 @@ class PeerConfig:
     """Media settings shared by every peer connection of an engine."""
 
     ice_servers: list[IceServer] = field(default_factory=list)
+    relay_only: bool = False
+    """ICE transport policy ``relay``: only TURN candidates (tests, benchmarks, privacy)."""
     video_codec: str = "VP8"
     keepalive_interval: float = 1.0
     dead_after: float = 4.0
@@ -105,7 +108,10 @@ class PeerLink:
             RTCConfiguration(
                 iceServers=[
                     RTCIceServer(s.urls, s.username, s.credential) for s in config.ice_servers
-                ]
+                ],
+                iceTransportPolicy=(
+                    RTCIceTransportPolicy.RELAY if config.relay_only else RTCIceTransportPolicy.ALL
+                ),
             )
         )
         self.pc.on("track", self._track)

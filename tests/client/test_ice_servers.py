@@ -12,7 +12,8 @@ import pytest
 from callclient.engine import CallEngine
 from callclient.errors import ErrorCode
 from callclient.peer import IceServer
-from callwire.turn import parse_turn_url
+from callclient.types import CallMediaType, MediaPath
+from callwire.turn import parse_turn_url, turn_credentials
 from signaling_server.core import CoreConfig
 from tests.helpers.coturn import Coturn
 from tests.helpers.engine import Recorder
@@ -133,3 +134,54 @@ async def test_credentials_renewed_before_expiry(coturn: Coturn) -> None:
             assert engine.ice.servers[-1].username != first
         finally:
             await engine.close()
+
+
+async def _call_paths(
+    url: str, servers: list[IceServer] | None, relay_only: bool
+) -> list[MediaPath]:
+    """alice calls bob (audio); the path each reports for the other's media (remote_stats)."""
+    kwargs: dict[str, object] = {"relay_only": relay_only}
+    if servers is not None:
+        kwargs["ice_servers"] = servers
+    alice, _ = await _login(url, "alice", **kwargs)
+    bob, bob_rec = await _login(url, "bob", **kwargs)
+    try:
+        await alice.call("bob", CallMediaType.AUDIO)
+        await bob_rec.wait_for("on_call_received")
+        await bob.accept()
+        paths = []
+        for engine, other in ((alice, "bob"), (bob, "alice")):
+
+            def flowing(e: CallEngine = engine, o: str = other) -> bool:
+                stats = e.remote_stats.get(o)
+                return stats is not None and stats.audio_blocks > 10 and stats.path is not None
+
+            await eventually(flowing, f"media from {other} on a known path", timeout=3 * T)
+            path = engine.remote_stats[other].path
+            assert path is not None
+            paths.append(path)
+        return paths
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_host_path_on_one_machine() -> None:
+    """No ICE servers: host candidates, UDP."""
+    async with new_server() as server:
+        paths = await _call_paths(server.url, None, relay_only=False)
+    assert [(p.local, p.remote, p.transport, p.relayed) for p in paths] == [
+        ("host", "host", "udp", False)] * 2
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_relay_path_through_coturn(coturn: Coturn, transport: str) -> None:
+    """Relay only, through coturn over UDP, then over TCP: the path says so."""
+    url = next(u for u in coturn.urls if u.endswith(transport))
+    username, credential = turn_credentials(SECRET, "tester", 2_000_000_000)
+    async with new_server() as server:
+        paths = await _call_paths(server.url, [IceServer(url, username, credential)],
+                                  relay_only=True)
+    for path in paths:
+        assert path.relayed and path.local == "relay"
+        assert path.transport == f"turn/{transport}"

@@ -75,6 +75,7 @@ class Coturn:
             "no-dtls",
             "no-multicast-peers",
             "no-software-attribute",
+            *(["allow-loopback-peers"] if self.address.startswith("127.") else []),
             "denied-peer-ip=0.0.0.0-255.255.255.255",
             *(f"allowed-peer-ip={peer}" for peer in self.peers),
             f"userdb={workdir / 'turndb'}",
