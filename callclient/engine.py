@@ -58,7 +58,8 @@ from callclient.errors import (
     RequestRefusedError,
     RequestRepeatedError,
 )
-from callclient.ice import IceChooser, selected_path
+from callclient.ice import IceChooser
+from callclient.icepath import selected_path
 from callclient.localmedia import LocalMedia
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet

@@ -26,17 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioice import stun, turn
-from aiortc import RTCPeerConnection
 
 from callclient.observer import Error, Notification
 from callclient.peer import IceServer
 from callclient.tasks import TaskOwner
-from callclient.types import MediaPath
 from callwire.codes import ErrorCode
 from callwire.messages import IceServers
 from callwire.turn import TurnUrl, parse_turn_url
 
-__all__ = ["IceChooser", "TurnProbe", "probe_turn", "selected_path"]
+__all__ = ["IceChooser", "TurnProbe", "probe_turn"]
 
 logger = logging.getLogger(__name__)
 
@@ -216,31 +214,3 @@ def _turn_urls(server: IceServer) -> list[TurnUrl]:
 def _stun_urls(server: IceServer) -> list[str]:
     return [u for u in _parsed_urls(server) if u.startswith(("stun:", "stuns:"))]
 
-
-def selected_path(pc: RTCPeerConnection) -> MediaPath | None:
-    """The candidate pair ``pc``'s media uses now, None before ICE has chosen one.
-
-    aiortc has no ``selectedCandidatePair`` statistic; this reads aioice's nominated pair
-    through the ICE transport of the first transceiver (this project bundles everything on
-    one transport). A relay's own transport is the TURN client protocol's ``repr``
-    (``turn/udp``, ``turn/tcp``; over TLS the TCP one with an SSL transport).
-    """
-    transceivers = pc.getTransceivers()
-    if not transceivers:
-        return None
-    dtls = transceivers[0].receiver.transport
-    connection = getattr(getattr(dtls, "transport", None), "_connection", None)
-    nominated = getattr(connection, "_nominated", None)
-    if not isinstance(nominated, dict) or not nominated:
-        return None
-    pair = nominated.get(1) or next(iter(nominated.values()))
-    local, remote = pair.local_candidate, pair.remote_candidate
-    transport = local.transport.lower()
-    if local.type == "relay":
-        inner = getattr(pair.protocol.transport, "_TurnTransport__inner_protocol", None)
-        transport = repr(inner) if inner is not None else "turn/?"
-        sock_ssl = getattr(getattr(inner, "transport", None), "get_extra_info", None)
-        if transport == "turn/tcp" and sock_ssl is not None and sock_ssl("ssl_object"):
-            transport = "turn/tls"
-    return MediaPath(local.type, remote.type, transport, f"{local.host}:{local.port}",
-                     f"{remote.host}:{remote.port}")

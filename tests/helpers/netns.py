@@ -202,8 +202,9 @@ class Home:
 
     The host has ``lan_address`` (10.0.N.2) with the router (10.0.N.1) as its default route;
     the router masquerades everything leaving its ``wan`` link as ``public_address``
-    (198.18.N.2), as a home router does (Linux keeps the source port when it can, and lets in
-    only replies to what went out: a port-restricted cone).
+    (198.18.N.2), as a home router does: Linux keeps the source port when it can, and the
+    router's firewall lets in only replies to what went out (a port-restricted cone NAT, which
+    ICE's hole punching gets through).
     """
 
     def __init__(self, index: int, host: str, router: str) -> None:
@@ -281,6 +282,11 @@ class Internet:
                 _run(["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
                 _nft(router, "nat", "post", "postrouting", ['oifname "wan" masquerade'],
                      family="ip", kind="nat", priority="srcnat")
+                # A home router's firewall: nothing unsolicited comes in. Dropped in the input
+                # hook, such a packet never gets a conntrack entry, which would otherwise take
+                # the tuple of the host's own later packet to that sender and make masquerade
+                # pick another source port: no hole punching would ever work.
+                _nft(router, "guard", "inbound", "input", ['iifname "wan" ct state new drop'])
                 self.homes.append(Home(index, host, router))
         except Exception as exc:
             self._delete()
