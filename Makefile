@@ -5,12 +5,13 @@ STAMP   := .venv/.installed
 # Runtime: PortAudio for sounddevice, GL/GLib for OpenCV's window. Tests: PulseAudio null sinks
 # behind ALSA for the sounddevice tests, Xvfb/xdotool/xwd for the desktop app, iproute2 and
 # nftables for the packet-loss tests in a network namespace, Chromium and its WebDriver for the
-# browser-client tests; espeak-ng speaks the audio-processing tests' speech.
+# browser-client tests; espeak-ng speaks the audio-processing tests' speech; coturn is the TURN
+# relay of the NAT tests.
 APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
 	espeak-ng \
 	pulseaudio pulseaudio-utils libasound2-plugins \
 	xvfb xdotool x11-apps \
-	iproute2 nftables \
+	iproute2 nftables coturn \
 	chromium chromium-driver
 
 .PHONY: demo test bench lint setup sysdeps clean

@@ -45,7 +45,7 @@ class CallMedia:
         local: LocalMedia,
         remote: RemoteMedia,
         tasks: TaskOwner,
-        peer_config: PeerConfig,
+        peer_config: Callable[[], PeerConfig],
         *,
         signaling: Callable[[], SignalingClient | None],
         notify: Callable[[Notification], None],

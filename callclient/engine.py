@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -57,6 +58,8 @@ from callclient.errors import (
     RequestRefusedError,
     RequestRepeatedError,
 )
+from callclient.ice import IceChooser
+from callclient.icepath import selected_path
 from callclient.localmedia import LocalMedia
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
@@ -119,7 +122,9 @@ class CallEngine:
     which capture processing stages run (:mod:`callclient.media.processing`); by default all
     of them for a real microphone and none for a virtual one (bit-exact test audio). While
     logged in, devices that can change (``devices.probe``) are checked every
-    ``device_watch_interval`` seconds.
+    ``device_watch_interval`` seconds. Peer connections use the STUN/TURN servers the
+    signaling server hands out (:mod:`callclient.ice`) unless ``ice_servers`` is given;
+    ``relay_only`` restricts them to TURN relays.
     Use as ``async with CallEngine(...) as engine:`` or call :meth:`close`.
     """
 
@@ -129,6 +134,7 @@ class CallEngine:
         *,
         devices: DeviceSet | None = None,
         ice_servers: Iterable[IceServer] = (),
+        relay_only: bool = False,
         video_codec: str = "VP8",
         reconnect: bool = True,
         request_timeout: float = 10.0,
@@ -141,7 +147,7 @@ class CallEngine:
             raise InvalidParameterError(f"video_codec must be VP8 or H264, not {video_codec!r}")
         self.server_url = server_url
         self.peer_config = PeerConfig(
-            ice_servers=list(ice_servers), video_codec=video_codec.upper()
+            ice_servers=list(ice_servers), relay_only=relay_only, video_codec=video_codec.upper()
         )
         self._reconnect = reconnect
         self._request_timeout = request_timeout
@@ -159,8 +165,10 @@ class CallEngine:
             self._device_failed,
             audio_processing,
         )
+        self._ice = IceChooser(list(ice_servers), self._tasks, self._notify)
         self._media = CallMedia(
-            self._local, self._remote, self._tasks, self.peer_config,
+            self._local, self._remote, self._tasks,
+            lambda: dataclasses.replace(self.peer_config, ice_servers=self._ice.servers),
             signaling=lambda: self._signaling,
             notify=self._notify,
             on_unresponsive=self._peer_unresponsive,
@@ -186,6 +194,12 @@ class CallEngine:
         return self._local.devices
 
     @property
+    def ice(self) -> IceChooser:
+        """The STUN/TURN servers peer connections use now (``ice.servers``): the explicit
+        ``ice_servers``, else the signaling server's, TURN URLs tried (:mod:`callclient.ice`)."""
+        return self._ice
+
+    @property
     def user_id(self) -> str | None:
         """The logged-in user id."""
         return self._state.user_id
@@ -207,8 +221,14 @@ class CallEngine:
 
     @property
     def remote_stats(self) -> dict[str, RemoteStats]:
-        """Per remote user counters of the current call."""
-        return self._remote.stats
+        """Per remote user counters of the current call, and the candidate pair (``path``)
+        each one's media flows on."""
+        stats = self._remote.stats
+        mesh = self._media.mesh
+        for user_id, counters in stats.items():
+            peer = mesh.peers.get(user_id) if mesh is not None else None
+            counters.path = selected_path(peer.pc) if peer is not None else None
+        return stats
 
     @property
     def mixer(self) -> Mixer:
@@ -309,7 +329,8 @@ class CallEngine:
         self._state.logged_in(user_id)
         self._local.user_id = user_id
         try:
-            await signaling.login(Credentials(sdk_app_id, user_id, user_sig, extra))
+            reply = await signaling.login(Credentials(sdk_app_id, user_id, user_sig, extra))
+            self._ice.update(_parsed(messages.parse_ice_servers, reply))
         except BaseException:
             self._signaling = None
             self._apply(self._state.logged_out(time.time()))
@@ -321,6 +342,7 @@ class CallEngine:
         """End any call (``on_call_end``, or ``on_call_cancelled`` while it rings) and log
         out. Idempotent."""
         self._apply(self._state.logged_out(time.time()))
+        self._ice.clear()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.stop()
@@ -601,6 +623,9 @@ class CallEngine:
         except ProtocolViolation as exc:
             logger.warning("ignoring a malformed %s event: %s", event.name, exc.message)
             return
+        if isinstance(parsed, messages.IceServers):  # ICE_SERVERS: renewed credentials
+            self._ice.update(parsed)
+            return
         self._apply(self._state.receive(parsed, time.time()))
 
     def _on_relay(self, relay: Relay) -> None:
@@ -610,6 +635,10 @@ class CallEngine:
         logger.info("signaling connection lost; reconnecting")
 
     def _on_reconnected(self, reply: dict[str, Any]) -> None:
+        try:
+            self._ice.update(messages.parse_ice_servers(reply))
+        except ProtocolViolation as exc:
+            logger.warning("ignoring the malformed iceServers of a re-login: %s", exc.message)
         active = reply.get("activeCall")
         active_id = active.get("callId") if isinstance(active, dict) else None
         self._apply(self._state.reconnected(

@@ -42,7 +42,7 @@ class PeerMesh:
     def __init__(
         self,
         local_id: str,
-        config: PeerConfig,
+        config: Callable[[], PeerConfig],
         send: RelaySender,
         tasks: TaskOwner,
         *,
@@ -70,7 +70,7 @@ class PeerMesh:
             peer = PeerLink(
                 self.local_id,
                 user_id,
-                self.config,
+                self.config(),  # the ICE servers of this moment (credentials are renewed)
                 lambda kind, payload: self._relay(user_id, kind, payload),
                 self._audio_track(),
                 self._video_track(),

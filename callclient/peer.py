@@ -30,6 +30,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -37,6 +38,7 @@ from aiortc import (
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
+from callclient.icepath import prefer_direct
 from callclient.liveness import Liveness, packets_received
 from callclient.media.audio_encoding import EncodedAudioTrack
 from callclient.media.encoding import EncodedVideoTrack
@@ -71,6 +73,8 @@ class PeerConfig:
     """Media settings shared by every peer connection of an engine."""
 
     ice_servers: list[IceServer] = field(default_factory=list)
+    relay_only: bool = False
+    """ICE transport policy ``relay``: only TURN candidates (tests, benchmarks, privacy)."""
     video_codec: str = "VP8"
     keepalive_interval: float = 1.0
     dead_after: float = 4.0
@@ -105,7 +109,10 @@ class PeerLink:
             RTCConfiguration(
                 iceServers=[
                     RTCIceServer(s.urls, s.username, s.credential) for s in config.ice_servers
-                ]
+                ],
+                iceTransportPolicy=(
+                    RTCIceTransportPolicy.RELAY if config.relay_only else RTCIceTransportPolicy.ALL
+                ),
             )
         )
         self.pc.on("track", self._track)
@@ -172,7 +179,9 @@ class PeerLink:
                 if self._closed:
                     return
                 try:
-                    await self.pc.setLocalDescription(await self.pc.createOffer())
+                    offer = await self.pc.createOffer()
+                    prefer_direct(self.pc)
+                    await self.pc.setLocalDescription(offer)
                     if self._closed:
                         return  # closed while gathering: the remote must not get an offer
                     await self._send_description()
@@ -202,7 +211,9 @@ class PeerLink:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
                 if not self.pc.getSenders() or all(s.track is None for s in self.pc.getSenders()):
                     self._add_local_tracks()
-                await self.pc.setLocalDescription(await self.pc.createAnswer())
+                answer = await self.pc.createAnswer()
+                prefer_direct(self.pc)
+                await self.pc.setLocalDescription(answer)
                 if self._closed:
                     return  # closed while gathering: no answer from a closed link
                 await self._send_description()

@@ -28,6 +28,7 @@ __all__ = [
     "DeviceList",
     "FillMode",
     "GroupCallInfo",
+    "MediaPath",
     "NetworkQuality",
     "NetworkQualityInfo",
     "OfflinePushInfo",
@@ -250,6 +251,33 @@ class CallRecord:
     call_result: str = ""
     """How the call ended (extension, the protocol's ``callResult``): ``normal_end``,
     ``cancel``, ``reject``, ``not_answer``, ``call_busy``, ``interrupt``; ``""`` while running."""
+
+
+@dataclass(frozen=True)
+class MediaPath:
+    """The ICE candidate pair a peer connection's media flows on (``remote_stats``).
+
+    ``local``/``remote`` are candidate types: ``host`` (an interface's own address),
+    ``srflx`` (the address a NAT maps it to, learnt from STUN), ``prflx`` (learnt from a
+    connectivity check) or ``relay`` (a TURN allocation). ``transport`` is how this side
+    reaches the other: ``udp`` directly, or, through a TURN relay of ours, ``turn/udp``,
+    ``turn/tcp`` or ``turn/tls``.
+    """
+
+    local: str
+    remote: str
+    transport: str
+    local_address: str
+    remote_address: str
+
+    @property
+    def relayed(self) -> bool:
+        """Whether a TURN relay is on the path (either side's)."""
+        return "relay" in (self.local, self.remote)
+
+    def describe(self) -> str:
+        """``"srflx -> srflx over udp"``: for logs and tile details."""
+        return f"{self.local} -> {self.remote} over {self.transport}"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ class ErrorCode(enum.IntEnum):
     MIC_START_FAIL = -1302
     CAMERA_STOPPED = -1316
     SPEAKER_START_FAIL = -1321
+    # Client-side ICE server checks (callclient.ice), reported through on_error
+    TURN_AUTH_FAILED = -1330  # the TURN server refused the credentials the server handed out
+    TURN_UNREACHABLE = -1331  # no TURN URL answered
+    MEDIA_CONNECT_FAIL = -1332  # ICE found no working path to a member
     # REST API codes, also used at login
     REST_INVALID_PARAMETERS = 70001
     USER_SIG_INVALID = 70002

@@ -29,6 +29,8 @@ __all__ = [
     "ErrorEvent",
     "GroupCall",
     "GroupCallInviteeListUpdate",
+    "IceServerEntry",
+    "IceServers",
     "InvitedReply",
     "JoinedReply",
     "KickedOut",
@@ -54,6 +56,7 @@ __all__ = [
     "parse_call_created_reply",
     "parse_event",
     "parse_group_call_reply",
+    "parse_ice_servers",
     "parse_invited_reply",
     "parse_joined_reply",
     "parse_user_info_reply",
@@ -190,6 +193,57 @@ class ErrorEvent:
     @classmethod
     def parse(cls, r: _Reader) -> ErrorEvent:
         return cls(r.integer("code", int(ErrorCode.INTERNAL)), r.text("msg", ""))
+
+
+@dataclass(frozen=True)
+class IceServerEntry:
+    """One RTCIceServer of ``iceServers``: its URLs and, for TURN, the credentials."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True)
+class IceServers:
+    """``ICE_SERVERS``: fresh STUN/TURN servers for this session (the login reply's
+    ``iceServers`` and ``iceServersExpireAt``, renewed before they expire)."""
+
+    NAME: ClassVar[str] = "ICE_SERVERS"
+    servers: tuple[IceServerEntry, ...]
+    expires_at: float | None
+
+    @classmethod
+    def parse(cls, r: _Reader) -> IceServers:
+        return parse_ice_servers(r.data, r.what)
+
+
+def parse_ice_servers(data: Mapping[str, Any], what: str = "login reply") -> IceServers:
+    """``iceServers``/``iceServersExpireAt`` of a login reply or an ``ICE_SERVERS`` event
+    (both absent: no servers); raises :class:`ProtocolViolation` when malformed."""
+
+    def bad(text: str) -> ProtocolViolation:
+        return ProtocolViolation(ErrorCode.MALFORMED_FRAME, f"{what}: {text}")
+
+    raw = data.get("iceServers", [])
+    if not isinstance(raw, list):
+        raise bad("iceServers must be a list")
+    servers = []
+    for index, item in enumerate(raw):
+        urls = item.get("urls") if isinstance(item, dict) else None
+        url_list = [urls] if isinstance(urls, str) else urls
+        if not isinstance(url_list, list) or not url_list or not all(
+            isinstance(u, str) and u for u in url_list
+        ):
+            raise bad(f"iceServers[{index}].urls must be URL strings")
+        username, credential = item.get("username"), item.get("credential")
+        if not isinstance(username, str | None) or not isinstance(credential, str | None):
+            raise bad(f"iceServers[{index}] username and credential must be strings")
+        servers.append(IceServerEntry(tuple(url_list), username, credential))
+    expires = data.get("iceServersExpireAt")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)):
+        raise bad("iceServersExpireAt must be a number")
+    return IceServers(tuple(servers), None if expires is None else float(expires))
 
 
 # ------------------------------------------------------------------ call events
@@ -459,7 +513,7 @@ ServerEvent = (
     SdkReady | KickedOut | UserSigExpired | ErrorEvent | OnCallReceived | OnCallCanceled
     | OnCallBegin | CallingEnd | UserAccept | UserEnter | UserLeave | Reject | NoResp | LineBusy
     | CallTypeChanged | UserVideoAvailable | UserAudioAvailable | GroupCallInviteeListUpdate
-    | OnUserNetworkQualityChanged | UserInfoChanged | UnknownEvent
+    | OnUserNetworkQualityChanged | UserInfoChanged | IceServers | UnknownEvent
 )
 
 _EVENT_TYPES: dict[str, Any] = {
@@ -468,7 +522,7 @@ _EVENT_TYPES: dict[str, Any] = {
         SdkReady, KickedOut, UserSigExpired, ErrorEvent, OnCallReceived, OnCallCanceled,
         OnCallBegin, CallingEnd, UserAccept, UserEnter, UserLeave, Reject, NoResp, LineBusy,
         CallTypeChanged, UserVideoAvailable, UserAudioAvailable, GroupCallInviteeListUpdate,
-        OnUserNetworkQualityChanged, UserInfoChanged,
+        OnUserNetworkQualityChanged, UserInfoChanged, IceServers,
     )
 }
 

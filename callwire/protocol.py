@@ -102,7 +102,7 @@ CALL_EVENTS: Final = (
 """Events about one call; each carries ``callId``."""
 
 EVENT_NAMES: Final = frozenset(
-    (*CALL_EVENTS, "SDK_READY", "KICKED_OUT", "USER_SIG_EXPIRED", "ERROR")
+    (*CALL_EVENTS, "SDK_READY", "KICKED_OUT", "USER_SIG_EXPIRED", "ERROR", "ICE_SERVERS")
 )
 
 # Always fullmatch: with re.match, "$" also matches before a trailing newline.

@@ -3,19 +3,22 @@
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
 [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
 [--public-ws-url URL] [--login-timeout S] [--max-connections N] [--max-connections-per-ip N]
-[--webhook-allow-private]`` serves until SIGTERM or SIGINT, then ends the calls in progress as
-interrupted and closes the database; ``--http-port`` also serves the REST API
-(docs/rest-api.md) and the browser client (``web/``) at ``/``; ``--tls-cert``/``--tls-key``
-put both listeners on TLS (wss, https), and SIGHUP reloads those files.
+[--webhook-allow-private] [--turn URL[,URL...] --turn-secret S [--turn-ttl S]]`` serves until
+SIGTERM or SIGINT, then ends the calls in progress as interrupted and closes the database;
+``--http-port`` also serves the REST API (docs/rest-api.md) and the browser client (``web/``)
+at ``/``; ``--tls-cert``/``--tls-key`` put both listeners on TLS (wss, https), and SIGHUP
+reloads those files; ``--turn`` hands clients STUN/TURN servers with credentials
+(docs/protocol.md, "ICE servers").
 ``signaling-server usersig USER [--expire S]`` prints a userSig. Every option also has an
 environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
 ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
 ``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
 ``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOGIN_TIMEOUT``,
 ``CALLSERVER_MAX_CONNECTIONS``, ``CALLSERVER_MAX_CONNECTIONS_PER_IP``,
-``CALLSERVER_WEBHOOK_ALLOW_PRIVATE``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it. With
-neither, the built-in development sdkappid and secret key are used; the development key is
-refused (exit 2) unless ``--host`` is a loopback address.
+``CALLSERVER_WEBHOOK_ALLOW_PRIVATE``, ``CALLSERVER_TURN``, ``CALLSERVER_TURN_SECRET``,
+``CALLSERVER_TURN_TTL``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it. With neither, the
+built-in development sdkappid and secret key are used; the development key is refused (exit 2)
+unless ``--host`` is a loopback address.
 ``signaling-server --version`` prints the version.
 """
 
@@ -35,6 +38,7 @@ from pathlib import Path
 
 from callwire.argtypes import LOG_LEVELS, non_negative_int, port, positive_float, positive_int
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.turn import DEFAULT_TTL_S, TurnUrl, parse_turn_url
 from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from callwire.version import __version__
 from signaling_server.core import CoreConfig
@@ -72,6 +76,14 @@ def _add_identity(parser: argparse.ArgumentParser) -> None:
         help="key userSigs are signed with (env CALLSERVER_SECRET_KEY; default: the "
         "built-in development key)",
     )
+
+
+def _turn_urls(text: str) -> tuple[TurnUrl, ...]:
+    """``--turn``: comma-separated TURN URLs (an empty string: none)."""
+    try:
+        return tuple(parse_turn_url(url) for url in text.split(",") if url.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -180,6 +192,30 @@ def _parser() -> argparse.ArgumentParser:
         "(env CALLSERVER_WEBHOOK_ALLOW_PRIVATE=1; default: refused, against SSRF)",
     )
     serve.add_argument(
+        "--turn",
+        type=_turn_urls,
+        default=_turn_urls(os.environ.get("CALLSERVER_TURN", "")),
+        metavar="URL[,URL...]",
+        help="TURN servers (coturn) handed to clients at login, e.g. "
+        "turn:turn.example.com:3478,turn:turn.example.com:3478?transport=tcp; their STUN side "
+        "comes with them (env CALLSERVER_TURN; default: none, host candidates only)",
+    )
+    serve.add_argument(
+        "--turn-secret",
+        default=os.environ.get("CALLSERVER_TURN_SECRET") or None,
+        metavar="SECRET",
+        help="coturn's static-auth-secret, signing time-limited TURN credentials (env "
+        "CALLSERVER_TURN_SECRET; required with --turn)",
+    )
+    serve.add_argument(
+        "--turn-ttl",
+        type=positive_int,
+        default=_env("CALLSERVER_TURN_TTL", str(DEFAULT_TTL_S)),
+        metavar="SECONDS",
+        help="validity of the TURN credentials; fresh ones are sent when a quarter is left "
+        "(env CALLSERVER_TURN_TTL; default %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -219,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "administrator's included; set --secret-key (or CALLSERVER_SECRET_KEY) to your "
             "own key, or listen on 127.0.0.1"
         )
+    if args.command == "serve" and args.turn and not args.turn_secret:
+        parser.error("--turn needs --turn-secret (or CALLSERVER_TURN_SECRET): the "
+                     "static-auth-secret of coturn's configuration")
     if args.command == "usersig":
         print(generate_user_sig(args.sdkappid, args.secret_key, args.user, args.expire))
         return 0
@@ -249,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             login_timeout_s=args.login_timeout,
             max_connections=args.max_connections,
             max_connections_per_ip=args.max_connections_per_ip,
+            turn_urls=args.turn,
+            turn_secret=args.turn_secret or "",
+            turn_ttl_s=args.turn_ttl,
         ),
     )
     try:

@@ -22,6 +22,7 @@ from callwire import protocol
 from callwire.codes import CloseCode, ErrorCode
 from callwire.enums import CallResultType, CallRole, CallScene
 from callwire.protocol import ProtocolViolation, Request
+from callwire.turn import DEFAULT_TTL_S, TurnUrl, ice_servers
 from callwire.version import __version__
 from signaling_server.groups import GroupDirectory
 from signaling_server.records import ParticipantOutcome, StoredCall
@@ -165,6 +166,13 @@ class CoreConfig:
     per_ip_exempt: frozenset[str] = frozenset({"127.0.0.1", "::1"})
     """Addresses the per-address cap does not apply to: a reverse proxy on this machine makes
     every client loopback (and load tests run there); the total cap still applies."""
+    turn_urls: tuple[TurnUrl, ...] = ()
+    """TURN servers handed to clients (``iceServers``); none: no ``iceServers`` at all."""
+    turn_secret: str = ""
+    """coturn's ``static-auth-secret``: signs the time-limited TURN credentials."""
+    turn_ttl_s: int = DEFAULT_TTL_S
+    """Validity of the TURN credentials; fresh ones are pushed (``ICE_SERVERS``) when a
+    quarter of it is left."""
 
 
 # --------------------------------------------------------------------------- state
@@ -193,6 +201,8 @@ class Session:
     """Sequence number of this session's userSig-expiry timer in the heap; 0: none."""
     login_timer: int = 0
     """Sequence number of the login-deadline timer while not logged in; 0: none."""
+    ice_timer: int = 0
+    """Sequence number of the TURN-credential refresh timer; 0: none."""
 
 
 @dataclass
@@ -469,7 +479,8 @@ class CallCore:
         return self._timers[0][0] if self._timers else None
 
     def tick(self, now: float) -> list[Output]:
-        """Advance the clock: ring timeouts, reconnect grace, userSig expiry."""
+        """Advance the clock: ring timeouts, reconnect grace, userSig expiry, TURN
+        credential refresh."""
         due: dict[str, list[str]] = {}
         while self._timers and self._timers[0][0] <= now:
             when, seq, kind, key = heapq.heappop(self._timers)
@@ -480,7 +491,7 @@ class CallCore:
                 call_id, user_id = key.split("\0", 1)
                 self._grace_expired(call_id, user_id, now)
             elif not self._timer_live((when, seq, kind, key)):
-                self._stale_timers -= 1  # a login or sig timer cancelled earlier
+                self._stale_timers -= 1  # a login, sig or ice timer cancelled earlier
             elif kind == "login":
                 session = self._sessions[int(key)]
                 session.login_timer = 0
@@ -489,6 +500,10 @@ class CallCore:
                 session = self._sessions[int(key)]
                 session.sig_timer = 0
                 self._check_sig(session, now)
+            elif kind == "ice":
+                session = self._sessions[int(key)]
+                session.ice_timer = 0
+                self._refresh_ice(session, now)
         for call_id, user_ids in due.items():
             self._ring_timeouts(call_id, user_ids, now)
         return self._flush()
@@ -541,7 +556,8 @@ class CallCore:
         return self._timer_seq
 
     def _cancel_timers(self, session: Session, login_only: bool = False) -> None:
-        """Forget the session's login-deadline and userSig timers (login, logout, close, kick).
+        """Forget the session's login-deadline, userSig and TURN-refresh timers (login, logout,
+        close, kick).
 
         The entries stay in the heap, marked stale by ``session.login_timer`` /
         ``session.sig_timer`` no longer naming them; once stale entries are more than half the
@@ -554,21 +570,29 @@ class CallCore:
         if session.sig_timer and not login_only:
             session.sig_timer = 0
             self._stale_timers += 1
+        if not login_only:
+            self._cancel_ice_timer(session)
         if self._stale_timers > 64 and 2 * self._stale_timers > len(self._timers):
             self._timers = [entry for entry in self._timers if self._timer_live(entry)]
             heapq.heapify(self._timers)
             self._stale_timers = 0
 
+    def _cancel_ice_timer(self, session: Session) -> None:
+        if session.ice_timer:
+            session.ice_timer = 0
+            self._stale_timers += 1
+
     def _timer_live(self, entry: tuple[float, int, str, str]) -> bool:
         """Whether a heap entry still counts (ring and grace timers always do: they are
         checked against the call when due, and last at most a ring timeout)."""
         kind = entry[2]
-        if kind not in ("sig", "login"):
+        if kind not in ("sig", "login", "ice"):
             return True
         session = self._sessions.get(int(entry[3]))
         if session is None:
             return False
-        return (session.sig_timer if kind == "sig" else session.login_timer) == entry[1]
+        live = {"sig": session.sig_timer, "login": session.login_timer, "ice": session.ice_timer}
+        return live[kind] == entry[1]
 
     def _arm_login_deadline(self, session: Session, now: float) -> None:
         timeout = self.config.login_timeout_s
@@ -774,6 +798,7 @@ class CallCore:
             "serverTime": now,
             "userSigExpiresAt": expires_at,
         }
+        reply.update(self._ice_servers(session, now))
         active = self._resume(presence, session, now)
         if active is not None:
             reply["activeCall"] = active
@@ -931,6 +956,30 @@ class CallCore:
                         self._schedule(member.deadline, "grace", f"{call.call_id}\0{user_id}")
         # Leaving the call may already have released the presence.
         self._release_if_idle(user_id)
+
+    def _ice_servers(self, session: Session, now: float) -> dict[str, Any]:
+        """``{"iceServers", "iceServersExpireAt"}`` for ``session``'s user (nothing without
+        TURN servers), and the timer that sends fresh ones before these expire."""
+        config = self.config
+        if not config.turn_urls or session.user_id is None:
+            return {}
+        expires_at = int(now) + config.turn_ttl_s
+        self._cancel_ice_timer(session)
+        refresh_at = max(now + 1.0, expires_at - config.turn_ttl_s / 4)
+        session.ice_timer = self._schedule(refresh_at, "ice", str(session.conn))
+        return {
+            "iceServers": ice_servers(
+                config.turn_urls, config.turn_secret, session.user_id, expires_at
+            ),
+            "iceServersExpireAt": expires_at,
+        }
+
+    def _refresh_ice(self, session: Session, now: float) -> None:
+        if session.user_id is None:
+            return  # logged out since (logout cancels the timer; this is a guard)
+        self._send(
+            session.conn, protocol.encode_event("ICE_SERVERS", self._ice_servers(session, now))
+        )
 
     def _check_sig(self, session: Session, now: float) -> None:
         conn = session.conn

@@ -7,7 +7,8 @@
 
 It logs in, answers invitations (``auto_accept``) and/or calls ``call`` users, records every
 remote user (``record``: MP4 + WAV per user, see :mod:`callclient.apps.recorder`) and emits one
-record per observer callback (:func:`~callclient.apps.events.event_record`) to ``emit``; a
+record per observer callback (:func:`~callclient.apps.events.event_record`) to ``emit``, and
+``bot_media_path`` when the candidate pair of a remote user's media is known or changes; a
 record naming users whose nickname the engine knows also has ``"names": {user: nickname}``. It
 stops when ``stop`` is set, after ``seconds``, or, when it placed a call and does not
 auto-accept, once that call is over; stopping hangs up, finalizes the recordings and closes
@@ -35,6 +36,7 @@ from callclient.media.virtual import AudioFile, Program, Silence, Tone
 from callclient.types import (
     CallMediaType,
     Camera,
+    MediaPath,
     Resolution,
     VideoEncoderParams,
     resolution_size,
@@ -50,6 +52,8 @@ EventSink = Callable[[dict[str, Any]], None]
 """Receives each log record (see :func:`~callclient.apps.events.event_record`)."""
 
 _HANGUP_TIMEOUT = 3.0
+_PATH_INTERVAL = 0.5
+"""Seconds between looks at the candidate pairs, for ``bot_media_path`` records."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Bot:
         self._placed_call = False
         self._call_over = asyncio.Event()
         self._closed = False
+        self._paths: dict[str, MediaPath] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -136,6 +141,7 @@ class Bot:
         await self.engine.login(config.sdk_app_id, config.user_id, user_sig,
                                 nickname=config.nickname)
         self.emit("bot_ready", config.server_url)
+        self._spawn(self._watch_paths())
         if config.call:
             self._placed_call = True
             try:
@@ -232,6 +238,18 @@ class Bot:
         elif name in ("on_kicked_offline", "on_user_sig_expired"):
             self.exit_code = 1
             self.done.set()
+
+    async def _watch_paths(self) -> None:
+        """Emit ``bot_media_path USER LOCAL REMOTE TRANSPORT`` whenever the candidate pair a
+        remote user's media flows on is first known or changes (host/srflx/prflx/relay)."""
+        while True:
+            await asyncio.sleep(_PATH_INTERVAL)
+            for user_id, stats in self.engine.remote_stats.items():
+                path = stats.path
+                if path is not None and self._paths.get(user_id) != path:
+                    self._paths[user_id] = path
+                    logger.info("media with %s: %s", user_id, path.describe())
+                    self.emit("bot_media_path", user_id, path.local, path.remote, path.transport)
 
     def _recorded(self, info: RecordingInfo) -> None:
         self.emit("bot_recording", info.to_dict())

@@ -34,7 +34,7 @@ from callclient.media.mixer import Mixer
 from callclient.media.receive import recv_newest
 from callclient.media.render import render
 from callclient.media.tracks import AudioConverter, frame_to_bgr
-from callclient.types import VideoRenderParams
+from callclient.types import MediaPath, VideoRenderParams
 
 __all__ = ["AudioTap", "RemoteMedia", "RemoteStats"]
 
@@ -59,6 +59,8 @@ class RemoteStats:
     """Blocks known lost (timestamp gaps): concealed by the playout buffer."""
     first_video_time: float | None = None
     last_video_time: float | None = None
+    path: MediaPath | None = None
+    """The candidate pair the media flows on; None until ICE connects (set by the engine)."""
 
 
 def _render_frame(

@@ -106,6 +106,9 @@ async def test_bot_answers_records_and_exits_on_sigterm(tmp_path: Path) -> None:
     received = bot.events("on_call_received")[0]["args"]
     assert received == ["alice", ["bob"], "", "VIDEO"]
     assert bot.events("on_call_begin")[0]["args"][1:] == ["VIDEO", "CALLED"]
+    # One machine, no ICE servers: alice's media came on a host pair over UDP, logged once.
+    assert [r["args"] for r in bot.events("bot_media_path")] == [
+        ["alice", "host", "host", "udp"]]
     info = recording["args"][0]
     assert info["user"] == "alice" and info["video_frames"] > 30
     assert info["latency_median_ms"] is not None and info["latency_median_ms"] > 0

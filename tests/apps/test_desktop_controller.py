@@ -235,6 +235,10 @@ async def test_outgoing_call_phase_follows_the_engine(make_party: MakeParty) -> 
     await eventually(lambda: _phases(probe, "on_user_join") != [], "the probe saw bob join")
     assert app.phase is Phase.CONNECTED
     assert app.state.tiles[1].status == "connected" and app.state.tiles[0].since is not None
+    # The tile details name the media path once ICE chose it (host pair: one machine); the
+    # state is rebuilt at the next volume or quality report.
+    await eventually(lambda: app.state.tiles[1].path != "", "a media path in bob's tile")
+    assert app.state.tiles[1].path == "host -> host over udp"
     await bob.engine.hangup()
     await alice.rec.wait_for("on_call_end")
     await eventually(lambda: _phases(probe, "on_call_end") != [], "the probe saw the end")

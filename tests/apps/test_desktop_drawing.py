@@ -178,6 +178,16 @@ def test_timer_and_state_text_drawn() -> None:
     assert not np.array_equal(one[footer], two[footer])
 
 
+def test_media_path_drawn_under_the_name() -> None:
+    """The tile details: the candidate pair, under the name, only when known."""
+    plain = compose_frame(AppState(size=SIZE, tiles=(_tile("bob", None),)))
+    with_path = compose_frame(AppState(size=SIZE, tiles=(
+        _tile("bob", None, path="srflx -> relay over turn/udp"),)))
+    x, y, _, _ = Layout(SIZE, 1).rects[0]
+    details = (slice(y + 28, y + 48), slice(x, x + 200))
+    assert not np.array_equal(plain[details], with_path[details])
+
+
 def test_banner_and_status_bar_drawn() -> None:
     """A banner is drawn over the top of the grid; status text lights the status bar."""
     tiles = (_tile("me", None),)

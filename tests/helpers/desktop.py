@@ -8,6 +8,7 @@ from callclient.errors import PermissionDeniedError, RequestRefusedError
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.processing import AudioProcessing
+from callclient.media.remote import RemoteStats
 from callclient.observer import CallObserver
 from callclient.types import (
     AudioDeviceInfo,
@@ -57,6 +58,8 @@ class FakeEngine:
         self.group_calls: dict[str, GroupCallInfo] = {}
         """What group_call_in_progress answers, by group id."""
         self.group_asks = 0
+        self.remote_stats: dict[str, RemoteStats] = {}
+        """What arrived per remote user, with its media path (set by the test)."""
 
     def set_audio_processing(
         self,

@@ -14,6 +14,8 @@ untouched. Nothing leaves the namespace: it has no route to anywhere else.
 The namespace is deleted on exit, also when the test fails. Namespaces left behind by a
 process that was killed (``ccimp<pid>-*`` whose pid is gone) are deleted on the next use.
 
+:class:`Internet` builds a small internet for the NAT and relay tests (below).
+
 Where namespaces cannot be made (not root, no ``ip`` or ``nft``), :class:`Namespace` raises
 :class:`NamespaceUnavailable` with :data:`UNAVAILABLE` in its message: the tests fail with it,
 they are never skipped.
@@ -27,7 +29,15 @@ import shutil
 import subprocess
 from types import TracebackType
 
-__all__ = ["ADDRESS", "UNAVAILABLE", "Namespace", "NamespaceUnavailable"]
+__all__ = [
+    "ADDRESS",
+    "SERVER_ADDRESS",
+    "UNAVAILABLE",
+    "Home",
+    "Internet",
+    "Namespace",
+    "NamespaceUnavailable",
+]
 
 ADDRESS = "198.18.0.1"
 """The namespace's own address: the server listens and ICE gathers on it."""
@@ -157,3 +167,158 @@ class Namespace:
     def clear_rules(self) -> None:
         """No impairment."""
         self._load(None)
+
+
+# --------------------------------------------------------------------------- a small internet
+
+SERVER_ADDRESS = "198.19.0.1"
+"""The public servers' address (signaling, coturn), on the internet namespace's loopback."""
+
+
+def _check_tools() -> None:
+    missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
+    if missing:
+        raise NamespaceUnavailable(f"{UNAVAILABLE}; missing: {', '.join(missing)}")
+    if os.geteuid() != 0:
+        raise NamespaceUnavailable(f"{UNAVAILABLE}; running as uid {os.geteuid()}")
+
+
+def _nft(ns: str, table: str, chain: str, hook: str, rules: list[str], family: str = "inet",
+         kind: str = "filter", priority: str = "0") -> None:
+    """Replace table ``family table`` of ``ns`` by one chain holding ``rules`` (none: gone)."""
+    script = f"table {family} {table} {{}}\ndelete table {family} {table}\n"
+    if rules:
+        body = "\n".join(f"    {rule}" for rule in rules)
+        script += (
+            f"table {family} {table} {{\n  chain {chain} {{\n"
+            f"    type {kind} hook {hook} priority {priority}; policy accept;\n{body}\n"
+            "  }\n}\n"
+        )
+    _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], stdin=script)
+
+
+class Home:
+    """A home network: a host namespace behind its own router namespace doing NAT.
+
+    The host has ``lan_address`` (10.0.N.2) with the router (10.0.N.1) as its default route;
+    the router masquerades everything leaving its ``wan`` link as ``public_address``
+    (198.18.N.2), as a home router does: Linux keeps the source port when it can, and the
+    router's firewall lets in only replies to what went out (a port-restricted cone NAT, which
+    ICE's hole punching gets through).
+    """
+
+    def __init__(self, index: int, host: str, router: str) -> None:
+        self.index = index
+        self.host = host
+        self.router = router
+        self.lan_address = f"10.0.{index}.2"
+        self.public_address = f"198.18.{index}.2"
+
+    def command(self, *argv: str) -> list[str]:
+        """``argv`` to run on the home's host."""
+        return ["ip", "netns", "exec", self.host, *argv]
+
+    def block_udp(self) -> None:
+        """The router drops every UDP packet the host sends out (a UDP-hostile firewall);
+        TCP still passes."""
+        _nft(self.router, "firewall", "forwarded", "forward",
+             ['iifname "lan" meta l4proto udp drop'])
+
+    def allow_udp(self) -> None:
+        """Undo :meth:`block_udp`."""
+        _nft(self.router, "firewall", "forwarded", "forward", [])
+
+
+class Internet:
+    """Namespaces making a small internet: ``with Internet(homes=2) as net: ...``.
+
+    - ``net.core``: the internet, with :data:`SERVER_ADDRESS` on its loopback for the public
+      servers (run them with :meth:`command`) and one link per router (198.18.N.1/24); it
+      forwards between routers.
+    - ``net.homes[i]``: a :class:`Home` each, N = i + 1.
+
+    :meth:`block_direct` drops UDP forwarded between routers, so peers reach each other only
+    through a relay on :data:`SERVER_ADDRESS`. Only these namespaces' addresses exist: none of
+    them has a route to the machine's real network. Every namespace is deleted on exit.
+    """
+
+    def __init__(self, homes: int = 2) -> None:
+        if not 1 <= homes <= 9:
+            raise ValueError(f"homes must be 1..9, not {homes}")
+        self._count = homes
+        self._made: list[str] = []
+        self.core = ""
+        self.homes: list[Home] = []
+
+    def _new(self) -> str:
+        name = f"{_PREFIX}{os.getpid()}-{next(_counter)}"
+        _run(["ip", "netns", "add", name])
+        self._made.append(name)
+        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+        return name
+
+    @staticmethod
+    def _veth(a: str, a_name: str, a_addr: str, b: str, b_name: str, b_addr: str) -> None:
+        _run(["ip", "-n", a, "link", "add", a_name, "type", "veth", "peer", "name", b_name,
+              "netns", b])
+        for ns, name, addr in ((a, a_name, a_addr), (b, b_name, b_addr)):
+            _run(["ip", "-n", ns, "addr", "add", addr, "dev", name])
+            _run(["ip", "-n", ns, "link", "set", name, "up"])
+
+    def __enter__(self) -> Internet:
+        _check_tools()
+        _remove_stale()
+        try:
+            self.core = self._new()
+            _run(["ip", "-n", self.core, "addr", "add", f"{SERVER_ADDRESS}/32", "dev", "lo"])
+            _run(["ip", "netns", "exec", self.core, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            for index in range(1, self._count + 1):
+                router, host = self._new(), self._new()
+                self._veth(self.core, f"r{index}", f"198.18.{index}.1/24",
+                           router, "wan", f"198.18.{index}.2/24")
+                self._veth(router, "lan", f"10.0.{index}.1/24", host, "eth0", f"10.0.{index}.2/24")
+                _run(["ip", "-n", router, "route", "add", "default", "via", f"198.18.{index}.1"])
+                _run(["ip", "-n", host, "route", "add", "default", "via", f"10.0.{index}.1"])
+                _run(["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+                _nft(router, "nat", "post", "postrouting", ['oifname "wan" masquerade'],
+                     family="ip", kind="nat", priority="srcnat")
+                # A home router's firewall: nothing unsolicited comes in. Dropped in the input
+                # hook, such a packet never gets a conntrack entry, which would otherwise take
+                # the tuple of the host's own later packet to that sender and make masquerade
+                # pick another source port: no hole punching would ever work.
+                _nft(router, "guard", "inbound", "input", ['iifname "wan" ct state new drop'])
+                self.homes.append(Home(index, host, router))
+        except Exception as exc:
+            self._delete()
+            raise NamespaceUnavailable(f"{UNAVAILABLE}; {exc}") from exc
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._delete()
+
+    def _delete(self) -> None:
+        made, self._made = self._made, []
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+
+    def command(self, *argv: str) -> list[str]:
+        """``argv`` to run in the internet namespace (the public servers)."""
+        return ["ip", "netns", "exec", self.core, *argv]
+
+    @property
+    def peer_ranges(self) -> list[str]:
+        """Every address a relay may send to: the routers' public side and the servers'."""
+        return [f"198.18.1.0-198.18.{self._count}.255", SERVER_ADDRESS]
+
+    def block_direct(self) -> None:
+        """Drop UDP forwarded between routers: no direct path, relay only."""
+        _nft(self.core, "firewall", "forwarded", "forward", ["meta l4proto udp drop"])
+
+    def allow_direct(self) -> None:
+        """Undo :meth:`block_direct`."""
+        _nft(self.core, "firewall", "forwarded", "forward", [])

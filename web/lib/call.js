@@ -347,6 +347,10 @@ export class CallClient {
       case "USER_SIG_EXPIRED":
         this.endCall(name === "KICKED_OUT" ? "kicked out" : "userSig expired");
         return;
+      case "ICE_SERVERS": // renewed TURN credentials: for the peer connections made from now on
+        this.iceServers = iceServersFrom(data);
+        if (this.transport) this.transport.iceServers = this.iceServers;
+        return;
       case "ON_CALL_RECEIVED":
         if (this.call) {
           if (this.call.callId !== data.callId) console.warn("invitation while in a call");

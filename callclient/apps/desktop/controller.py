@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +36,7 @@ from callclient.errors import CallError, PermissionDeniedError
 from callclient.media.base import AudioSink, VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.processing import AudioProcessing
+from callclient.media.remote import RemoteStats
 from callclient.media.tones import SharedSink, TonePlayer
 from callclient.observer import CallObserver
 from callclient.types import (
@@ -78,6 +79,9 @@ class EngineLike(Protocol):
 
     @property
     def audio_processing(self) -> AudioProcessing: ...
+
+    @property
+    def remote_stats(self) -> Mapping[str, RemoteStats]: ...
 
     def set_audio_processing(
         self,
@@ -840,6 +844,8 @@ class DesktopApp(CallObserver):
             selected=selected == self.user_id,
         )
         tiles = [local]
+        paths = {user: stats.path for user, stats in self.engine.remote_stats.items()
+                 if stats.path is not None}
         for remote in model.remotes.values():
             tiles.append(
                 TileState(
@@ -854,6 +860,7 @@ class DesktopApp(CallObserver):
                     video=remote.video and media is CallMediaType.VIDEO,
                     audio=remote.audio,
                     selected=selected == remote.user_id,
+                    path=paths[remote.user_id].describe() if remote.user_id in paths else "",
                 )
             )
         self._state = AppState(

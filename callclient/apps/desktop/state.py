@@ -70,6 +70,8 @@ class TileState:
     """Whether video is expected (False shows "video off" instead of a stale frame)."""
     audio: bool = True
     selected: bool = False
+    path: str = ""
+    """The tile details' media path (``"srflx -> relay over turn/udp"``), "" while unknown."""
 
 
 @dataclass(frozen=True)

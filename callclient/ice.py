@@ -1,0 +1,216 @@
+"""The STUN/TURN servers the engine's peer connections use, chosen from the server's list.
+
+The signaling server hands out ``iceServers`` at login and fresh ones (``ICE_SERVERS``) before
+they expire (docs/protocol.md, "ICE servers"). aiortc uses only the *first* STUN URL and the
+*first* TURN URL it can (``turn:`` over UDP or TCP, ``turns:`` over TLS/TCP) of an
+``RTCConfiguration``: a browser would try every TURN URL at once, aiortc never falls back from
+a TURN/UDP URL to the TURN/TCP one where a firewall drops UDP. So :class:`IceChooser` tries
+each TURN URL in the server's order with a real allocation (aioice's TURN client, the one
+aiortc uses) and gives the peer connections the STUN servers plus the first TURN URL that
+allocated. A TURN server that refuses the credentials or does not answer is reported once
+(``on_error`` with :data:`~callwire.codes.ErrorCode.TURN_AUTH_FAILED` or
+:data:`~callwire.codes.ErrorCode.TURN_UNREACHABLE`, and a warning), and the calls go on
+with direct paths only. ICE itself prefers host and server-reflexive pairs over the relay.
+
+Servers given to :class:`~callclient.engine.CallEngine` (``ice_servers=``) override all this:
+they are used as given, untried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aioice import stun, turn
+
+from callclient.observer import Error, Notification
+from callclient.peer import IceServer
+from callclient.tasks import TaskOwner
+from callwire.codes import ErrorCode
+from callwire.messages import IceServers
+from callwire.turn import TurnUrl, parse_turn_url
+
+__all__ = ["IceChooser", "TurnProbe", "probe_turn"]
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 3.0
+"""Seconds one TURN URL may take to allocate: aioice retransmits its first request after 0.5,
+1.5 and 3.5 s, so an answering server on a lossy path still makes it."""
+
+_AUTH_ERRORS = frozenset({401, 403, 431, 441})
+"""STUN error codes of refused credentials (RFC 8489 and 8656)."""
+
+
+@dataclass(frozen=True)
+class TurnProbe:
+    """The outcome of one allocation attempt."""
+
+    url: str
+    ok: bool
+    refused: bool = False
+    """The server answered and refused the credentials."""
+    reason: str = ""
+
+
+class _Sink(asyncio.DatagramProtocol):
+    """Receives nothing: the probe only allocates."""
+
+
+async def probe_turn(
+    url: TurnUrl,
+    username: str | None,
+    credential: str | None,
+    timeout: float = PROBE_TIMEOUT,  # noqa: ASYNC109 - a bound per URL, named in the result
+) -> TurnProbe:
+    """Allocate a relay on ``url`` with these credentials and release it at once."""
+    transport: Any = None
+    try:
+        async with asyncio.timeout(timeout):
+            transport, _ = await turn.create_turn_endpoint(
+                _Sink,
+                server_addr=(url.host.strip("[]"), url.port),
+                username=username,
+                password=credential,
+                ssl=url.scheme == "turns",
+                transport=url.transport,
+            )
+    except stun.TransactionFailed as exc:
+        code = exc.response.attributes.get("ERROR-CODE", (0, ""))[0]
+        return TurnProbe(url.url, False, refused=code in _AUTH_ERRORS, reason=str(exc))
+    except (TimeoutError, stun.TransactionTimeout):
+        return TurnProbe(url.url, False, reason=f"no answer within {timeout:g} s")
+    except (OSError, ValueError, ConnectionError) as exc:
+        return TurnProbe(url.url, False, reason=f"{type(exc).__name__}: {exc}")
+    finally:
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()  # deletes the allocation in the background
+    return TurnProbe(url.url, True)
+
+
+def _servers(entries: IceServers) -> list[IceServer]:
+    return [IceServer(list(e.urls), e.username, e.credential) for e in entries.servers]
+
+
+class IceChooser:
+    """The servers for the next peer connection: explicit ones, or the server's, tried."""
+
+    def __init__(
+        self,
+        explicit: list[IceServer],
+        tasks: TaskOwner,
+        notify: Callable[[Notification], None],
+        *,
+        probe_timeout: float = PROBE_TIMEOUT,
+    ) -> None:
+        self._explicit = explicit
+        self._tasks = tasks
+        self._notify = notify
+        self._probe_timeout = probe_timeout
+        self._offered: list[IceServer] = []
+        self._chosen: list[IceServer] | None = None
+        self._generation = 0
+        self.expires_at: float | None = None
+        """When the server's credentials expire (Unix seconds), None without any."""
+        self.probes: list[TurnProbe] = []
+        """What the last check of the server's TURN URLs found, in the order tried."""
+        self.checked = asyncio.Event()
+        """Set once the server's TURN URLs of the last update have been tried."""
+
+    @property
+    def servers(self) -> list[IceServer]:
+        """What a peer connection made now uses."""
+        if self._explicit:
+            return list(self._explicit)
+        if self._chosen is not None:
+            return list(self._chosen)
+        return list(self._offered)  # not tried yet: aiortc takes the first TURN URL
+
+    def update(self, offered: IceServers) -> None:
+        """New servers from the signaling server (login reply or ``ICE_SERVERS``)."""
+        self._generation += 1
+        self._offered = _servers(offered)
+        self.expires_at = offered.expires_at
+        self._chosen = None
+        self.checked.clear()
+        if self._explicit or not any(_turn_urls(s) for s in self._offered):
+            self._chosen = list(self._offered)
+            self.checked.set()
+            return
+        self._tasks.spawn(self._check(self._generation), name="check TURN servers")
+
+    def clear(self) -> None:
+        """Logged out: forget the server's servers."""
+        self._generation += 1
+        self._offered, self._chosen, self.expires_at = [], None, None
+        self.checked.clear()
+
+    async def _check(self, generation: int) -> None:
+        probes: list[TurnProbe] = []
+        chosen: IceServer | None = None
+        for server in self._offered:
+            for url in _turn_urls(server):
+                probe = await probe_turn(url, server.username, server.credential,
+                                         self._probe_timeout)
+                probes.append(probe)
+                if probe.ok:
+                    chosen = IceServer(url.url, server.username, server.credential)
+                    break
+            if chosen is not None:
+                break
+        if generation != self._generation:
+            return  # superseded by newer credentials or a logout
+        self.probes = probes
+        stun_servers = [IceServer(u, None, None) for s in self._offered for u in _stun_urls(s)]
+        if chosen is not None:
+            logger.info("TURN server %s allocated; relay candidates come from it", chosen.urls)
+            self._chosen = [*stun_servers, chosen]
+        else:
+            refused = [p for p in probes if p.refused]
+            if refused:
+                # The server answers: its STUN side still gives server-reflexive candidates.
+                self._chosen = stun_servers
+                message = (
+                    f"TURN server {refused[0].url} refused the credentials ({refused[0].reason});"
+                    " the signaling server's --turn-secret must equal coturn's "
+                    "static-auth-secret. Calls use direct paths only."
+                )
+                code = ErrorCode.TURN_AUTH_FAILED
+            else:
+                # Unreachable: its STUN side is too, and would only delay gathering by 5 s.
+                self._chosen = []
+                message = (
+                    "no TURN server answered ("
+                    + "; ".join(f"{p.url}: {p.reason}" for p in probes)
+                    + "); open the TURN ports (3478 UDP/TCP, 5349 TCP) or check --turn. "
+                    "Calls use direct paths only."
+                )
+                code = ErrorCode.TURN_UNREACHABLE
+            logger.warning("%s", message)
+            self._notify(Error(int(code), message))
+        self.checked.set()
+
+
+def _parsed_urls(server: IceServer) -> list[str]:
+    return [server.urls] if isinstance(server.urls, str) else list(server.urls)
+
+
+def _turn_urls(server: IceServer) -> list[TurnUrl]:
+    urls = []
+    for url in _parsed_urls(server):
+        if url.startswith(("turn:", "turns:")):
+            try:
+                urls.append(parse_turn_url(url))
+            except ValueError as exc:
+                logger.warning("ignoring an ICE server URL: %s", exc)
+    return urls
+
+
+def _stun_urls(server: IceServer) -> list[str]:
+    return [u for u in _parsed_urls(server) if u.startswith(("stun:", "stuns:"))]
+
