@@ -11,7 +11,10 @@ URLS = (parse_turn_url("turn:198.18.0.1:3478"), parse_turn_url("turn:198.18.0.1?
 
 
 def _harness(ttl: int = 600) -> CoreHarness:
-    return CoreHarness(CoreConfig(turn_urls=URLS, turn_secret="sekrit", turn_ttl_s=ttl))
+    # No login deadline: these tests keep a logged-out connection open for minutes.
+    return CoreHarness(
+        CoreConfig(turn_urls=URLS, turn_secret="sekrit", turn_ttl_s=ttl, login_timeout_s=None)
+    )
 
 
 def test_no_turn_configured_no_ice_servers() -> None:
