@@ -52,6 +52,7 @@ class ErrorCode(enum.IntEnum):
     CALL_FULL = 4090
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
+    SFU_UNAVAILABLE = 4504
 
 
 class CloseCode(enum.IntEnum):

@@ -2,15 +2,18 @@
 
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
 [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
-[--public-ws-url URL]`` serves until SIGTERM or SIGINT, then ends the calls in progress as
-interrupted and closes the database; ``--http-port`` also serves the REST API
-(docs/rest-api.md) and the browser client (``web/``) at ``/``; ``--tls-cert``/``--tls-key``
-put both listeners on TLS (wss, https), and SIGHUP reloads those files.
+[--public-ws-url URL] [--sfu URL[,URL...]] [--sfu-min-users N]`` serves until SIGTERM or
+SIGINT, then ends the calls in progress as interrupted and closes the database;
+``--http-port`` also serves the REST API (docs/rest-api.md) and the browser client (``web/``)
+at ``/``; ``--tls-cert``/``--tls-key`` put both listeners on TLS (wss, https), and SIGHUP
+reloads those files; ``--sfu`` carries group calls through Janus VideoRoom instances (their
+HTTP API URLs, e.g. ``http://127.0.0.1:8088/janus``), one-to-one calls stay peer to peer.
 ``signaling-server usersig USER [--expire S]`` prints a userSig. Every option also has an
 environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
 ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
 ``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
-``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOG_LEVEL``); a flag wins
+``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_SFU``,
+``CALLSERVER_SFU_MIN_USERS``, ``CALLSERVER_LOG_LEVEL``); a flag wins
 over it. With neither, the built-in development sdkappid and secret key are used.
 ``signaling-server --version`` prints the version.
 """
@@ -33,6 +36,7 @@ from callwire.argtypes import LOG_LEVELS, non_negative_int, port, positive_float
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from callwire.version import __version__
+from signaling_server.core import CoreConfig
 from signaling_server.server import (
     DEFAULT_DB_PATH,
     DEFAULT_PORT,
@@ -47,6 +51,15 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 PROG = "signaling-server"
+
+
+def _sfu_urls(text: str) -> tuple[str, ...]:
+    urls = tuple(u.strip().rstrip("/") for u in text.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise argparse.ArgumentTypeError(
+                f"--sfu {url!r}: give Janus HTTP API URLs, like http://127.0.0.1:8088/janus")
+    return urls
 
 
 def _env(name: str, default: str) -> str:
@@ -143,6 +156,22 @@ def _parser() -> argparse.ArgumentParser:
         "(env CALLSERVER_PUBLIC_WS_URL; default: this host's --port)",
     )
     serve.add_argument(
+        "--sfu",
+        type=_sfu_urls,
+        default=_sfu_urls(os.environ.get("CALLSERVER_SFU") or ""),
+        metavar="URL[,URL...]",
+        help="Janus HTTP API URLs carrying group calls, least loaded first (env CALLSERVER_SFU; "
+        "default: none, every call peer to peer)",
+    )
+    serve.add_argument(
+        "--sfu-min-users",
+        type=int,
+        default=int(_env("CALLSERVER_SFU_MIN_USERS", "2")),
+        metavar="N",
+        help="group calls of at least N users at their start use the SFU (env "
+        "CALLSERVER_SFU_MIN_USERS; default %(default)s: every group call)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -197,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
         web_root=args.web_root,
         public_ws_url=args.public_ws_url,
+        core=CoreConfig(sfu=args.sfu, sfu_min_users=args.sfu_min_users),
     )
     try:
         return asyncio.run(_serve(config))

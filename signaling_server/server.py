@@ -58,8 +58,10 @@ from signaling_server.core import (
 from signaling_server.group_api import GroupService, group_commands, load_groups
 from signaling_server.groups import GroupDirectory
 from signaling_server.http_api import HttpApi, HttpApiConfig
+from signaling_server.janus import SfuService
 from signaling_server.push import PUSHES, push_commands, push_sink
 from signaling_server.records import StoredCall
+from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom
 from signaling_server.store import CallStore, RecordWriter
 from signaling_server.tls import ServerTls, TlsFiles
 from signaling_server.webhooks import WebhookService, WebhookSettings
@@ -262,6 +264,8 @@ class SignalingServer:
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.sfu: SfuService | None = None
+        """The Janus client carrying out the core's room outputs (with ``core.sfu`` set)."""
 
     # ------------------------------------------------------------------ public API
 
@@ -337,6 +341,19 @@ class SignalingServer:
             )
             await self.pushes.start()
             self._push = push_sink(self.pushes)
+            if cfg.core.sfu:
+                self.sfu = SfuService(
+                    cfg.core.sfu,
+                    room_ready=lambda c, e: self._execute(
+                        self.core.sfu_room_ready(c, e, time.time())),
+                    room_failed=lambda c, e: self._execute(
+                        self.core.sfu_room_failed(c, e, time.time())),
+                    instance_down=lambda i: self._execute(
+                        self.core.sfu_instance_down(i, time.time())),
+                    instance_up=lambda i: self._execute(
+                        self.core.sfu_instance_up(i, time.time())),
+                )
+                await self.sfu.start()
             for group in await self._writer.run_query(load_groups, store, cfg.sdk_app_id):
                 self.groups.put(group)
             for call in interrupted:
@@ -461,6 +478,8 @@ class SignalingServer:
         """After signaling stopped: REST API, then the webhook outbox (flushed, so the final
         notices are on disk) and its sender, then the record writer and its store."""
         try:
+            if self.sfu is not None:
+                await self.sfu.close()  # after the shutdown's DestroyRoom outputs
             if self.http_api is not None:
                 await self.http_api.stop()
             if self.webhooks is not None:
@@ -530,6 +549,8 @@ class SignalingServer:
                     self._push(out)
             elif isinstance(out, SaveProfile | LoadProfile):
                 self._spawn(self._profile(out), f"signaling-profile-{out.user_id}")
+            elif isinstance(out, CreateRoom | AllowTokens | DestroyRoom) and self.sfu:
+                self.sfu.execute(out)
         for conn, texts in frames.items():
             peer = self._peers.get(conn)
             if peer is not None:
