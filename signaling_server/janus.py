@@ -134,6 +134,7 @@ class SfuService:
         self._http: aiohttp.ClientSession | None = None
         self._janus: dict[str, JanusInstance] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._watchers: list[asyncio.Task[None]] = []
         self.down: set[str] = set()
         """Instances reported down (by a failed room or the watcher), until they answer."""
@@ -159,10 +160,27 @@ class SfuService:
             self._http = None
 
     def execute(self, out: CreateRoom | AllowTokens | DestroyRoom) -> None:
-        """Carry out one output in the background."""
-        task = asyncio.get_running_loop().create_task(self._run(out), name=f"sfu {out!r:.60}")
+        """Carry out one output in the background, after the earlier ones for its room."""
+        key = (out.instance, out.room)
+        before = self._last.get(key)
+        task = asyncio.get_running_loop().create_task(self._after(before, out),
+                                                      name=f"sfu {out!r:.60}")
+        self._last[key] = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if self._last.get(key) is task:
+                del self._last[key]
+
+        task.add_done_callback(done)
+
+    async def _after(
+        self, before: asyncio.Task[None] | None, out: CreateRoom | AllowTokens | DestroyRoom
+    ) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # its failure is its own; ours runs regardless
+        await self._run(out)
 
     async def _run(self, out: CreateRoom | AllowTokens | DestroyRoom) -> None:
         janus = self._janus.get(out.instance)
