@@ -193,7 +193,7 @@ class SfuService:
                     "request": "create", "room": out.room, "secret": out.secret,
                     "pin": out.pin, "allowed": list(out.tokens), "is_private": True,
                     "require_pvtid": True, "publishers": out.publishers,
-                    "audiocodec": "opus", "videocodec": "vp8,h264,vp9",
+                    "audiocodec": "opus", "videocodec": "vp8,h264",
                     "notify_joining": False, "permanent": False,
                 })
             except JanusError as exc:
