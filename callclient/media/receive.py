@@ -173,7 +173,8 @@ def install_low_latency_buffers(
     """Give ``receiver`` the low-latency jitter buffer for ``kind`` ("audio" or "video").
 
     Call it before media arrives (from the connection's ``track`` event, which aiortc fires
-    in ``setRemoteDescription``, before it connects). Installing twice keeps the first.
+    in ``setRemoteDescription``, before it connects). Installing twice keeps the first (with
+    ``wait_keyframe`` it waits for a keyframe again: an SFU reused the receiver).
     ``wait_keyframe`` (video) drops frames until the first keyframe: for a stream joined
     midway, as an SFU forwards it.
     Raises :class:`AiortcInternalsChanged` if aiortc's receiver no longer looks as expected.
@@ -181,6 +182,8 @@ def install_low_latency_buffers(
     _check_receiver(receiver)
     current = getattr(receiver, _JITTER_ATTRIBUTE)
     if isinstance(current, ImmediateAudioJitterBuffer | MarkerVideoJitterBuffer):
+        if wait_keyframe and isinstance(current, MarkerVideoJitterBuffer):
+            current.waiting_keyframe = True  # the receiver now carries another stream
         return
     replacement: Any
     if kind == "audio":

@@ -162,3 +162,68 @@ async def test_an_outsider_can_neither_publish_nor_subscribe(
             raise AssertionError("a member's token still admits after the member left")
     finally:
         await session.destroy()
+
+
+async def test_four_people_with_a_mid_call_invite_and_a_leave(make_party: MakeParty) -> None:
+    """Three talk through the SFU; bob invites dave mid-call: four, everyone to everyone;
+    carol leaves: the other three keep each other's media and see her leave once."""
+    alice, bob, carol, dave = await parties(make_party, "alice", "bob", "carol", "dave")
+    await group_ring(alice, [bob, carol])
+    await bob.engine.accept()
+    await carol.engine.accept()
+    await everyone_gets_everyone([alice, bob, carol])
+
+    marks = {p.user_id: p.rec.mark() for p in (alice, bob, carol)}
+    assert await bob.engine.invite_user(["dave"]) == ["dave"]
+    await dave.rec.wait_for("on_call_received")
+    await dave.engine.accept()
+    await dave.rec.wait_names(
+        ["on_call_received", "on_call_begin",
+         "on_user_join", *CURRENT_STATE, "on_user_join", *CURRENT_STATE,
+         "on_user_join", *CURRENT_STATE]
+    )
+    for party in (alice, bob, carol):
+        await party.rec.wait_names(["on_user_join", *AVAILABILITY], start=marks[party.user_id])
+        assert party.rec.signal(marks[party.user_id])[0].args == ("dave",)
+    await everyone_gets_everyone([alice, bob, carol, dave])
+    assert all(set(transport(p).peers) == {"alice", "bob", "carol", "dave"} - {p.user_id}
+               for p in (alice, bob, carol, dave))
+
+    marks = {p.user_id: p.rec.mark() for p in (alice, bob, dave)}
+    await carol.engine.hangup()
+    for party in (alice, bob, dave):
+        await party.rec.wait_names(["on_user_leave"], start=marks[party.user_id])
+        assert party.rec.signal(marks[party.user_id])[0].args == ("carol",)
+        assert "carol" not in transport(party).peers
+    await asyncio.gather(*(frames_advance(p.view_of(q.user_id)) for p in (alice, bob, dave)
+                           for q in (alice, bob, dave) if p is not q))
+    assert carol.engine.current_call is None
+
+
+async def test_switching_to_audio_in_an_sfu_call(make_party: MakeParty) -> None:
+    """switch_call_media_type(AUDIO) reaches everyone in the mesh's order; audio goes on."""
+    alice, bob, carol = await parties(make_party, "alice", "bob", "carol")
+    await group_ring(alice, [bob, carol])
+    await bob.engine.accept()
+    await carol.engine.accept()
+    await everyone_gets_everyone([alice, bob, carol])
+    marks = {p.user_id: p.rec.mark() for p in (alice, bob, carol)}
+    await bob.engine.switch_call_media_type(CallMediaType.AUDIO)
+    for party in (alice, bob, carol):
+        others = [q for q in ("alice", "bob", "carol") if q != party.user_id]
+        await party.rec.wait_names(
+            ["on_call_media_type_changed", "on_user_video_available",
+             "on_user_video_available"], start=marks[party.user_id])
+        signal = party.rec.signal(marks[party.user_id])
+        assert signal[0].args == (VIDEO, CallMediaType.AUDIO)
+        assert sorted(e.args for e in signal[1:3]) == [(u, False) for u in others]
+        call = party.engine.current_call
+        assert call is not None and call.media_type is CallMediaType.AUDIO
+    for party in (alice, bob, carol):
+        heard = [TONES[q] for q in ("alice", "bob", "carol") if q != party.user_id]
+
+        def hears_all(party: Party = party, heard: list[float] = heard) -> bool:
+            levels = tone_levels(recent_audio(party.speaker().samples(), 1.0), heard)
+            return all(level > 0.2 for level in levels.values())
+
+        await eventually(hears_all, f"{party.user_id} still hears {heard}")
