@@ -56,6 +56,8 @@ the server creates the room and adds the token while its events travel."""
 _JOIN_RETRY_INTERVAL = 0.2
 _RESTART_DELAY = 0.5
 """Pause before publishing again after the Janus session was lost."""
+_CONNECT_WAIT = 10.0
+"""How long a re-offer waits for the subscriber connection's first negotiation to connect."""
 _NO_ROOM = 426
 _UNAUTHORIZED = 433
 
@@ -127,6 +129,8 @@ class SfuTransport:
         self._mid_user: dict[str, str] = {}  # subscriber mid -> user whose track it carries
         self._dirty = asyncio.Event()
         self._moved = asyncio.Event()
+        self._subscriber_settled = asyncio.Event()
+        """Set once the subscriber connection left "connecting" (a re-offer waits for it)."""
         self._lock = asyncio.Lock()
         """One negotiation of the subscriber connection at a time."""
         self._closed = False
@@ -196,11 +200,19 @@ class SfuTransport:
             session = JanusSession(room.url)
             lost = asyncio.Event()
             session.on_lost = lost.set
+            attempt = asyncio.ensure_future(self._session_round(session, lost))
+            moved = asyncio.ensure_future(self._moved.wait())
             try:
-                await self._session_round(session, lost)
+                # A move interrupts whatever the attempt is doing (even a join being retried).
+                await asyncio.wait([attempt, moved], return_when=asyncio.FIRST_COMPLETED)
+                if attempt.done():
+                    attempt.result()
             except (JanusError, OSError) as exc:
                 logger.warning("sfu %s: %s", room.url, exc)
             finally:
+                for task in (attempt, moved):
+                    task.cancel()
+                await asyncio.gather(attempt, moved, return_exceptions=True)
                 await self._teardown(session)
             if self.room is room and not self._closed:
                 # Lost or refused: start over in the same room after a pause (the server
@@ -217,7 +229,7 @@ class SfuTransport:
         self._subscriber = await session.attach()
         self._subscriber.on_event = self._subscriber_event
         self._dirty.set()
-        waits = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(self._moved.wait()),
+        waits = [asyncio.ensure_future(lost.wait()),
                  asyncio.ensure_future(self._subscribe_loop()),
                  asyncio.ensure_future(self._liveness_loop())]
         try:
@@ -353,7 +365,14 @@ class SfuTransport:
                 "streams": [{"feed": f} for f in add],
             })
             self._subscribed.update(add)
-            self.subscriber_pc = RTCPeerConnection(_rtc_config(self.config))
+            pc = self.subscriber_pc = RTCPeerConnection(_rtc_config(self.config))
+            settled = self._subscriber_settled = asyncio.Event()
+
+            @pc.on("connectionstatechange")
+            def state_changed() -> None:
+                if pc.connectionState not in ("new", "connecting"):
+                    settled.set()
+
             for user_id, feed in self.peers.items():
                 if self._on_connect is not None:
                     self._on_connect(user_id, feed)  # the monitor watches the new connection
@@ -374,19 +393,24 @@ class SfuTransport:
         pc, handle = self.subscriber_pc, self._subscriber
         if pc is None or handle is None or jsep is None:
             return
+        renegotiation = pc.remoteDescription is not None
+        if renegotiation and pc.connectionState != "connected":
+            # Let the first negotiation connect: the new receivers can only be started (and
+            # their streams routed to them, not to an older one) on a connected transport.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CONNECT_WAIT):
+                    await self._subscriber_settled.wait()
         streams = data.get("streams")
         await pc.setRemoteDescription(RTCSessionDescription(jsep["sdp"], jsep["type"]))
-
         if isinstance(streams, list):
             self._map_streams(streams)
         await pc.setLocalDescription(await pc.createAnswer())
-        if pc.connectionState == "connected":
-            # A renegotiation: start the new receivers before Janus sends to them.
+        if renegotiation and pc.connectionState == "connected":
+            # Start the new receivers before Janus sends to them.
             await connect_receivers(pc)
         answer = pc.localDescription
         await handle.request({"request": "start"},
                              {"type": answer.type, "sdp": answer.sdp, "trickle": False})
-
 
     def _map_streams(self, streams: list[dict[str, Any]]) -> None:
         pc = self.subscriber_pc
