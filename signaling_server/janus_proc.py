@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -205,3 +206,37 @@ class JanusProcess:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def _run_with(command: list[str]) -> int:
+    async with JanusProcess() as janus:
+        argv = [arg.replace("{url}", janus.url) for arg in command]
+        print(f"janus at {janus.url} (log {janus._log_path})", file=sys.stderr, flush=True)
+        child = await asyncio.create_subprocess_exec(*argv)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, child.send_signal, signum)
+        return await child.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m signaling_server.janus_proc -- COMMAND ARGS``: a Janus for ``COMMAND``.
+
+    Starts Janus on a free loopback port, runs the command with ``{url}`` in its arguments
+    replaced by the Janus HTTP API URL, and stops Janus when the command exits.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run_with(args))
+    except JanusNotInstalledError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

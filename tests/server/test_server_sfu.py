@@ -106,3 +106,17 @@ async def test_janus_unreachable_at_the_start_is_a_clear_error_not_a_hang() -> N
         await b.expect("ON_CALL_CANCELED")
         for client in (a, b, c):
             await client.close()
+
+
+def test_janus_proc_runs_a_command_with_a_janus() -> None:
+    """``python -m signaling_server.janus_proc -- CMD {url}``: the command reaches Janus."""
+    import subprocess
+    import sys
+
+    fetch = ("import json, sys, urllib.request; "
+             "print(json.load(urllib.request.urlopen(sys.argv[1] + '/info'))['name'])")
+    done = subprocess.run(
+        [sys.executable, "-m", "signaling_server.janus_proc", "--", sys.executable, "-c",
+         fetch, "{url}"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Janus WebRTC Server"
