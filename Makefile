@@ -6,13 +6,15 @@ STAMP   := .venv/.installed
 # behind ALSA for the sounddevice tests, Xvfb/xdotool/xwd for the desktop app, iproute2 and
 # nftables for the packet-loss tests in a network namespace, Chromium and its WebDriver for the
 # browser-client tests; espeak-ng speaks the audio-processing tests' speech; coturn is the TURN
-# relay of the NAT tests.
+# relay of the NAT tests. Janus (VideoRoom) is the SFU of group calls; the tests and `make demo`
+# start their own.
 APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
 	espeak-ng \
 	pulseaudio pulseaudio-utils libasound2-plugins \
 	xvfb xdotool x11-apps \
 	iproute2 nftables coturn \
-	chromium chromium-driver
+	chromium chromium-driver \
+	janus
 
 .PHONY: demo test bench lint setup sysdeps clean
 

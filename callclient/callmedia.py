@@ -5,8 +5,11 @@
 negotiation, start the call's media when it connects (speaker, microphone, the volume and
 network-quality monitor) and tear everything down when it ends; and it tells the other
 members what is on (``media_state``) once the call is connected. The transport is a
-:class:`~callclient.mesh.PeerMesh` (one peer connection per member); it is made at the first
-member and dropped with the call.
+:class:`~callclient.mesh.PeerMesh` (one peer connection per member), or, for a call the server
+put in an SFU room (``SFU_ROOM``, which arrives before any member), a
+:class:`~callclient.sfu.SfuTransport` (one publisher and one subscriber connection); it is
+made at the first member and dropped with the call. Both have the same methods, so
+everything else (views, volumes, quality, recording taps) is the same in both.
 
 A teardown runs in the background on what it detached at once, so a call that starts right
 after is never touched by the last one's teardown.
@@ -27,9 +30,11 @@ from callclient.mesh import PeerMesh
 from callclient.monitor import CallMonitor
 from callclient.observer import Notification
 from callclient.peer import PeerConfig, PeerLink
+from callclient.sfu import SfuFeed, SfuTransport
 from callclient.signaling import SignalingClient
 from callclient.tasks import TaskOwner
 from callclient.types import CallStatus, NetworkQuality
+from callwire.messages import SfuRoom
 from callwire.protocol import Relay
 
 __all__ = ["CallMedia"]
@@ -64,43 +69,73 @@ class CallMedia:
         self._current_call = current_call
         self.volume_interval = volume_interval
         self.quality_interval = quality_interval
-        self.mesh: PeerMesh | None = None
-        """The peer connections of the current call (None before the first member)."""
+        self.transport: PeerMesh | SfuTransport | None = None
+        """The current call's media path (None before the first member)."""
+        self.sfu_room: SfuRoom | None = None
+        """The current call's SFU room, once the server gave one."""
         self.monitor: CallMonitor | None = None
+
+    @property
+    def mesh(self) -> PeerMesh | None:
+        """The peer connections of a mesh call (None in an SFU call or before a member)."""
+        return self.transport if isinstance(self.transport, PeerMesh) else None
+
+    def use_sfu(self, room: SfuRoom) -> None:
+        """The call's media goes through ``room`` (a higher epoch moves an SFU call there)."""
+        if self.sfu_room is not None and room.epoch <= self.sfu_room.epoch:
+            return
+        self.sfu_room = room
+        if isinstance(self.transport, SfuTransport):
+            self.transport.move(room)
+        elif self.transport is not None:
+            logger.warning("SFU room for a call already meshed: staying peer to peer")
 
     # ------------------------------------------------------------------ members
 
     def connect(self, call_id: str, local_id: str, user_id: str) -> None:
         """Make sure media flows with ``user_id`` in call ``call_id``."""
-        if self.mesh is None:
-
-            async def send(to: str, kind: str, payload: dict[str, Any]) -> None:
-                signaling = self._signaling()
-                if signaling is None:
-                    raise ConnectionClosedError("relay: not connected")
-                await signaling.request("relay", callId=call_id, to=to, kind=kind,
-                                        payload=payload)
-
-            self.mesh = PeerMesh(
-                local_id, self._peer_config, send, self._tasks,
-                audio_track=self._local.subscribe_audio,
-                video_track=self._local.subscribe_video,
-                on_track=self._remote.add_track,
-                on_unresponsive=self._on_unresponsive,
-                on_connect=self._peer_connected,
-            )
+        if self.transport is None:
+            room = self.sfu_room
+            if room is not None and room.call_id == call_id:
+                self.transport = SfuTransport(
+                    local_id, room, self._peer_config(), self._tasks,
+                    audio_track=self._local.subscribe_audio,
+                    video_track=self._local.subscribe_video,
+                    on_track=self._remote.add_track,
+                    on_unresponsive=self._on_unresponsive,
+                    on_connect=self._peer_connected,
+                )
+            else:
+                self.transport = self._new_mesh(call_id, local_id)
         self._remote.expect(user_id)
-        self.mesh.connect(user_id)
+        self.transport.connect(user_id)
+
+    def _new_mesh(self, call_id: str, local_id: str) -> PeerMesh:
+        async def send(to: str, kind: str, payload: dict[str, Any]) -> None:
+            signaling = self._signaling()
+            if signaling is None:
+                raise ConnectionClosedError("relay: not connected")
+            await signaling.request("relay", callId=call_id, to=to, kind=kind,
+                                    payload=payload)
+
+        return PeerMesh(
+            local_id, self._peer_config, send, self._tasks,
+            audio_track=self._local.subscribe_audio,
+            video_track=self._local.subscribe_video,
+            on_track=self._remote.add_track,
+            on_unresponsive=self._on_unresponsive,
+            on_connect=self._peer_connected,
+        )
 
     def apply_relay(self, relay: Relay) -> None:
         """Hand a relayed offer, answer or candidate to its peer."""
-        if self.mesh is not None:
-            self.mesh.apply(relay)
+        if self.transport is not None:
+            self.transport.apply(relay)
 
     def disconnect(self, user_id: str) -> None:
         """Stop the media with ``user_id`` (closed in the background)."""
         consumers = self._remote.detach(user_id)
-        peer = self.mesh.detach(user_id) if self.mesh is not None else None
+        peer = self.transport.detach(user_id) if self.transport is not None else None
         if self.monitor is not None:
             self.monitor.remove_peer(user_id)
 
@@ -113,8 +148,9 @@ class CallMedia:
 
         self._tasks.spawn(close(), cleanup=True, name=f"close peer {user_id}")
 
-    def _peer_connected(self, user_id: str, peer: PeerLink) -> None:
-        if self.monitor is not None:
+    def _peer_connected(self, user_id: str, peer: PeerLink | SfuFeed) -> None:
+        # An SFU member has no connection until the subscriber's is made (then again).
+        if self.monitor is not None and peer.pc is not None:
             self.monitor.add_peer(user_id, peer.pc)
 
     # ------------------------------------------------------------------ reports
@@ -145,9 +181,10 @@ class CallMedia:
                 local_id, self._notify, send_uplink,
                 volume_interval=self.volume_interval, quality_interval=self.quality_interval,
             )
-            if self.mesh is not None:
-                for user_id, peer in self.mesh.peers.items():
-                    monitor.add_peer(user_id, peer.pc)
+            if self.transport is not None:
+                for user_id, peer in self.transport.peers.items():
+                    if peer.pc is not None:
+                        monitor.add_peer(user_id, peer.pc)
             self._local.on_local_audio = monitor.local_audio
             self._remote.meter = monitor.remote_audio
             monitor.start()
@@ -167,7 +204,8 @@ class CallMedia:
             # Halted now, so no volume or quality callback follows the call's end.
             self._tasks.spawn(monitor.stop(), cleanup=True, name="stop monitor")
             monitor.halt()
-        mesh, self.mesh = self.mesh, None
+        mesh, self.transport = self.transport, None
+        self.sfu_room = None
         consumers = self._remote.detach_all()
         speaker = self._local.detach_speaker()
         if speaker is not None:

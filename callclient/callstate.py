@@ -72,6 +72,7 @@ __all__ = [
     "RemoteAudioMuted",
     "RemoteUplinkReported",
     "StartCallMedia",
+    "UseSfu",
     "UserInfoCache",
     "calls_request",
     "check_media_type",
@@ -153,6 +154,13 @@ class ApplyRelay:
 
 
 @dataclass(frozen=True)
+class UseSfu:
+    """The call's media goes through this SFU room (a new epoch: the room moved)."""
+
+    room: ev.SfuRoom
+
+
+@dataclass(frozen=True)
 class StartCallMedia:
     """The call connected: speaker and microphone on, volume and quality reports started."""
 
@@ -188,7 +196,7 @@ class EndSession:
 
 
 Effect = (
-    Notify | ConnectPeer | DisconnectPeer | ApplyRelay | StartCallMedia | EndCallMedia
+    Notify | ConnectPeer | DisconnectPeer | ApplyRelay | UseSfu | StartCallMedia | EndCallMedia
     | CloseCameraForAudio | RemoteAudioMuted | RemoteUplinkReported | EndSession
 )
 
@@ -580,6 +588,8 @@ class CallState:
                 return []
             case ev.UserInfoChanged():  # USER_INFO_CHANGED
                 return self.users.learn(event.user_id, event.nickname, event.avatar)
+            case ev.SfuRoom():  # SFU_ROOM: before any USER_ENTER of this call
+                return [UseSfu(event)]
         return []
 
     def relay(self, relay: Relay) -> list[Effect]:

@@ -43,6 +43,7 @@ from callclient.callstate import (
     RemoteAudioMuted,
     RemoteUplinkReported,
     StartCallMedia,
+    UseSfu,
     calls_request,
     check_media_type,
     invite_request,
@@ -700,6 +701,8 @@ class CallEngine:
                     self._media.disconnect(effect.user_id)
                 case ApplyRelay():
                     self._media.apply_relay(effect.relay)
+                case UseSfu():
+                    self._media.use_sfu(effect.room)
                 case StartCallMedia():
                     call, local_id = self._state.call, self._state.user_id
                     if call is not None and local_id is not None:

@@ -59,6 +59,7 @@ class ErrorCode(enum.IntEnum):
     INVITE_RATE_LIMITED = 4291  # the user invites faster than CoreConfig.invite_rate_per_s
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
+    SFU_UNAVAILABLE = 4504
 
 
 class CloseCode(enum.IntEnum):

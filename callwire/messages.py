@@ -44,6 +44,7 @@ __all__ = [
     "RoomValue",
     "SdkReady",
     "ServerEvent",
+    "SfuRoom",
     "UnknownEvent",
     "UserAccept",
     "UserAudioAvailable",
@@ -502,6 +503,29 @@ class UserInfoChanged:
 
 
 @dataclass(frozen=True)
+class SfuRoom:
+    """``SFU_ROOM``: the call's media goes through this Janus VideoRoom (an extension).
+
+    A new ``epoch`` replaces the room the client had (the call moved to another instance).
+    """
+
+    NAME: ClassVar[str] = "SFU_ROOM"
+    call_id: str
+    url: str
+    """The Janus HTTP API root, like ``http://127.0.0.1:8088/janus``."""
+    room: int
+    pin: str
+    token: str
+    """This member's own token for the room's ``allowed`` list."""
+    epoch: int
+
+    @classmethod
+    def parse(cls, r: _Reader) -> SfuRoom:
+        return cls(r.text("callId"), r.text("url"), r.integer("room"), r.text("pin"),
+                   r.text("token"), r.integer("epoch"))
+
+
+@dataclass(frozen=True)
 class UnknownEvent:
     """An event this version does not know (a newer server may send more); ignorable."""
 
@@ -513,7 +537,7 @@ ServerEvent = (
     SdkReady | KickedOut | UserSigExpired | ErrorEvent | OnCallReceived | OnCallCanceled
     | OnCallBegin | CallingEnd | UserAccept | UserEnter | UserLeave | Reject | NoResp | LineBusy
     | CallTypeChanged | UserVideoAvailable | UserAudioAvailable | GroupCallInviteeListUpdate
-    | OnUserNetworkQualityChanged | UserInfoChanged | IceServers | UnknownEvent
+    | OnUserNetworkQualityChanged | UserInfoChanged | IceServers | SfuRoom | UnknownEvent
 )
 
 _EVENT_TYPES: dict[str, Any] = {
@@ -522,7 +546,7 @@ _EVENT_TYPES: dict[str, Any] = {
         SdkReady, KickedOut, UserSigExpired, ErrorEvent, OnCallReceived, OnCallCanceled,
         OnCallBegin, CallingEnd, UserAccept, UserEnter, UserLeave, Reject, NoResp, LineBusy,
         CallTypeChanged, UserVideoAvailable, UserAudioAvailable, GroupCallInviteeListUpdate,
-        OnUserNetworkQualityChanged, UserInfoChanged, IceServers,
+        OnUserNetworkQualityChanged, UserInfoChanged, IceServers, SfuRoom,
     )
 }
 

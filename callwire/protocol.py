@@ -98,6 +98,7 @@ CALL_EVENTS: Final = (
     "GROUP_CALL_INVITEE_LIST_UPDATE",
     "ON_USER_NETWORK_QUALITY_CHANGED",
     "USER_INFO_CHANGED",
+    "SFU_ROOM",
 )
 """Events about one call; each carries ``callId``."""
 

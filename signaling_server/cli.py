@@ -3,12 +3,15 @@
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
 [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
 [--public-ws-url URL] [--login-timeout S] [--max-connections N] [--max-connections-per-ip N]
-[--webhook-allow-private] [--turn URL[,URL...] --turn-secret S [--turn-ttl S]]`` serves until
+[--webhook-allow-private] [--turn URL[,URL...] --turn-secret S [--turn-ttl S]]
+[--sfu URL[,URL...]] [--sfu-min-users N]`` serves until
 SIGTERM or SIGINT, then ends the calls in progress as interrupted and closes the database;
 ``--http-port`` also serves the REST API (docs/rest-api.md) and the browser client (``web/``)
 at ``/``; ``--tls-cert``/``--tls-key`` put both listeners on TLS (wss, https), and SIGHUP
 reloads those files; ``--turn`` hands clients STUN/TURN servers with credentials
-(docs/protocol.md, "ICE servers").
+(docs/protocol.md, "ICE servers"); ``--sfu`` carries group calls through Janus VideoRoom
+instances (their HTTP API URLs, e.g. ``http://127.0.0.1:8088/janus``), one-to-one calls stay
+peer to peer.
 ``signaling-server usersig USER [--expire S]`` prints a userSig. Every option also has an
 environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
 ``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
@@ -16,7 +19,8 @@ environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDK
 ``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOGIN_TIMEOUT``,
 ``CALLSERVER_MAX_CONNECTIONS``, ``CALLSERVER_MAX_CONNECTIONS_PER_IP``,
 ``CALLSERVER_WEBHOOK_ALLOW_PRIVATE``, ``CALLSERVER_TURN``, ``CALLSERVER_TURN_SECRET``,
-``CALLSERVER_TURN_TTL``, ``CALLSERVER_LOG_LEVEL``); a flag wins over it. With neither, the
+``CALLSERVER_TURN_TTL``, ``CALLSERVER_SFU``, ``CALLSERVER_SFU_MIN_USERS``,
+``CALLSERVER_LOG_LEVEL``); a flag wins over it. With neither, the
 built-in development sdkappid and secret key are used; the development key is refused (exit 2)
 unless ``--host`` is a loopback address.
 ``signaling-server --version`` prints the version.
@@ -57,6 +61,15 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 PROG = "signaling-server"
+
+
+def _sfu_urls(text: str) -> tuple[str, ...]:
+    urls = tuple(u.strip().rstrip("/") for u in text.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise argparse.ArgumentTypeError(
+                f"--sfu {url!r}: give Janus HTTP API URLs, like http://127.0.0.1:8088/janus")
+    return urls
 
 
 def _env(name: str, default: str) -> str:
@@ -216,6 +229,22 @@ def _parser() -> argparse.ArgumentParser:
         "(env CALLSERVER_TURN_TTL; default %(default)s)",
     )
     serve.add_argument(
+        "--sfu",
+        type=_sfu_urls,
+        default=_sfu_urls(os.environ.get("CALLSERVER_SFU") or ""),
+        metavar="URL[,URL...]",
+        help="Janus HTTP API URLs carrying group calls, least loaded first (env CALLSERVER_SFU; "
+        "default: none, every call peer to peer)",
+    )
+    serve.add_argument(
+        "--sfu-min-users",
+        type=int,
+        default=int(_env("CALLSERVER_SFU_MIN_USERS", "2")),
+        metavar="N",
+        help="group calls of at least N users at their start use the SFU (env "
+        "CALLSERVER_SFU_MIN_USERS; default %(default)s: every group call)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -291,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             turn_urls=args.turn,
             turn_secret=args.turn_secret or "",
             turn_ttl_s=args.turn_ttl,
+            sfu=args.sfu,
+            sfu_min_users=args.sfu_min_users,
         ),
     )
     try:

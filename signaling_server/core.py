@@ -26,11 +26,15 @@ from callwire.turn import DEFAULT_TTL_S, TurnUrl, ice_servers
 from callwire.version import __version__
 from signaling_server.groups import GroupDirectory
 from signaling_server.records import ParticipantOutcome, StoredCall
+from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom, SfuPool, SfuRoom
 
 __all__ = [
+    "AllowTokens",
     "CallCore",
     "Close",
     "CoreConfig",
+    "CreateRoom",
+    "DestroyRoom",
     "LoadProfile",
     "Notice",
     "OfflinePush",
@@ -131,6 +135,7 @@ class OfflinePush:
 
 Output = (
     Send | Close | SaveCall | StoreRequest | Notice | SaveProfile | LoadProfile | OfflinePush
+    | CreateRoom | AllowTokens | DestroyRoom
 )
 
 SigVerifier = Callable[[str, str, float], float]
@@ -173,6 +178,13 @@ class CoreConfig:
     turn_ttl_s: int = DEFAULT_TTL_S
     """Validity of the TURN credentials; fresh ones are pushed (``ICE_SERVERS``) when a
     quarter of it is left."""
+    sfu: tuple[str, ...] = ()
+    """Janus HTTP API URLs (``--sfu``); empty: every call is peer to peer."""
+    sfu_min_users: int = 2
+    """A group call with at least this many users at its start goes through the SFU (2: every
+    group call). One-to-one calls stay peer to peer."""
+    sfu_wait_s: float = 10.0
+    """How long a call whose SFU died waits for an instance to come back before it ends."""
 
 
 # --------------------------------------------------------------------------- state
@@ -255,6 +267,8 @@ class Call:
     interrupted: bool = False
     group_verified: bool = False
     """``group_id`` names a group the caller belongs to: the group's call in progress."""
+    sfu: SfuRoom | None = None
+    """The call's SFU room when its media goes through the SFU (decided at its start)."""
 
 
 # ON_CALL_CANCELED "reason" for the caller when a call ends unanswered, by record result.
@@ -308,6 +322,8 @@ class CallCore:
         self._calls: dict[str, Call] = {}
         self._group_calls: dict[str, str] = {}  # group id -> its call in progress
         self._per_ip: dict[str, int] = {}  # client address -> open connections
+        self.sfu = SfuPool(self.config.sfu)
+        """The SFU instances and which of them are up."""
         self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
         self._timer_seq = 0
         # userSig timers last as long as the userSig (often months) but most sessions end
@@ -474,6 +490,50 @@ class CallCore:
             self._announce_info(presence)
         return self._flush()
 
+    # ------------------------------------------------------------------ SFU results
+
+    def sfu_room_ready(self, call_id: str, epoch: int, now: float) -> list[Output]:
+        """The call's room (attempt ``epoch``) exists on its instance."""
+        call = self._calls.get(call_id)
+        if call is not None and call.sfu is not None and call.sfu.epoch == epoch:
+            call.sfu.ready = True
+        return self._flush()
+
+    def sfu_room_failed(self, call_id: str, epoch: int, now: float) -> list[Output]:
+        """Creating the call's room failed: its instance counts as down; try another.
+
+        A call whose room never existed and that has no other instance ends at once with
+        ``SFU_UNAVAILABLE``; one that had a room waits for an instance (``sfu_wait_s``).
+        """
+        call = self._calls.get(call_id)
+        if call is None or call.sfu is None or call.sfu.epoch != epoch:
+            return self._flush()
+        failed = call.sfu.instance
+        if failed is not None:
+            self.sfu.down.add(failed)
+        if not call.sfu.ready and self.sfu.pick(self._rooms(), avoid=failed) is None:
+            self._sfu_unavailable(call, now)
+        else:
+            self._place_room(call, now)
+        return self._flush()
+
+    def sfu_instance_down(self, instance: str, now: float) -> list[Output]:
+        """An SFU instance stopped answering: its calls move to another one (or wait)."""
+        self.sfu.down.add(instance)
+        for call in list(self._calls.values()):
+            if call.sfu is not None and call.sfu.instance == instance:
+                call.sfu.instance = None  # its rooms died with it: nothing to destroy
+                self._place_room(call, now)
+        return self._flush()
+
+    def sfu_instance_up(self, instance: str, now: float) -> list[Output]:
+        """An SFU instance answers again: calls waiting for one get their room there."""
+        self.sfu.down.discard(instance)
+        for call in list(self._calls.values()):
+            if call.sfu is not None and call.sfu.instance is None:
+                self._place_room(call, now)
+        return self._flush()
+
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has work, or None."""
         return self._timers[0][0] if self._timers else None
@@ -504,6 +564,8 @@ class CallCore:
                 session = self._sessions[int(key)]
                 session.ice_timer = 0
                 self._refresh_ice(session, now)
+            elif kind == "sfu":
+                self._sfu_wait_over(key, now)
         for call_id, user_ids in due.items():
             self._ring_timeouts(call_id, user_ids, now)
         return self._flush()
@@ -809,6 +871,9 @@ class CallCore:
             )
         )
         self._redeliver_invitation(presence, session)
+        if active is not None:
+            call = self._calls[active["callId"]]
+            self._announce_sfu(call, [call.members[user_id]])
         return reply
 
     def _resume(self, presence: Presence, session: Session, now: float) -> dict[str, Any] | None:
@@ -1179,6 +1244,9 @@ class CallCore:
         assert isinstance(start_notice, Notice)
         self._out[mark] = dataclasses.replace(start_notice, call=self._snapshot(call))
         self._save(call)
+        if self._wants_sfu(call, invitees):
+            call.sfu = SfuPool.new_room()
+            self._place_room(call, now)
         self._settle(call, now)
         return {
             "callId": call.call_id,
@@ -1219,6 +1287,13 @@ class CallCore:
             if first and other.role is CallRole.CALLER:
                 self._emit(call, other, "ON_CALL_BEGIN", self._call_info(call, other))
             self._emit(call, other, "USER_ENTER", enter)
+        if call.sfu is not None:
+            # Before any USER_ENTER: the member's client must know media goes through the SFU.
+            token = call.sfu.token_for(member.user_id)
+            if call.sfu.instance is not None:
+                self._out.append(AllowTokens(call.sfu.instance, call.sfu.room, call.sfu.secret,
+                                             add=(token,)))
+            self._announce_sfu(call, [member])
         self._emit(call, member, "ON_CALL_BEGIN", self._call_info(call, member))
         for other in joined_others:
             other_presence = self._users.get(other.user_id)
@@ -1697,6 +1772,7 @@ class CallCore:
         self._notice(call, member, "call_end" if reason != "offline" else "call_interrupted", now)
         member.conn = None
         self._users[member.user_id].call_id = None
+        self._revoke_sfu(call, member.user_id)
         self._settle(call, now, ended_by=member)
         self._release_if_idle(member.user_id)
 
@@ -1762,6 +1838,89 @@ class CallCore:
             member.state = LEFT
         self._finish(call, now, notify=False)
 
+    # ------------------------------------------------------------------ SFU
+
+    def _wants_sfu(self, call: Call, invitees: list[str]) -> bool:
+        return (self.sfu.configured and call.scene is CallScene.GROUP_CALL
+                and 1 + len(invitees) >= self.config.sfu_min_users)
+
+    def _rooms(self) -> list[SfuRoom]:
+        return [c.sfu for c in self._calls.values() if c.sfu is not None]
+
+    def _place_room(self, call: Call, now: float) -> None:
+        """(Re)create the call's room on the least-loaded instance and tell the members."""
+        room = call.sfu
+        assert room is not None
+        instance = self.sfu.pick([r for r in self._rooms() if r is not room])
+        room.instance = instance
+        room.ready = False
+        if instance is None:
+            logger.warning("call %s: no SFU instance up; waiting %.0f s", call.call_id,
+                           self.config.sfu_wait_s)
+            self._schedule(now + self.config.sfu_wait_s, "sfu", call.call_id)
+            return
+        room.epoch += 1
+        joined = [m for m in call.members.values() if m.state == JOINED]
+        tokens = tuple(room.token_for(m.user_id) for m in joined)
+        self._out.append(CreateRoom(instance, call.call_id, room.epoch, room.room, room.secret,
+                                    room.pin, tokens, protocol.MAX_PARTICIPANTS))
+        self._announce_sfu(call, joined)
+
+    def _announce_sfu(self, call: Call, members: Iterable[Member]) -> None:
+        """``SFU_ROOM``: where each joined member publishes and subscribes (docs/protocol.md)."""
+        room = call.sfu
+        if room is None or room.instance is None:
+            return
+        for member in members:
+            if member.state != JOINED:
+                continue
+            self._emit(call, member, "SFU_ROOM", {
+                "url": room.instance, "room": room.room, "pin": room.pin,
+                "token": room.token_for(member.user_id), "epoch": room.epoch,
+            })
+
+    def _revoke_sfu(self, call: Call, user_id: str) -> None:
+        room = call.sfu
+        if room is None:
+            return
+        token = room.tokens.pop(user_id, None)
+        if token is not None and room.instance is not None:
+            self._out.append(AllowTokens(room.instance, room.room, room.secret, remove=(token,)))
+
+    def _sfu_wait_over(self, call_id: str, now: float) -> None:
+        call = self._calls.get(call_id)
+        if call is not None and call.sfu is not None and call.sfu.instance is None:
+            self._sfu_unavailable(call, now)
+
+    def _sfu_unavailable(self, call: Call, now: float) -> None:
+        """No SFU can carry the call: every member gets ``SFU_UNAVAILABLE``; the call ends."""
+        assert call.sfu is not None
+        call.sfu.instance = None
+        message = ("the call's media server (SFU) is unreachable; the call ended. Check that "
+                   "the server's --sfu instances are running")
+        for member in call.members.values():
+            if member.state in (RINGING, JOINED):
+                for conn in self._conns_for(call, member):
+                    self._send(conn, protocol.encode_event("ERROR", {
+                        "code": int(ErrorCode.SFU_UNAVAILABLE), "msg": message,
+                        "callId": call.call_id}))
+        call.interrupted = True
+        if call.accept_ts is None:
+            self._cancel(call, now, reason="interrupted")
+            return
+        for member in call.members.values():
+            if member.state == RINGING:
+                member.state = CANCELED
+                self._emit(call, member, "ON_CALL_CANCELED", {
+                    "userID": member.user_id, "sponsor": call.caller, "reason": "interrupted",
+                    **self._call_info(call, member)})
+            elif member.state == JOINED:
+                self._emit(call, member, "CALLING_END",
+                           self._end_data(call, member, member, now, "interrupted"))
+                self._notice(call, member, "call_interrupted", now)
+                member.state = LEFT
+        self._finish(call, now, notify=False)
+
     def _unanswered_result(self, call: Call) -> str:
         if call.interrupted:
             return "interrupt"
@@ -1777,6 +1936,8 @@ class CallCore:
     def _finish(self, call: Call, now: float, notify: bool) -> None:
         """Remove an ended call and persist its final record."""
         del self._calls[call.call_id]
+        if call.sfu is not None and call.sfu.instance is not None:
+            self._out.append(DestroyRoom(call.sfu.instance, call.sfu.room, call.sfu.secret))
         if self._group_calls.get(call.group_id) == call.call_id:
             del self._group_calls[call.group_id]
         record = self._snapshot(call)

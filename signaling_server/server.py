@@ -64,8 +64,10 @@ from signaling_server.core import (
 from signaling_server.group_api import GroupService, group_commands, load_groups
 from signaling_server.groups import GroupDirectory
 from signaling_server.http_api import Body, HttpApi, HttpApiConfig
+from signaling_server.janus import SfuService
 from signaling_server.push import PUSHES, push_commands, push_row
 from signaling_server.records import OutboxRow, ProfileUpdate, StoredCall
+from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom
 from signaling_server.store import CallStore, RecordWriter, StoreBusy
 from signaling_server.tls import ServerTls, TlsFiles
 from signaling_server.webhooks import WebhookService, WebhookSettings
@@ -286,6 +288,8 @@ class SignalingServer:
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.sfu: SfuService | None = None
+        """The Janus client carrying out the core's room outputs (with ``core.sfu`` set)."""
 
     # ------------------------------------------------------------------ public API
 
@@ -366,6 +370,19 @@ class SignalingServer:
                 store, cfg.sdk_app_id, cfg.webhooks, writer=self._writer, channel=PUSHES
             )
             await self.pushes.start()
+            if cfg.core.sfu:
+                self.sfu = SfuService(
+                    cfg.core.sfu,
+                    room_ready=lambda c, e: self._execute(
+                        self.core.sfu_room_ready(c, e, time.time())),
+                    room_failed=lambda c, e: self._execute(
+                        self.core.sfu_room_failed(c, e, time.time())),
+                    instance_down=lambda i: self._execute(
+                        self.core.sfu_instance_down(i, time.time())),
+                    instance_up=lambda i: self._execute(
+                        self.core.sfu_instance_up(i, time.time())),
+                )
+                await self.sfu.start()
             for group in await self._writer.run_read(load_groups, store, cfg.sdk_app_id):
                 self.groups.put(group)
             await self._interrupt_open_calls(time.time())
@@ -490,6 +507,8 @@ class SignalingServer:
         """After signaling stopped: REST API, then the webhook outbox (flushed, so the final
         notices are on disk) and its sender, then the record writer and its store."""
         try:
+            if self.sfu is not None:
+                await self.sfu.close()  # after the shutdown's DestroyRoom outputs
             if self.http_api is not None:
                 await self.http_api.stop()
             if self.webhooks is not None:
@@ -559,6 +578,8 @@ class SignalingServer:
                 self._deliver_notice(out)
             elif isinstance(out, LoadProfile):
                 self._spawn(self._load_profile(out), f"signaling-profile-{out.user_id}")
+            elif isinstance(out, CreateRoom | AllowTokens | DestroyRoom) and self.sfu:
+                self.sfu.execute(out)
         for conn, texts in frames.items():
             peer = self._peers.get(conn)
             if peer is not None:

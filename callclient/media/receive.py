@@ -40,7 +40,9 @@ __all__ = [
     "AiortcInternalsChanged",
     "ImmediateAudioJitterBuffer",
     "MarkerVideoJitterBuffer",
+    "connect_receivers",
     "install_low_latency_buffers",
+    "is_keyframe",
     "recv_newest",
 ]
 
@@ -96,8 +98,22 @@ class MarkerVideoJitterBuffer(JitterBuffer):
     one is present. Loss handling, PLI decisions and capacity are aiortc's.
     """
 
-    def __init__(self, capacity: int = 512) -> None:
+    def __init__(self, capacity: int = 512, *, wait_keyframe: bool = False) -> None:
         super().__init__(capacity=capacity, is_video=True)
+        self.waiting_keyframe = wait_keyframe
+        """Drop frames until the first keyframe (set for a stream joined midway, through an
+        SFU: a delta frame without its reference decodes to garbage)."""
+        self.dropped_before_keyframe = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        if frame is not None and self.waiting_keyframe:
+            if not is_keyframe(frame.data):
+                self.dropped_before_keyframe += 1
+                # Ask for a keyframe once; the SFU forwards it to the sender.
+                return pli or self.dropped_before_keyframe == 1, None
+            self.waiting_keyframe = False
+        return pli, frame
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         if self._origin is None:
@@ -124,6 +140,24 @@ class MarkerVideoJitterBuffer(JitterBuffer):
         return JitterFrame(data=data, timestamp=timestamp)
 
 
+def is_keyframe(data: bytes) -> bool:
+    """Whether a depayloaded VP8 or H.264 (Annex B) frame is a keyframe.
+
+    H.264: an IDR slice (NAL type 5) or an SPS (7) among its NAL units. VP8 (RFC 6386 9.1): the
+    inverse key-frame bit of the first byte is 0 (and bytes 3..5 are the start code 9d 01 2a);
+    a frame with that bit 0 but no start code is not VP8 and counts as a keyframe, so nothing
+    unrecognised is held back.
+    """
+    if data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
+        index = data.find(b"\x00\x00\x01")
+        while index != -1 and index + 3 < len(data):
+            if data[index + 3] & 0x1F in (5, 7):
+                return True
+            index = data.find(b"\x00\x00\x01", index + 3)
+        return False
+    return not data or not data[0] & 1
+
+
 def _check_receiver(receiver: RTCRtpReceiver) -> None:
     current = getattr(receiver, _JITTER_ATTRIBUTE, None)
     if not isinstance(current, JitterBuffer | ImmediateAudioJitterBuffer):
@@ -133,25 +167,50 @@ def _check_receiver(receiver: RTCRtpReceiver) -> None:
         )
 
 
-def install_low_latency_buffers(receiver: RTCRtpReceiver, kind: str) -> None:
+def install_low_latency_buffers(
+    receiver: RTCRtpReceiver, kind: str, *, wait_keyframe: bool = False
+) -> None:
     """Give ``receiver`` the low-latency jitter buffer for ``kind`` ("audio" or "video").
 
     Call it before media arrives (from the connection's ``track`` event, which aiortc fires
-    in ``setRemoteDescription``, before it connects). Installing twice keeps the first.
+    in ``setRemoteDescription``, before it connects). Installing twice keeps the first (with
+    ``wait_keyframe`` it waits for a keyframe again: an SFU reused the receiver).
+    ``wait_keyframe`` (video) drops frames until the first keyframe: for a stream joined
+    midway, as an SFU forwards it.
     Raises :class:`AiortcInternalsChanged` if aiortc's receiver no longer looks as expected.
     """
     _check_receiver(receiver)
     current = getattr(receiver, _JITTER_ATTRIBUTE)
     if isinstance(current, ImmediateAudioJitterBuffer | MarkerVideoJitterBuffer):
+        if wait_keyframe and isinstance(current, MarkerVideoJitterBuffer):
+            current.waiting_keyframe = True  # the receiver now carries another stream
         return
     replacement: Any
     if kind == "audio":
         replacement = ImmediateAudioJitterBuffer()
     elif kind == "video":
-        replacement = MarkerVideoJitterBuffer(current.capacity)
+        replacement = MarkerVideoJitterBuffer(current.capacity, wait_keyframe=wait_keyframe)
     else:
         raise ValueError(f"kind must be audio or video, not {kind!r}")
     setattr(receiver, _JITTER_ATTRIBUTE, replacement)
+
+
+async def connect_receivers(pc: Any) -> None:
+    """Start the receivers a renegotiation added, before the remote side sends to them.
+
+    aiortc starts them in a task it schedules from ``setLocalDescription``; until it runs, the
+    packets of a new stream whose payload type one started receiver already has are routed
+    to that receiver (and its SSRC stays mapped there), mixing two streams in one decoder.
+    An SFU starts the new streams as soon as it has the answer, so the caller awaits this
+    between ``setLocalDescription`` and sending the answer, on a connection already
+    connected (on a new one it would wait for the handshake the answer starts).
+    """
+    connect = getattr(pc, "_RTCPeerConnection__connect", None)
+    if connect is None:
+        raise AiortcInternalsChanged(
+            "aiortc's RTCPeerConnection no longer has __connect; update callclient.media.receive"
+        )
+    await connect()
 
 
 def _track_queue(track: MediaStreamTrack) -> asyncio.Queue[Any]:

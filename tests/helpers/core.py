@@ -11,6 +11,7 @@ connection. Inputs go through the same entry points the websocket layer uses (``
 * ``Notice``: appended to :attr:`notices`;
 * ``StoreRequest``: appended to :attr:`store_requests`;
 * ``OfflinePush``: appended to :attr:`pushes`;
+* ``CreateRoom`` / ``AllowTokens`` / ``DestroyRoom``: appended to :attr:`sfu`;
 * ``SaveProfile`` / ``LoadProfile``: kept in :attr:`profiles` (a stand-in for the store), and a
   load is answered at once with :meth:`CallCore.profile_loaded`, as the server does later.
 """
@@ -39,6 +40,7 @@ from signaling_server.core import (
 )
 from signaling_server.groups import GroupDirectory
 from signaling_server.records import StoredCall
+from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom
 
 APP_ID = 1400000001
 START = 1_700_000_000.0
@@ -97,6 +99,8 @@ class CoreHarness:
         self.pushes: list[OfflinePush] = []
         self.profiles: dict[str, tuple[str, str]] = {}
         """The stored (nickname, avatar) per user, as SaveProfile left it."""
+        self.sfu: list[CreateRoom | AllowTokens | DestroyRoom] = []
+        """The SFU room outputs, in order (a test answers them with ``core.sfu_*``)."""
         self.last_outputs: list[Output] = []
         """Every output of the most recent input (including fed-back closes)."""
 
@@ -152,6 +156,8 @@ class CoreHarness:
                 )
             elif isinstance(out, LoadProfile):
                 loads.append(out.user_id)
+            elif isinstance(out, CreateRoom | AllowTokens | DestroyRoom):
+                self.sfu.append(out)
             else:  # pragma: no cover - a new output type
                 raise AssertionError(f"unknown output {out!r}")
         # The websocket layer reports every close back to the core.
@@ -165,6 +171,10 @@ class CoreHarness:
     def _feed(self, outputs: list[Output]) -> list[Output]:
         self.last_outputs = self._process(outputs)
         return self.last_outputs
+
+    def feed(self, outputs: list[Output]) -> list[Output]:
+        """Process what a direct core input returned (``h.feed(h.core.sfu_...(...))``)."""
+        return self._feed(outputs)
 
     # ------------------------------------------------------------------ inputs
 

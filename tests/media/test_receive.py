@@ -25,6 +25,7 @@ from callclient.media.receive import (
     ImmediateAudioJitterBuffer,
     MarkerVideoJitterBuffer,
     install_low_latency_buffers,
+    is_keyframe,
     recv_newest,
 )
 
@@ -62,6 +63,28 @@ def test_marker_video_buffer_releases_a_frame_on_its_last_packet() -> None:
     assert buffer.add(_packet(15, 9000, data=b"f"))[1] is None
     frame = buffer.add(_packet(16, 12000, data=b"g"))[1]
     assert frame is not None and frame.data == b"f"
+
+
+VP8_KEY = b"\x10\x02\x00\x9d\x01\x2a\x80\x02"
+VP8_DELTA = b"\x31\x02\x00\x11\x22"
+
+
+def test_keyframes_are_recognised_for_vp8_and_h264() -> None:
+    assert is_keyframe(VP8_KEY) and not is_keyframe(VP8_DELTA)
+    assert is_keyframe(b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x65\x88")  # SPS + IDR
+    assert not is_keyframe(b"\x00\x00\x00\x01\x41\x9a")  # a non-IDR slice
+
+
+def test_a_stream_joined_midway_waits_for_its_first_keyframe() -> None:
+    """Through an SFU the first frames may be deltas: dropped (one PLI asked) until a key."""
+    buffer = MarkerVideoJitterBuffer(capacity=64, wait_keyframe=True)
+    pli, frame = buffer.add(_packet(1, 3000, marker=1, data=VP8_DELTA))
+    assert frame is None and pli
+    pli, frame = buffer.add(_packet(2, 6000, marker=1, data=VP8_DELTA))
+    assert frame is None and not pli
+    assert buffer.add(_packet(3, 9000, marker=1, data=VP8_KEY))[1] is not None
+    assert buffer.add(_packet(4, 12000, marker=1, data=VP8_DELTA))[1] is not None
+    assert buffer.dropped_before_keyframe == 2
 
 
 class _FakeReceiver:

@@ -1,0 +1,129 @@
+"""Faults in SFU calls with real Janus subprocesses: the SFU killed mid-call, a participant
+killed mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from callclient.sfu import SfuTransport
+from callclient.types import CallMediaType, CallParams
+from signaling_server.core import CoreConfig
+from signaling_server.janus_proc import JanusProcess
+from signaling_server.server import SignalingServer
+from tests.helpers.engine import MakeParty, Party, eventually, frames_advance
+from tests.helpers.servers import APP, new_server, sig
+from tests.helpers.waits import T
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = "tests.helpers.engine_child"
+LEAVING = ("on_user_leave", "on_call_end", "on_call_cancelled")
+
+
+@pytest.fixture
+async def janus_pair() -> AsyncIterator[tuple[JanusProcess, JanusProcess]]:
+    async with JanusProcess() as first, JanusProcess() as second:
+        yield first, second
+
+
+@pytest.fixture
+async def server(
+    janus_pair: tuple[JanusProcess, JanusProcess],
+) -> AsyncIterator[SignalingServer]:
+    """The signaling server with two Janus instances."""
+    urls = tuple(j.url for j in janus_pair)
+    async with new_server(core=CoreConfig(sfu=urls)) as srv:
+        yield srv
+
+
+def transport(party: Party) -> SfuTransport:
+    sfu = party.engine._media.transport
+    assert isinstance(sfu, SfuTransport)
+    return sfu
+
+
+async def test_janus_killed_mid_call_moves_the_call_without_anyone_leaving(
+    make_party: MakeParty, janus_pair: tuple[JanusProcess, JanusProcess]
+) -> None:
+    """SIGKILL of the call's Janus: the server moves the call to the other instance, every
+    client publishes and subscribes there, media is back; nobody leaves, the call goes on."""
+    parties = [await make_party(u) for u in ("alice", "bob", "carol")]
+    for party in parties:
+        await party.engine.open_camera()
+    alice, bob, carol = parties
+    await alice.engine.calls(["bob", "carol"], CallMediaType.VIDEO, CallParams(timeout=30))
+    for party in (bob, carol):
+        await party.rec.wait_for("on_call_received")
+        await party.engine.accept()
+    views = [p.view_of(q.user_id) for p in parties for q in parties if p is not q]
+    await asyncio.gather(*(frames_advance(v, frames=3) for v in views))
+    first = transport(alice).room
+    assert all(transport(p).room == first or transport(p).room.url == first.url
+               for p in parties)
+    hosting = next(j for j in janus_pair if j.url == first.url)
+    other = next(j for j in janus_pair if j is not hosting)
+
+    marks = [p.rec.mark() for p in parties]
+    hosting.kill()
+    killed_at = time.monotonic()
+    for party in parties:
+        await eventually(lambda party=party: transport(party).room.url == other.url,
+                         f"{party.user_id} moves to the other Janus")
+    await asyncio.gather(*(frames_advance(v, frames=3) for v in views))
+    recovered = time.monotonic() - killed_at
+    print(f"media back through the other Janus {recovered:.2f} s after the SIGKILL")
+    # The issue's target is 5 s; the bound here is generous for a loaded 2-core machine.
+    assert recovered < 3 * T
+    for party, mark in zip(parties, marks, strict=True):
+        assert not [e for e in party.rec.events[mark:] if e.name in LEAVING], party.user_id
+        assert party.engine.current_call is not None
+        assert transport(party).room.epoch == first.epoch + 1
+
+
+@pytest.fixture
+async def child_dave(server: SignalingServer) -> AsyncIterator[asyncio.subprocess.Process]:
+    """dave's engine in a subprocess that auto-accepts; logged in when the fixture returns."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", CHILD, server.url, str(APP), "dave", sig("dave"),
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 3 * T)
+        assert line.decode().strip() == "ready dave", f"child said {line!r}"
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_participant_killed_mid_call_leaves_within_5_s(
+    make_party: MakeParty, child_dave: asyncio.subprocess.Process
+) -> None:
+    """A participant's process dies (its Janus and signaling connections with it): the
+    others get on_user_leave within 5 s and go on together."""
+    alice, bob = await make_party("alice"), await make_party("bob")
+    for party in (alice, bob):
+        await party.engine.open_camera()
+    await alice.engine.calls(["bob", "dave"], CallMediaType.VIDEO, CallParams(timeout=30))
+    await bob.rec.wait_for("on_call_received")
+    await bob.engine.accept()
+    for party in (alice, bob):
+        await party.rec.wait_for("on_user_join", "dave")
+    await asyncio.gather(frames_advance(alice.view_of("dave")),
+                         frames_advance(bob.view_of("dave")))
+
+    marks = [alice.rec.mark(), bob.rec.mark()]
+    child_dave.kill()
+    killed_at = time.monotonic()
+    for party, mark in zip((alice, bob), marks, strict=True):
+        await party.rec.wait_for("on_user_leave", "dave", start=mark, timeout=5.0)
+    assert time.monotonic() - killed_at < 5.0
+    await frames_advance(alice.view_of("bob"))
+    assert "dave" not in transport(alice).peers
