@@ -61,6 +61,7 @@ from callclient.localmedia import LocalMedia
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.devicewatch import DeviceWatcher
+from callclient.media.encoding import LocalVideoStats
 from callclient.media.mixer import Mixer
 from callclient.media.processing import AudioProcessing, ProcessingStats
 from callclient.media.remote import AudioTap, RemoteMedia, RemoteStats
@@ -119,7 +120,9 @@ class CallEngine:
     which capture processing stages run (:mod:`callclient.media.processing`); by default all
     of them for a real microphone and none for a virtual one (bit-exact test audio). While
     logged in, devices that can change (``devices.probe``) are checked every
-    ``device_watch_interval`` seconds.
+    ``device_watch_interval`` seconds. ``video_adaptation`` lets the video sent lower its
+    frame rate and size when the CPU or the path cannot carry the preset
+    (:mod:`callclient.media.adaptation`; :attr:`local_video_stats` says what is sent).
     Use as ``async with CallEngine(...) as engine:`` or call :meth:`close`.
     """
 
@@ -136,6 +139,7 @@ class CallEngine:
         quality_interval: float = 2.0,
         audio_processing: AudioProcessing | None = None,
         device_watch_interval: float = 1.0,
+        video_adaptation: bool = True,
     ) -> None:
         if video_codec.upper() not in ("VP8", "H264"):
             raise InvalidParameterError(f"video_codec must be VP8 or H264, not {video_codec!r}")
@@ -158,6 +162,7 @@ class CallEngine:
             lambda camera, microphone: self._media.report_state(camera, microphone),
             self._device_failed,
             audio_processing,
+            video_adaptation,
         )
         self._media = CallMedia(
             self._local, self._remote, self._tasks, self.peer_config,
@@ -209,6 +214,13 @@ class CallEngine:
     def remote_stats(self) -> dict[str, RemoteStats]:
         """Per remote user counters of the current call."""
         return self._remote.stats
+
+    @property
+    def local_video_stats(self) -> LocalVideoStats | None:
+        """The video this engine sends: size, frame rate, bitrate, why (CPU or bandwidth
+        adaptation), the adaptation steps taken and the frames dropped per stage; None
+        before a call sent video."""
+        return self._local.video_stats
 
     @property
     def mixer(self) -> Mixer:

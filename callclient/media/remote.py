@@ -59,6 +59,11 @@ class RemoteStats:
     """Blocks known lost (timestamp gaps): concealed by the playout buffer."""
     first_video_time: float | None = None
     last_video_time: float | None = None
+    video_width: int = 0
+    video_height: int = 0
+    """The size of the last frame received: what the remote user sends now (it adapts)."""
+    video_fps: float = 0.0
+    """Frames received per second, averaged over about the last second."""
 
 
 def _render_frame(
@@ -225,8 +230,15 @@ class RemoteMedia:
                 return
             assert isinstance(frame, av.VideoFrame)
             now = time.time()
+            if stats.last_video_time is not None:
+                interval = max(now - stats.last_video_time, 1e-3)
+                rate = (1 + skipped) / interval
+                # An average over ~1 s whatever the rate: weight = the interval's share of it.
+                weight = min(interval, 1.0)
+                stats.video_fps = round((1 - weight) * stats.video_fps + weight * rate, 2)
             stats.video_frames += 1 + skipped
             stats.video_frames_skipped += skipped
+            stats.video_width, stats.video_height = frame.width, frame.height
             stats.last_video_time = now
             if stats.first_video_time is None:
                 stats.first_video_time = now
