@@ -25,6 +25,13 @@ clock of its own, no codec), so its decisions are tested exactly:
 * **loss** (GCC's loss-based controller, RFC draft-ietf-rmcat-gcc): a fraction lost above
   10 % cuts the loss-based rate by ``1 - loss / 2``; below 2 % it grows 8 % a second, never
   above the preset's bitrate.
+* **probing above a stale REMB**: aiortc's receiver-side estimator (the REMB it sends)
+  only grows additively, by a few kbit/s a second, once it has cut: after a congestion
+  episode it would hold the stream near the old bottleneck for minutes. So REMB is trusted
+  as a ceiling for :data:`REMB_TRUST` (3 s) after it *fell*; after that, with no loss, the
+  rate probes above it, 8 % a second and 25 % a second once past 1.5x the rate of the last
+  cut (the path has clearly cleared). A new fall of REMB (or, while probing, a jump of more
+  than 10 % to a value below the probe), or loss, ends the probe at once.
 
 The level sent is the lower of the CPU and bandwidth levels; the *reason* names which
 limits it ("cpu", "bandwidth", both, or "none" at the preset). Every change is recorded as a
@@ -46,6 +53,7 @@ __all__ = [
     "HEADROOM",
     "MIN_FPS",
     "OVERUSE",
+    "REMB_TRUST",
     "UNDERUSE",
     "Level",
     "SendState",
@@ -70,6 +78,13 @@ BITRATE_FILL: Final = 0.6
 """The share of the preset's bitrate (scaled by pixel rate^0.75) a level needs."""
 BITRATE_HOLD: Final = 3.0
 """Seconds the bitrate must allow a higher level before the bandwidth level steps up."""
+REMB_TRUST: Final = 3.0
+"""Seconds a fall of the receivers' estimate caps the rate before probing above it."""
+_REMB_FALL = 0.95
+_REMB_JUMP = 0.10
+_PROBE_GROWTH = 0.08
+_PROBE_FAST_GROWTH = 0.25
+_PROBE_FAST_ABOVE = 1.5
 _BITRATE_UP_MARGIN = 1.25
 _SMOOTHING = 0.25
 """Weight of a new encode-time sample in the moving average."""
@@ -77,7 +92,6 @@ _UP_WAIT = 3.0
 _UP_WAIT_MAX = 60.0
 _LOSS_HIGH = 0.10
 _LOSS_LOW = 0.02
-_LOSS_GROWTH = 0.08
 _SIDE_STEP = 0.75
 _FPS_STEP = 0.8
 _MIN_SIDE = 90
@@ -187,6 +201,11 @@ class VideoAdapter:
         self._loss_rate: float | None = None
         self._loss_at: float | None = None
         self._bw_up_since: float | None = None
+        self._remb_fell_at: float | None = None
+        self._loss_at_high: float | None = None
+        self._cut_rate: float | None = None
+        self._probe: float | None = None
+        self._probe_at: float | None = None
         self._last_pts: float | None = None
         self.steps: list[Step] = []
         """Every level change, oldest first."""
@@ -220,7 +239,19 @@ class VideoAdapter:
 
     def set_estimate(self, estimate: int | None, now: float) -> None:
         """The lowest bitrate estimate (bit/s) of the receivers (REMB), None without one."""
+        previous = self._estimate
+        if estimate is not None and (
+            previous is None
+            or estimate < _REMB_FALL * previous
+            # While probing, a new value below the probe (aiortc's overuse answer is 0.85x
+            # the incoming rate, which can be above its stale value): a ceiling again.
+            or (self._probe is not None and estimate < self._probe
+                and abs(estimate - previous) > _REMB_JUMP * previous)
+        ):
+            self._remb_fell_at = now
+            self._cut(float(estimate))
         self._estimate = estimate
+        self._update_probe(now)
         self._update_bandwidth(now)
 
     def report_loss(self, fraction: float, now: float) -> None:
@@ -230,8 +261,10 @@ class VideoAdapter:
         self._loss_at = now
         if fraction > _LOSS_HIGH:
             rate *= 1.0 - 0.5 * fraction
+            self._loss_at_high = now
+            self._cut(rate)
         elif fraction < _LOSS_LOW:
-            rate *= 1.0 + _LOSS_GROWTH * elapsed
+            rate *= (1.0 + self._growth(rate)) ** elapsed
         self._loss_rate = min(max(rate, float(self.min_bitrate)), float(self._preset_bitrate))
         self._update_bandwidth(now)
 
@@ -246,6 +279,7 @@ class VideoAdapter:
         )
         if not self.enabled:
             return
+        self._update_probe(now)
         self._update_bandwidth(now)  # a raised estimate is acted on without a new report
         self._over_since = (self._over_since or now) if self._load > OVERUSE else None
         self._under_since = (self._under_since or now) if self._load < UNDERUSE else None
@@ -296,7 +330,10 @@ class VideoAdapter:
         """:attr:`bitrate` if the receivers' estimate were ``estimate``."""
         rate = float(self._preset_bitrate)
         if estimate is not None:
-            rate = min(rate, max(float(estimate), float(self.min_bitrate)))
+            ceiling = float(estimate)
+            if self._probe is not None:
+                ceiling = max(ceiling, self._probe)
+            rate = min(rate, max(ceiling, float(self.min_bitrate)))
         if self._loss_rate is not None:
             rate = min(rate, self._loss_rate)
         return max(1, int(rate))
@@ -319,6 +356,31 @@ class VideoAdapter:
         )
 
     # ------------------------------------------------------------------ internals
+
+    def _growth(self, rate: float) -> float:
+        """The growth a second of a probing rate: faster once well past the last cut."""
+        if self._cut_rate is not None and rate > _PROBE_FAST_ABOVE * self._cut_rate:
+            return _PROBE_FAST_GROWTH
+        return _PROBE_GROWTH
+
+    def _cut(self, rate: float) -> None:
+        self._cut_rate = rate
+        self._probe = self._probe_at = None
+
+    def _update_probe(self, now: float) -> None:
+        estimate = self._estimate
+        if estimate is None or estimate >= self._preset_bitrate:
+            self._probe = self._probe_at = None
+            return
+        recent = [t for t in (self._remb_fell_at, self._loss_at_high) if t is not None]
+        if recent and now - max(recent) < REMB_TRUST:
+            self._probe, self._probe_at = None, now
+            return
+        base = self._probe if self._probe is not None else float(estimate)
+        elapsed = 0.0 if self._probe_at is None else min(max(now - self._probe_at, 0.0), 1.0)
+        self._probe = min(base * (1.0 + self._growth(base)) ** elapsed,
+                          float(self._preset_bitrate))
+        self._probe_at = now
 
     def _predicted_load(self, level: int) -> float:
         here, there = self._levels[self.level], self._levels[level]

@@ -20,7 +20,8 @@ Bitrate: the session encodes at ``min(recommended, congestion estimate)`` where 
 recommendation is the preset's bitrate (:meth:`VideoEncoderSession.set_bitrate`) and the
 congestion estimate is the lowest REMB reported by any subscriber's sender (one stream must
 fit the worst link). Congestion never raises the rate above the recommendation; it is floored
-at ``min_bitrate`` (150 kbit/s) so that one early, tiny estimate does not ruin the picture.
+at ``min_bitrate`` (60 kbit/s: with adaptation the frames are small by then, and a thin link
+shared with audio leaves little more).
 Because neither libvpx nor libx264 (as PyAV drives them) accepts a new bitrate on an open
 context, and a reopen costs a keyframe, a congestion-driven change reopens the encoder only
 when it moves the rate by more than 15 %, at most every ``retune_interval`` (2 s); a preset
@@ -79,6 +80,7 @@ __all__ = [
     "DEFAULT_KEYFRAME_INTERVAL",
     "DEFAULT_MIN_BITRATE",
     "DEFAULT_RETUNE_INTERVAL",
+    "KEYFRAME_REQUEST_INTERVAL",
     "VIDEO_CODECS",
     "EncodedVideoTrack",
     "LocalVideoStats",
@@ -93,7 +95,7 @@ logger = logging.getLogger(__name__)
 VIDEO_CODECS: Final = ("VP8", "H264")
 DEFAULT_KEYFRAME_INTERVAL = 3.0
 """Seconds of media time between fallback keyframes."""
-DEFAULT_MIN_BITRATE = 150_000
+DEFAULT_MIN_BITRATE = 60_000
 """Congestion feedback never pushes the rate below this (nor above the recommendation)."""
 _CLOCK_RATE = 90000
 _TIME_BASE = fractions.Fraction(1, _CLOCK_RATE)
@@ -101,6 +103,8 @@ _NOMINAL_FPS = 30
 _RETUNE_RATIO = 0.15
 DEFAULT_RETUNE_INTERVAL = 2.0
 """Minimum seconds between two congestion-driven encoder reopens (each costs a keyframe)."""
+KEYFRAME_REQUEST_INTERVAL = 1.0
+"""Seconds between two keyframes a peer's PLI/FIR may ask for."""
 _QUEUE_LIMIT = 30
 """Packets a subscriber may hold unread before it is paused (it resumes on a keyframe)."""
 
@@ -281,6 +285,10 @@ class LocalVideoStats:
     steps: tuple[Step, ...]
     drops: VideoDrops
     frames_encoded: int
+    keyframes: int
+    """Keyframes encoded (the first, requested ones, periodic ones, and one per reopen)."""
+    reopens: int
+    """Encoder (re)opens: a size or bitrate change (each costs a keyframe)."""
     adaptation: bool
     """Whether frame rate and size adapt (False: the preset is always sent)."""
 
@@ -383,7 +391,7 @@ class VideoEncoderSession(FanoutSession["EncodedVideoTrack"]):
         """:attr:`send_state`, :attr:`adaptation_steps` and :attr:`drops` together."""
         return LocalVideoStats(
             self.send_state, tuple(self.adapter.steps), self.drops, self.encoder.encodes,
-            self.adapter.enabled,
+            self.encoder.keyframes, self.encoder.opens, self.adapter.enabled,
         )
 
     def set_bitrate(self, bitrate: int) -> None:
@@ -525,6 +533,9 @@ class EncodedVideoTrack(PacketSubscriber):
         """Times the track fell too far behind and was paused."""
         self.packets_dropped = 0
         """Packets dropped because the track fell behind (its pauses)."""
+        self._last_request: float | None = None
+        self.keyframe_requests_ignored = 0
+        """PLI/FIR that came too soon after the previous one."""
         self.fraction_lost: float | None = None
         """The fraction of packets lost (0..1) in the last receiver report, None before one."""
 
@@ -539,9 +550,22 @@ class EncodedVideoTrack(PacketSubscriber):
         )
 
     def request_keyframe(self) -> None:
-        """Ask the shared encoder for a keyframe (what a PLI or FIR does)."""
-        if self.readyState == "live":
-            self._video_session.request_keyframe()
+        """Ask the shared encoder for a keyframe (what a PLI or FIR does).
+
+        At most one a :data:`KEYFRAME_REQUEST_INTERVAL`: on a lossy link every keyframe
+        (several times a delta frame's size) loses packets again, and answering each PLI
+        would turn it into a storm of keyframes.
+        """
+        if self.readyState != "live":
+            return
+        now = time.monotonic()
+        if self._last_request is not None and now - self._last_request < (
+            KEYFRAME_REQUEST_INTERVAL
+        ):
+            self.keyframe_requests_ignored += 1
+            return
+        self._last_request = now
+        self._video_session.request_keyframe()
 
     def report_bitrate_estimate(self, bitrate: int) -> None:
         """Record the receiver's bitrate estimate (what a REMB does)."""

@@ -8,6 +8,7 @@ from callclient.media.adaptation import (
     CPU_WINDOW,
     MIN_FPS,
     OVERUSE,
+    REMB_TRUST,
     VideoAdapter,
     ladder,
 )
@@ -192,3 +193,36 @@ def test_a_new_preset_restarts_from_its_top() -> None:
     assert adapter.state.level > 0
     adapter.set_preset(640, 360, 50.0)
     assert (adapter.state.width, adapter.state.height, adapter.state.level) == (640, 360, 0)
+
+
+def test_a_stale_low_estimate_is_probed_above_and_a_new_fall_ends_the_probe() -> None:
+    """aiortc's REMB recovers by a few kbit/s a second: after REMB_TRUST without a fall the
+    rate probes above it (8 %/s, then 25 %/s) back to the preset; a fall cuts at once."""
+    adapter = adapter_720p()
+    adapter.set_estimate(300_000, 0.0)
+    now = 0.0
+    while now < REMB_TRUST - 0.1:
+        now += 0.1
+        adapter.set_estimate(300_000 + int(now * 5000), now)  # creeping up, as aiortc does
+    assert adapter.bitrate <= 320_000
+    rates = []
+    while adapter.bitrate < 1_200_000 and now < 60:
+        now += 0.1
+        adapter.set_estimate(300_000 + int(now * 5000), now)
+        rates.append(adapter.bitrate)
+    assert adapter.bitrate == 1_200_000
+    assert now <= 20.0  # the issue's "back within 15 s of the lift", plus the trust time
+    assert rates == sorted(rates)
+    adapter.set_estimate(500_000, now + 0.1)  # congestion again: REMB falls
+    assert adapter.bitrate == 500_000
+    adapter.set_estimate(500_000, now + 1.0)
+    assert adapter.bitrate == 500_000  # trusted again for REMB_TRUST
+
+
+def test_loss_blocks_probing() -> None:
+    adapter = adapter_720p()
+    adapter.set_estimate(300_000, 0.0)
+    for second in range(1, 20):
+        adapter.report_loss(0.2, float(second))
+        adapter.set_estimate(300_000, float(second))
+    assert adapter.bitrate <= 300_000
