@@ -21,7 +21,7 @@ clock of its own, no codec), so its decisions are tested exactly:
   loss controller) picks the highest level whose need fits: a level needs the preset's
   bitrate scaled by its pixel rate to the power 0.75 (VP8's rate grows slower than its
   pixel count) times :data:`BITRATE_FILL` (0.6). Going up needs 1.25x that need for
-  :data:`BITRATE_HOLD` seconds.
+  :data:`BITRATE_HOLD` seconds, then goes to the highest level that allows.
 * **loss** (GCC's loss-based controller, RFC draft-ietf-rmcat-gcc): a fraction lost above
   10 % cuts the loss-based rate by ``1 - loss / 2``; below 2 % it grows 8 % a second, never
   above the preset's bitrate.
@@ -126,6 +126,10 @@ class SendState:
     """"none", "cpu", "bandwidth" or "cpu+bandwidth"."""
     cpu_load: float
     """Smoothed encode time / frame budget (0 before the first encode)."""
+    estimate: int | None = None
+    """The receivers' lowest bitrate estimate (REMB), None before one."""
+    fraction_lost: float | None = None
+    """The last fraction lost reported (0..1), None before a report."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,7 @@ class VideoAdapter:
         self._loss_at: float | None = None
         self._bw_up_since: float | None = None
         self._remb_fell_at: float | None = None
+        self._last_loss: float | None = None
         self._loss_at_high: float | None = None
         self._cut_rate: float | None = None
         self._probe: float | None = None
@@ -240,9 +245,12 @@ class VideoAdapter:
     def set_estimate(self, estimate: int | None, now: float) -> None:
         """The lowest bitrate estimate (bit/s) of the receivers (REMB), None without one."""
         previous = self._estimate
-        if estimate is not None and (
-            previous is None
-            or estimate < _REMB_FALL * previous
+        if estimate is not None and previous is None:
+            # The first estimate is a start-up measure of what arrived, not a sign of
+            # congestion: a ceiling, probed above at once.
+            self._cut(float(estimate))
+        elif estimate is not None and previous is not None and (
+            estimate < _REMB_FALL * previous
             # While probing, a new value below the probe (aiortc's overuse answer is 0.85x
             # the incoming rate, which can be above its stale value): a ceiling again.
             or (self._probe is not None and estimate < self._probe
@@ -256,6 +264,7 @@ class VideoAdapter:
 
     def report_loss(self, fraction: float, now: float) -> None:
         """A receiver report's fraction of packets lost (0..1) since its previous report."""
+        self._last_loss = fraction
         rate = self._loss_rate if self._loss_rate is not None else float(self.bitrate)
         elapsed = 1.0 if self._loss_at is None else min(max(now - self._loss_at, 0.0), 2.0)
         self._loss_at = now
@@ -343,7 +352,8 @@ class VideoAdapter:
         """What is sent now and why."""
         bitrate = self.bitrate
         if not self._levels:
-            return SendState(0, 0, self._nominal_fps, bitrate, 0, "none", 0.0)
+            return SendState(0, 0, self._nominal_fps, bitrate, 0, "none", 0.0,
+                             self._estimate, self._last_loss)
         level = self._levels[self.level]
         reasons = []
         if self.enabled and self._cpu_level and self._cpu_level == self.level:
@@ -352,7 +362,8 @@ class VideoAdapter:
             reasons.append("bandwidth")
         return SendState(
             level.width, level.height, level.fps, bitrate, self.level,
-            "+".join(reasons) or "none", round(self._load, 3),
+            "+".join(reasons) or "none", round(self._load, 3), self._estimate,
+            self._last_loss,
         )
 
     # ------------------------------------------------------------------ internals
@@ -432,7 +443,9 @@ class VideoAdapter:
             self._bw_up_since = now
         if now - self._bw_up_since >= BITRATE_HOLD:
             self._bw_up_since = now
-            return self._bw_level - 1
+            # Every level the rate now allows with the margin, not one at a time.
+            return next(i for i in range(self._bw_level)
+                        if self._need(i) * _BITRATE_UP_MARGIN <= rate)
         return self._bw_level
 
     def _update_bandwidth(self, now: float) -> None:

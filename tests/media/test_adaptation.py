@@ -199,7 +199,8 @@ def test_a_stale_low_estimate_is_probed_above_and_a_new_fall_ends_the_probe() ->
     """aiortc's REMB recovers by a few kbit/s a second: after REMB_TRUST without a fall the
     rate probes above it (8 %/s, then 25 %/s) back to the preset; a fall cuts at once."""
     adapter = adapter_720p()
-    adapter.set_estimate(300_000, 0.0)
+    adapter.set_estimate(1_200_000, -1.0)
+    adapter.set_estimate(300_000, 0.0)  # a fall: congestion
     now = 0.0
     while now < REMB_TRUST - 0.1:
         now += 0.1
@@ -221,6 +222,7 @@ def test_a_stale_low_estimate_is_probed_above_and_a_new_fall_ends_the_probe() ->
 
 def test_loss_blocks_probing() -> None:
     adapter = adapter_720p()
+    adapter.set_estimate(1_200_000, -1.0)
     adapter.set_estimate(300_000, 0.0)
     for second in range(1, 20):
         adapter.report_loss(0.2, float(second))
