@@ -36,7 +36,7 @@ clock of its own, no codec), so its decisions are tested exactly:
 The level sent is the lower of the CPU and bandwidth levels; the *reason* names which
 limits it ("cpu", "bandwidth", both, or "none" at the preset). Every change is recorded as a
 :class:`Step`. ``enabled=False`` keeps the preset whatever happens (the bitrate still follows
-REMB, as before this controller).
+REMB and loss, without probing above REMB).
 """
 
 from __future__ import annotations
@@ -380,8 +380,8 @@ class VideoAdapter:
 
     def _update_probe(self, now: float) -> None:
         estimate = self._estimate
-        if estimate is None or estimate >= self._preset_bitrate:
-            self._probe = self._probe_at = None
+        if not self.enabled or estimate is None or estimate >= self._preset_bitrate:
+            self._probe = self._probe_at = None  # switched off: REMB rules, as it always did
             return
         recent = [t for t in (self._remb_fell_at, self._loss_at_high) if t is not None]
         if recent and now - max(recent) < REMB_TRUST:

@@ -433,7 +433,9 @@ async def test_low_estimate_scales_the_frames_down_and_a_clear_path_restores_the
         await eventually(lambda: session.encoder.size is not None
                          and session.encoder.size[0] < 1280, "frames scaled down")
         state = session.send_state
-        assert "bandwidth" in state.reason and state.bitrate == 300_000 and state.fps >= 15
+        # The first estimate is a start-up ceiling, probed above from the start (+8 %/s).
+        assert "bandwidth" in state.reason and 300_000 <= state.bitrate < 400_000
+        assert state.fps >= 15
         dec = decoder("VP8")
         sizes = set()
         for packet in await packets(track, 20):
