@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from callclient.errors import PermissionDeniedError, RequestRefusedError
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
+from callclient.media.encoding import LocalVideoStats
 from callclient.media.processing import AudioProcessing
+from callclient.media.remote import RemoteStats
 from callclient.observer import CallObserver
 from callclient.types import (
     AudioDeviceInfo,
@@ -57,6 +59,8 @@ class FakeEngine:
         self.group_calls: dict[str, GroupCallInfo] = {}
         """What group_call_in_progress answers, by group id."""
         self.group_asks = 0
+        self.video_stats: LocalVideoStats | None = None
+        self.received: dict[str, RemoteStats] = {}
 
     def set_audio_processing(
         self,
@@ -77,6 +81,14 @@ class FakeEngine:
     @property
     def user_id(self) -> str | None:
         return "alice"
+
+    @property
+    def local_video_stats(self) -> LocalVideoStats | None:
+        return self.video_stats
+
+    @property
+    def remote_stats(self) -> dict[str, RemoteStats]:
+        return self.received
 
     def _record(self, *call: object) -> None:
         if call[0] in self.refuse:

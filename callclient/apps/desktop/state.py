@@ -70,6 +70,8 @@ class TileState:
     """Whether video is expected (False shows "video off" instead of a stale frame)."""
     audio: bool = True
     selected: bool = False
+    video_info: str = ""
+    """The video sent (local tile: size, fps, bitrate, why it is lowered) or received."""
 
 
 @dataclass(frozen=True)
