@@ -18,11 +18,11 @@ This module replaces both buffers per receiver (:func:`install_low_latency_buffe
 the video decoder's input queue (:class:`BoundedDecoderQueue`: a decoder that falls behind
 skips to a keyframe) and reads the newest decoded frame of a track (:func:`recv_newest`);
 :func:`receive_drops` gives a remote video track's drop counters per stage. It is the only
-place that touches these aiortc internals, and every access is checked: a receiver without the private
-``_RTCRtpReceiver__jitter_buffer`` attribute, or a track whose ``_queue`` is not an
-``asyncio.Queue``, raises :class:`AiortcInternalsChanged` instead of silently doing nothing
-(``tests/test_media_receive.py`` runs them over real connections). Nothing is patched
-globally: only the receivers of this project's peer connections are changed.
+place that touches these aiortc internals, and every access is checked: a receiver without
+the private ``_RTCRtpReceiver__jitter_buffer`` (or ``__decoder_queue``) attribute, or a track
+whose ``_queue`` is not an ``asyncio.Queue``, raises :class:`AiortcInternalsChanged` instead
+of silently doing nothing (``tests/media/test_receive.py`` runs them over real connections).
+Nothing is patched globally: only the receivers of this project's peer connections are changed.
 
 Audio jitter is absorbed after decoding, in the adaptive playout buffer of the
 :class:`~callclient.media.mixer.Mixer`, which knows when the speaker needs each block.
