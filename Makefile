@@ -16,7 +16,7 @@ APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
 	chromium chromium-driver \
 	janus
 
-.PHONY: demo test bench lint setup sysdeps clean
+.PHONY: demo test bench bench-quick lint setup sysdeps clean
 
 $(STAMP): pyproject.toml callwire/version.py
 	@test -x $(PY) || python3 -m venv .venv
@@ -37,6 +37,11 @@ test: setup
 
 bench: setup
 	@$(PY) -m bench
+
+# The headline rows only (720p two-way, audio, 720p under contention), in under 3 minutes:
+# bench/results/quick.md and quick.json.
+bench-quick: setup
+	@$(PY) -m bench.stack --quick
 
 lint: setup
 	@.venv/bin/ruff check callwire callclient signaling_server tests bench

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.machine import stamp
 from callclient.engine import CallEngine
 from callclient.media.base import BLOCK_SAMPLES
 from callclient.media.deviceset import DeviceSet
@@ -168,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{call['worker_cpu_ms_per_block']} ms per 20 ms block; windows "
           f"{call['windows_percent']}")
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps({
+    RESULTS_PATH.write_text(json.dumps(stamp({
         "target_latency_ms": TARGET_LATENCY_MS,
         "block_ms": BLOCK_SAMPLES * 1000 / FS,
         "configs": rows,
         "call": call,
-    }, indent=2) + "\n")
+    }), indent=2) + "\n")
     return 0
 
 

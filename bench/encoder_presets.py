@@ -34,6 +34,7 @@ from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
+from bench.machine import stamp
 from callclient.media.encoding import VideoEncoder
 from callclient.media.render import render
 from callclient.types import (
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": [asdict(r) | {"ok": r.ok} for r in results],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    stamp(report)  # commit, date, machine and this run's calibration figure
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0 if all(r.ok for r in results) else 1

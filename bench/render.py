@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from bench.machine import stamp
 from callclient.media.render import fill_crop, fit_box, render
 from callclient.media.virtual import VirtualCamera
 from callclient.types import FillMode, Rotation, VideoRenderParams
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"worst: {worst['ms']:.3f} ms ({worst['view']} {worst['fill_mode']} "
           f"{worst['rotation']} deg); {sum(r['met'] for r in rows)}/{len(rows)} within 2 ms")
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps({"target_ms": TARGET_MS, "rows": rows}, indent=2) + "\n")
+    report = stamp({"target_ms": TARGET_MS, "rows": rows})  # commit, machine, calibration
+    RESULTS_PATH.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -51,6 +51,7 @@ import psutil
 
 from bench.bare_relay import raise_fd_limit
 from bench.loadgen import DEV_SDK_APP_ID, FRAMES_PER_CYCLE
+from bench.machine import stamp
 
 __all__ = ["main", "run"]
 
@@ -405,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"({results['bench_seconds']:.0f} s; server exit status "
           f"{results['server_exit_status']})")
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    stamp(results)  # commit, date, machine and this run's calibration figure
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"results: {os.path.relpath(args.output)}")
     return 0

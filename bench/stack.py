@@ -51,14 +51,16 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from bench.machine import calibrate, header, stamp
 from bench.probes import CLICK_PERIOD, die_with_parent
+from callclient.media.base import BLOCK_SECONDS
 from callclient.types import Resolution, resolution_size
 from callwire.extras import MissingExtraError, require
 
@@ -67,6 +69,8 @@ __all__ = ["SCENARIOS", "main", "run"]
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("setup", "video360", "video720", "video1080", "oneway1080", "contention", "group")
+QUICK_SCENARIOS = ("video720", "contention")
+"""The headline rows (``make bench-quick``): 720p two-way, audio, 720p under contention."""
 RESOLUTIONS = {
     360: Resolution.RESOLUTION_640_360,
     720: Resolution.RESOLUTION_1280_720,
@@ -221,19 +225,22 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def _burner(enabled: bool) -> Any:
-    """A process keeping one core busy for the duration (when ``enabled``)."""
+    """A busy-loop process on each core for the duration (when ``enabled``)."""
     if not enabled:
         yield None
         return
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "while True: pass", cwd=ROOT,
-        preexec_fn=die_with_parent, start_new_session=True,
-    )
-    _SPAWNED.append(proc)
+    procs = []
+    for _ in range(os.cpu_count() or 1):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "while True: pass", cwd=ROOT,
+            preexec_fn=die_with_parent, start_new_session=True,
+        )
+        _SPAWNED.append(proc)
+        procs.append(proc)
     try:
-        yield proc
+        yield procs
     finally:
-        await _end_process(proc, 0.0)
+        await asyncio.gather(*(_end_process(proc, 0.0) for proc in procs))
 
 
 def _busy_seconds() -> float:
@@ -266,6 +273,8 @@ class Options:
     scenarios: tuple[str, ...]
     contention_height: int
     log_dir: Path
+    repeats: int = 3
+    adaptation: bool = True
 
 
 class _Participants:
@@ -380,7 +389,7 @@ async def stack_call(
         procs = await group.spawn(names, "bench.stack_peer")
         await asyncio.gather(*(
             p.request("setup", server=server.url, user=n, width=width, height=h, fps=_FPS,
-                      resolution=int(RESOLUTIONS[height]))
+                      resolution=int(RESOLUTIONS[height]), adaptation=opts.adaptation)
             for p, n in zip(procs, names, strict=True)
         ))
         async with _burner(contention):
@@ -406,6 +415,9 @@ async def stack_call(
         await asyncio.gather(*(p.request("end", hang_up=True) for p in procs),
                              return_exceptions=True)
     result = _streams(names, reports, one_way)
+    result["sending"] = [r.get("sending") for r in reports]
+    result["adaptation_steps"] = [r.get("steps", []) for r in reports]
+    result["drops"] = [r.get("drops") for r in reports]
     firsts = [t for a in answered for t in a["first"].values()]
     firsts += list(dialed["first"].values())
     if firsts and all(t is not None for t in firsts):
@@ -540,44 +552,51 @@ async def run(opts: Options) -> dict[str, Any]:
         "machine": {"cpus": psutil.cpu_count(), "python": sys.version.split()[0]},
         "options": {"seconds": opts.seconds, "warmup": opts.warmup,
                     "setup_calls": opts.setup_calls, "scenarios": list(opts.scenarios),
-                    "contention_height": opts.contention_height},
+                    "contention_height": opts.contention_height, "repeats": opts.repeats,
+                    "adaptation": opts.adaptation},
         "scenarios": {},
     }
     out: dict[str, Any] = results["scenarios"]
     server = await Server.start(opts.log_dir)
+
+    async def alternate(
+        stack: Callable[[str], Awaitable[dict[str, Any]]],
+        base: Callable[[str], Awaitable[dict[str, Any]]],
+    ) -> dict[str, list[dict[str, Any]]]:
+        # Stack, baseline, stack, baseline...: a drift in the machine's load hits both.
+        runs: dict[str, list[dict[str, Any]]] = {"stack": [], "baseline": []}
+        for index in range(opts.repeats):
+            runs["stack"].append(await stack(f"r{index}"))
+            runs["baseline"].append(await base(f"r{index}"))
+        return runs
+
     try:
         for scenario in opts.scenarios:
             print(f"  {scenario} ...", flush=True)
             started = time.perf_counter()
             if scenario == "setup":
-                out["setup"] = {"stack": await stack_setup(server, opts),
-                                "baseline": await baseline_setup(opts)}
+                chunk = replace(opts, setup_calls=max(1, -(-opts.setup_calls // opts.repeats)))
+                out["setup"] = await alternate(lambda _r, o=chunk: stack_setup(server, o),
+                                               lambda _r, o=chunk: baseline_setup(o))
             elif scenario.startswith("video"):
                 height = int(scenario.removeprefix("video"))
-                out[scenario] = {
-                    "stack": await stack_call(server, opts, scenario[:1] + str(height), 2,
-                                              height),
-                    "baseline": await baseline_call(opts, "v" + str(height), 2, height),
-                }
+                out[scenario] = await alternate(
+                    lambda r, h=height: stack_call(server, opts, f"v{h}{r}", 2, h),
+                    lambda r, h=height: baseline_call(opts, f"v{h}{r}", 2, h))
             elif scenario == "oneway1080":
-                out[scenario] = {
-                    "stack": await stack_call(server, opts, "o1080", 2, 1080, one_way=True),
-                    "baseline": await baseline_call(opts, "o1080", 2, 1080, one_way=True),
-                }
+                out[scenario] = await alternate(
+                    lambda r: stack_call(server, opts, f"o1080{r}", 2, 1080, one_way=True),
+                    lambda r: baseline_call(opts, f"o1080{r}", 2, 1080, one_way=True))
             elif scenario == "contention":
-                height = opts.contention_height
-                out[scenario] = {
-                    "stack": await stack_call(server, opts, f"c{height}", 2, height,
-                                              contention=True),
-                    "baseline": await baseline_call(opts, f"c{height}", 2, height,
-                                                    contention=True),
-                }
+                ch = opts.contention_height
+                out[scenario] = await alternate(
+                    lambda r, h=ch: stack_call(server, opts, f"c{h}{r}", 2, h, contention=True),
+                    lambda r, h=ch: baseline_call(opts, f"c{h}{r}", 2, h, contention=True))
             elif scenario == "group":
                 for users in (3, 4):
-                    out[f"group{users}"] = {
-                        "stack": await stack_call(server, opts, f"g{users}", users, 360),
-                        "baseline": await baseline_call(opts, f"g{users}", users, 360),
-                    }
+                    out[f"group{users}"] = await alternate(
+                        lambda r, n=users: stack_call(server, opts, f"g{n}{r}", n, 360),
+                        lambda r, n=users: baseline_call(opts, f"g{n}{r}", n, 360))
             else:
                 raise ValueError(f"unknown scenario {scenario!r}")
             print(f"  {scenario} done in {time.perf_counter() - started:.0f} s", flush=True)
@@ -589,7 +608,63 @@ async def run(opts: Options) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- report
 
 
+def audio_device_buffers() -> dict[str, Any]:
+    """What a real sounddevice stream would add to the measured mouth-to-ear time.
+
+    The virtual microphone hands a block over the moment it is "captured"; a real one only
+    once its last sample is in, one block (20 ms) after a click at its start, plus
+    PortAudio's input latency; a real speaker plays a pulled block after PortAudio's
+    output latency. The latencies are PortAudio's default low latencies of this machine's
+    default devices, when it has any.
+    """
+    added = BLOCK_SECONDS * 1000.0
+    counted = [f"capture block {added:.0f} ms"]
+    left_out = ["the converters' own delay (not reported by any API)"]
+    try:
+        import sounddevice as sd
+
+        mic = sd.query_devices(kind="input")
+        speaker = sd.query_devices(kind="output")
+        latency = (float(mic["default_low_input_latency"])
+                   + float(speaker["default_low_output_latency"])) * 1000.0
+        added += latency
+        counted.append(f"PortAudio low input + output latency {latency:.1f} ms "
+                       f"({mic['name']} / {speaker['name']})")
+    except Exception as exc:  # no PortAudio, or no device: say so instead of guessing
+        left_out.insert(0, f"input and output device latency (no audio device here: {exc})")
+    return {"added_ms": round(added, 1), "counted": ", ".join(counted),
+            "left_out": "; ".join(left_out)}
+
+
 Row = tuple[str, str, str, str, str, str]
+Getter = Callable[[dict[str, Any]], float | None]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of per-window values and their range."""
+
+    median: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Spread:
+        """Over the windows that produced a value."""
+        known = [v for v in values if v is not None]
+        if not known:
+            return cls(None, None, None, 0)
+        return cls(statistics.median(known), min(known), max(known), len(known))
+
+    def cell(self, digits: int = 1, scale: float = 1.0) -> str:
+        """``median (low-high)``, or the value alone for a single window."""
+        if self.median is None or self.low is None or self.high is None:
+            return "-"
+        value = f"{self.median * scale:.{digits}f}"
+        if self.n < 2:
+            return value
+        return f"{value} ({self.low * scale:.{digits}f}-{self.high * scale:.{digits}f})"
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -606,101 +681,134 @@ def _met(ok: bool | None) -> str:
     return "-" if ok is None else ("yes" if ok else "NO")
 
 
+def _runs(side: Any) -> list[dict[str, Any]]:
+    """A side's windows (older result files hold one window as a dict)."""
+    return list(side) if isinstance(side, list) else [side]
+
+
+def _steps_taken(run: dict[str, Any]) -> float:
+    """Adaptation steps down, mean per process, in one stack window."""
+    per = [sum(1 for s in steps if s.get("direction") == "down")
+           for steps in run.get("adaptation_steps", [])]
+    return statistics.mean(per) if per else 0.0
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
-    """The table: metric, stack, baseline, ratio (stack / baseline), target, met?"""
+    """The table: metric, stack, baseline (median (min-max) over the windows), ratio (median
+    of the per-window stack / baseline ratios, and their range), target, met?"""
     sc: dict[str, Any] = results["scenarios"]
     table: list[Row] = []
 
-    def add(metric: str, stack: float | None, base: float | None, target: str = "",
-            ok: bool | None = None, digits: int = 1, ratio: float | None = None) -> None:
-        r = ratio if ratio is not None else _ratio(stack, base)
-        table.append((metric, _fmt(stack, digits), _fmt(base, digits), _fmt(r, 2),
-                      target or "-", _met(ok)))
+    def add(metric: str, scenario: str, get: Getter, target: str = "",
+            check: Callable[[float], bool] | None = None, digits: int = 1,
+            check_ratio: bool = False, scale: float = 1.0, ratio: bool = True) -> None:
+        stack_runs, base_runs = _runs(sc[scenario]["stack"]), _runs(sc[scenario]["baseline"])
+        st = Spread.of([get(r) for r in stack_runs])
+        bs = Spread.of([get(r) for r in base_runs])
+        pairs = Spread.of([_ratio(get(a), get(b))
+                           for a, b in zip(stack_runs, base_runs, strict=False)])
+        ok = None
+        if check is not None:
+            value = pairs.median if check_ratio else st.median
+            ok = None if value is None else check(value)
+        table.append((metric, st.cell(digits, scale), bs.cell(digits, scale),
+                      pairs.cell(2) if ratio else "-", target or "-", _met(ok)))
+
+    def summary(key: str, stat: str) -> Getter:
+        return lambda run: run[key][stat]
 
     if "setup" in sc:
-        s, b = sc["setup"]["stack"]["summary"], sc["setup"]["baseline"]["summary"]
-        n = sc["setup"]["stack"]["calls"]
-        add(f"call setup median, {n} calls (ms)", s["median"], b["median"],
-            f"<= {TARGET_SETUP_MS:.0f} ms",
-            None if s["median"] is None else s["median"] <= TARGET_SETUP_MS, 0)
-        add("call setup p95 (ms)", s["p95"], b["p95"], digits=0)
+        n = sum(r["calls"] for r in _runs(sc["setup"]["stack"]))
+        add(f"call setup median, {n} calls (ms)", "setup",
+            lambda r: r["summary"]["median"], f"<= {TARGET_SETUP_MS:.0f} ms",
+            lambda v: v <= TARGET_SETUP_MS, 0)
+        add("call setup p95 (ms)", "setup", lambda r: r["summary"]["p95"], digits=0)
     for height in (360, 720, 1080):
         key = f"video{height}"
         if key not in sc:
             continue
-        s, b = sc[key]["stack"], sc[key]["baseline"]
-        sm, bm = s["latency_ms"]["median"], b["latency_ms"]["median"]
-        sp, bp = s["latency_ms"]["p95"], b["latency_ms"]["p95"]
-        rm, rp = _ratio(sm, bm), _ratio(sp, bp)
-        add(f"video latency {height}p two-way median (ms)", sm, bm,
-            f"ratio <= {TARGET_MEDIAN_RATIO}", None if rm is None else rm <= TARGET_MEDIAN_RATIO)
-        add(f"video latency {height}p two-way p95 (ms)", sp, bp,
-            f"ratio <= {TARGET_P95_RATIO}", None if rp is None else rp <= TARGET_P95_RATIO)
-        fps_target = f">= {TARGET_FPS_720:.0f}" if height == 720 else ""
-        add(f"fps received {height}p two-way (worst side)", s["fps_min"], b["fps_min"],
-            fps_target, s["fps_min"] >= TARGET_FPS_720 if height == 720 else None)
-        add(f"CPU per process {height}p two-way (% core)", 100 * s["cpu_app_mean"],
-            100 * b["cpu_app_mean"], digits=0)
+        add(f"video latency {height}p two-way median (ms)", key, summary("latency_ms", "median"),
+            f"ratio <= {TARGET_MEDIAN_RATIO}", lambda v: v <= TARGET_MEDIAN_RATIO,
+            check_ratio=True)
+        add(f"video latency {height}p two-way p95 (ms)", key, summary("latency_ms", "p95"),
+            f"ratio <= {TARGET_P95_RATIO}", lambda v: v <= TARGET_P95_RATIO, check_ratio=True)
+        add(f"fps received {height}p two-way (worst side)", key, lambda r: r["fps_min"],
+            f">= {TARGET_FPS_720:.0f}" if height == 720 else "",
+            (lambda v: v >= TARGET_FPS_720) if height == 720 else None)
+        add(f"CPU per process {height}p two-way (% core)", key, lambda r: r["cpu_app_mean"],
+            digits=0, scale=100)
+        add(f"stack {height}p: adaptation steps down per process", key, _steps_taken,
+            ratio=False)
     if "oneway1080" in sc:
-        s, b = sc["oneway1080"]["stack"], sc["oneway1080"]["baseline"]
-        add("fps received 1080p one-way", s["fps_min"], b["fps_min"],
-            f">= {TARGET_FPS_1080_ONE_WAY:.0f}", s["fps_min"] >= TARGET_FPS_1080_ONE_WAY)
-        add("video latency 1080p one-way median (ms)", s["latency_ms"]["median"],
-            b["latency_ms"]["median"])
-        add("video latency 1080p one-way p95 (ms)", s["latency_ms"]["p95"],
-            b["latency_ms"]["p95"])
-    if "video360" in sc:
-        s, b = sc["video360"]["stack"], sc["video360"]["baseline"]
-        am = s["audio_ms"]["median"]
-        add("audio mouth-to-ear median (ms) [stack: speaker out; base: recv()]", am,
-            b["audio_ms"]["median"], f"<= {TARGET_AUDIO_MS:.0f} ms",
-            None if am is None else am <= TARGET_AUDIO_MS)
-        add("audio mouth-to-ear p95 (ms)", s["audio_ms"]["p95"], b["audio_ms"]["p95"])
-        add("audio mouth-to-decoded median (ms) [stack: tap; base: recv()]",
-            s["audio_tap"]["median"], b["audio_tap"]["median"])
+        add("fps received 1080p one-way", "oneway1080", lambda r: r["fps_min"],
+            f">= {TARGET_FPS_1080_ONE_WAY:.0f}", lambda v: v >= TARGET_FPS_1080_ONE_WAY)
+        add("video latency 1080p one-way median (ms)", "oneway1080",
+            summary("latency_ms", "median"))
+        add("video latency 1080p one-way p95 (ms)", "oneway1080", summary("latency_ms", "p95"))
+    audio_key = next((k for k in ("video360", "video720", "video1080") if k in sc), None)
+    if audio_key is not None:
+        buffers = results.get("audio_device_buffers", {})
+        extra = buffers.get("added_ms", 0.0)
+        add(f"audio mouth-to-ear median (ms) [{audio_key}; stack: speaker out; base: recv()]",
+            audio_key, summary("audio_ms", "median"))
+        add("audio mouth-to-ear p95 (ms)", audio_key, summary("audio_ms", "p95"))
+        add(f"audio mouth-to-ear + device buffers median (ms) [+{extra:g} ms: "
+            f"{buffers.get('counted', 'none')}]", audio_key,
+            lambda r: None if r["audio_ms"]["median"] is None
+            else r["audio_ms"]["median"] + extra,
+            f"<= {TARGET_AUDIO_MS:.0f} ms", lambda v: v <= TARGET_AUDIO_MS)
+        add("audio mouth-to-decoded median (ms) [stack: tap; base: recv()]", audio_key,
+            summary("audio_tap", "median"))
     if "contention" in sc:
         height = results["options"]["contention_height"]
-        s, b = sc["contention"]["stack"], sc["contention"]["baseline"]
-        add(f"contention {height}p: latency median (ms)", s["latency_ms"]["median"],
-            b["latency_ms"]["median"])
-        add(f"contention {height}p: latency p95 (ms)", s["latency_ms"]["p95"],
-            b["latency_ms"]["p95"])
+        add(f"contention {height}p: latency median (ms)", "contention",
+            summary("latency_ms", "median"))
+        add(f"contention {height}p: latency p95 (ms)", "contention",
+            summary("latency_ms", "p95"))
+        add(f"contention {height}p: fps received (worst side)", "contention",
+            lambda r: r["fps_min"])
+        add(f"contention {height}p: stack adaptation steps down per process", "contention",
+            _steps_taken, ratio=False)
         ref = sc.get(f"video{height}")
         if ref is not None:
-            sr = _ratio(s["latency_ms"]["p95"], ref["stack"]["latency_ms"]["p95"])
-            br = _ratio(b["latency_ms"]["p95"], ref["baseline"]["latency_ms"]["p95"])
-            add("contention: p95 / uncontended p95", sr, br,
-                f"stack <= {TARGET_CONTENTION_P95:.0f}",
-                None if sr is None else sr <= TARGET_CONTENTION_P95, 2)
-            smr = _ratio(s["latency_ms"]["median"], ref["stack"]["latency_ms"]["median"])
-            bmr = _ratio(b["latency_ms"]["median"], ref["baseline"]["latency_ms"]["median"])
-            add("contention: median / uncontended median", smr, bmr, digits=2)
-        add(f"contention {height}p: fps received (worst side)", s["fps_min"], b["fps_min"])
-    others = [
-        (run["stack"]["machine"]["other_cores"], run["baseline"]["machine"]["other_cores"])
-        for key, run in sc.items() if key not in ("setup", "contention")
-    ]
+            for side in ("stack", "baseline"):
+                p95 = Spread.of([r["latency_ms"]["p95"] for r in _runs(sc["contention"][side])])
+                base = Spread.of([r["latency_ms"]["p95"] for r in _runs(ref[side])])
+                sc["contention"].setdefault("p95_vs_uncontended", {})[side] = _ratio(
+                    p95.median, base.median)
+            sr = sc["contention"]["p95_vs_uncontended"]["stack"]
+            br = sc["contention"]["p95_vs_uncontended"]["baseline"]
+            table.append(("contention: p95 / uncontended p95 (medians)", _fmt(sr, 2),
+                          _fmt(br, 2), _fmt(_ratio(sr, br), 2),
+                          f"stack <= {TARGET_CONTENTION_P95:.0f}",
+                          _met(None if sr is None else sr <= TARGET_CONTENTION_P95)))
+    others = [r["machine"]["other_cores"] for key, run in sc.items()
+              if key not in ("setup", "contention") for side in ("stack", "baseline")
+              for r in _runs(run[side]) if "machine" in r]
     if others:
-        add("other CPU load in the windows (cores, max; server, bench, other jobs)",
-            max(o[0] for o in others), max(o[1] for o in others), digits=2)
+        table.append(("other CPU load in the windows (cores, max; server, bench, other jobs)",
+                      _fmt(max(others), 2), "-", "-", "-", "-"))
     for users in (3, 4):
         key = f"group{users}"
         if key not in sc:
             continue
-        s, b = sc[key]["stack"], sc[key]["baseline"]
-        add(f"group {users} x 360p: CPU per process (% core, mean)", 100 * s["cpu_app_mean"],
-            100 * b["cpu_app_mean"], digits=0)
+        add(f"group {users} x 360p: CPU per process (% core, mean)", key,
+            lambda r: r["cpu_app_mean"], digits=0, scale=100)
         ref = sc.get("video360")
         if ref is not None:
-            sr = _ratio(s["cpu_app_mean"], ref["stack"]["cpu_app_mean"])
-            br = _ratio(b["cpu_app_mean"], ref["baseline"]["cpu_app_mean"])
-            target = f"stack <= {TARGET_GROUP_CPU_RATIO}" if users == 4 else ""
-            ok = (sr <= TARGET_GROUP_CPU_RATIO if sr is not None else None) if users == 4 else None
-            add(f"group {users}: CPU / 1v1 360p CPU", sr, br, target, ok, 2)
-        se, be = s["encodes_per_frame_max"], b["encodes_per_frame_max"]
-        add(f"group {users}: encodes per captured frame (worst process)", se, be, "1.0",
-            None if se is None else se <= 1.02, 2)
-        add(f"group {users}: fps received (worst stream)", s["fps_min"], b["fps_min"])
+            group = {side: Spread.of([r["cpu_app_mean"] for r in _runs(sc[key][side])])
+                     for side in ("stack", "baseline")}
+            one = {side: Spread.of([r["cpu_app_mean"] for r in _runs(ref[side])])
+                   for side in ("stack", "baseline")}
+            sr = _ratio(group["stack"].median, one["stack"].median)
+            br = _ratio(group["baseline"].median, one["baseline"].median)
+            target = f"stack <= {TARGET_GROUP_CPU_RATIO}" if users == 4 else "-"
+            ok = (None if sr is None else sr <= TARGET_GROUP_CPU_RATIO) if users == 4 else None
+            table.append((f"group {users}: CPU / 1v1 360p CPU (medians)", _fmt(sr, 2),
+                          _fmt(br, 2), _fmt(_ratio(sr, br), 2), target, _met(ok)))
+        add(f"group {users}: encodes per captured frame (worst process)", key,
+            lambda r: r["encodes_per_frame_max"], "1.0", lambda v: v <= 1.02, 2)
+        add(f"group {users}: fps received (worst stream)", key, lambda r: r["fps_min"])
     return table
 
 
@@ -725,8 +833,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         if key in sc:
             panels.append((key, _samples(sc[key]["stack"]), _samples(sc[key]["baseline"])))
     if "video360" in sc:
-        panels.append(("audio (360p call)", sc["video360"]["stack"]["audio_speaker_ms"],
-                       sc["video360"]["baseline"]["audio_tap_ms"]))
+        panels.append(("audio (360p call)",
+                       [v for r in _runs(sc["video360"]["stack"]) for v in r["audio_speaker_ms"]],
+                       [v for r in _runs(sc["video360"]["baseline"]) for v in r["audio_tap_ms"]]))
     if not panels:
         return
     cols = min(3, len(panels))
@@ -751,8 +860,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _samples(run: dict[str, Any]) -> list[float]:
-    return [v for stream in run["streams"] for v in stream["latency_ms"]]
+def _samples(side: Any) -> list[float]:
+    return [v for run in _runs(side) for stream in run["streams"] for v in stream["latency_ms"]]
 
 
 # ---------------------------------------------------------------------------------- main
@@ -762,11 +871,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 3 s windows, 1 s warm-up, 5 setup calls")
+                        help="the headline rows only (scenarios " + ",".join(QUICK_SCENARIOS)
+                        + "), 4 s windows, 1.5 s warm-up; written to quick.json / quick.md")
     parser.add_argument("--seconds", type=float, help="measured window per run (default 10)")
     parser.add_argument("--warmup", type=float, help="seconds of media before measuring (2)")
     parser.add_argument("--setup-calls", type=int, help="calls in the setup scenario (20)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating windows per configuration (stack, baseline, ...)")
+    parser.add_argument("--no-adaptation", action="store_true",
+                        help="the engines send the preset whatever the CPU and the path")
+    parser.add_argument("--scenarios", default=None,
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--contention-height", type=int, choices=sorted(RESOLUTIONS),
                         default=720, help="resolution of the contention runs")
@@ -789,23 +903,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtraError as exc:
         print(f"bench.stack: error: {exc}", file=sys.stderr)
         return 2
-    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    if args.repeats < 1:
+        print("--repeats must be at least 1", file=sys.stderr)
+        return 2
+    chosen = args.scenarios or ",".join(QUICK_SCENARIOS if args.quick else SCENARIOS)
+    scenarios = tuple(s.strip() for s in chosen.split(",") if s.strip())
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         print(f"unknown scenarios: {', '.join(unknown)}", file=sys.stderr)
         return 2
     log_dir = Path(tempfile.mkdtemp(prefix="bench-stack-"))
     opts = Options(
-        seconds=args.seconds or (3.0 if args.quick else 10.0),
-        warmup=args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0),
+        seconds=args.seconds or (4.0 if args.quick else 10.0),
+        warmup=args.warmup if args.warmup is not None else (1.5 if args.quick else 2.0),
         setup_calls=args.setup_calls or (5 if args.quick else 20),
         scenarios=scenarios,
         contention_height=args.contention_height,
         log_dir=log_dir,
+        repeats=args.repeats,
+        adaptation=not args.no_adaptation,
     )
-    print(f"stack vs bare aiortc: {', '.join(scenarios)}; {opts.seconds:g} s windows "
-          f"(process logs in {log_dir})", flush=True)
+    print(f"stack vs bare aiortc: {', '.join(scenarios)}; {opts.repeats} alternating "
+          f"{opts.seconds:g} s windows each (process logs in {log_dir})", flush=True)
     started = time.perf_counter()
+    calibration = calibrate()  # before the run, while nothing of it loads the machine
+    print(f"  calibration: VP8 720p {calibration['ms_per_frame']} ms/frame", flush=True)
     try:
         results = asyncio.run(run(opts))
     except KeyboardInterrupt:
@@ -818,20 +940,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         _kill_survivors()
         _SPAWNED.clear()
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    stamp(results, calibration)
+    results["calibration_after"] = calibrate()  # the machine may have changed meanwhile
+    results["audio_device_buffers"] = audio_device_buffers()
     table = rows(results)
     results["table"] = [dict(zip(("metric", "stack", "baseline", "ratio", "target", "met"),
                                  row, strict=True)) for row in table]
     text = markdown(table)
     out_dir: Path = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out_dir / "latest.md").write_text(
-        f"# stack vs bare aiortc ({results['machine']['cpus']} CPUs, "
-        f"{opts.seconds:g} s windows, {results['bench_seconds']:.0f} s run)\n\n" + text)
-    plot(results, out_dir / "latency.png")
-    print(text, end="")
-    print(f"({results['bench_seconds']:.0f} s) results: {out_dir / 'latest.json'}, "
-          f"latest.md, latency.png")
+    stem = "quick" if args.quick else "latest"
+    after = results["calibration_after"]
+    buffers = results["audio_device_buffers"]
+    title = (
+        f"# stack vs bare aiortc ({opts.repeats} alternating {opts.seconds:g} s windows per "
+        f"configuration, {results['bench_seconds']:.0f} s run"
+        f"{'' if opts.adaptation else ', adaptation off'})\n\n"
+        f"{header(results)}; after the run {after['ms_per_frame']} ms/frame.\n\n"
+        "Cells: median over the windows (min-max). Ratio: median of the per-window "
+        "stack / baseline ratios (min-max).\n"
+        f"Audio device buffers: counted {buffers['counted']}; left out: "
+        f"{buffers['left_out']}.\n\n"
+    )
+    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(title + text)
+    if not args.quick:
+        plot(results, out_dir / "latency.png")
+    print(title + text, end="")
+    print(f"({results['bench_seconds']:.0f} s) results: {out_dir / (stem + '.json')}, "
+          f"{stem}.md")
     shutil.rmtree(log_dir, ignore_errors=True)
     return 0
 

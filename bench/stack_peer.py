@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from typing import Any
@@ -85,7 +86,7 @@ class EngineParticipant(Participant):
 
     async def cmd_setup(
         self, server: str, user: str, width: int, height: int, fps: float, resolution: int,
-        read_stamps: bool = True,
+        read_stamps: bool = True, adaptation: bool = True,
     ) -> dict[str, Any]:
         """Create the engine with the bench's devices and log in as ``user``."""
         self.read_stamps = read_stamps
@@ -95,7 +96,8 @@ class EngineParticipant(Participant):
             microphone=self.microphone,
             speakers=dict(self.speakers),
         )
-        engine = CallEngine(server, devices=devices, video_codec="VP8")
+        engine = CallEngine(server, devices=devices, video_codec="VP8",
+                            video_adaptation=adaptation)
         engine.set_video_encoder_params(VideoEncoderParams(resolution=Resolution(resolution)))
         engine.add_observer(CallbackObserver(self._on_callback))
         engine.add_audio_tap(self._on_audio)
@@ -162,7 +164,11 @@ class EngineParticipant(Participant):
         await asyncio.sleep(0.3)  # let the stamp readers finish the window
         speaker = self.speakers[AudioPlaybackDevice.SPEAKERPHONE]
         stats = engine.remote_stats
+        local = engine.local_video_stats
         return {
+            "sending": None if local is None else dataclasses.asdict(local.sending),
+            "steps": [] if local is None else [dataclasses.asdict(s) for s in local.steps],
+            "drops": None if local is None else dataclasses.asdict(local.drops),
             "since": since,
             "until": until,
             **cpu,

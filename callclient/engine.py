@@ -65,6 +65,7 @@ from callclient.localmedia import LocalMedia
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.devicewatch import DeviceWatcher
+from callclient.media.encoding import LocalVideoStats
 from callclient.media.mixer import Mixer
 from callclient.media.processing import AudioProcessing, ProcessingStats
 from callclient.media.remote import AudioTap, RemoteMedia, RemoteStats
@@ -125,7 +126,9 @@ class CallEngine:
     logged in, devices that can change (``devices.probe``) are checked every
     ``device_watch_interval`` seconds. Peer connections use the STUN/TURN servers the
     signaling server hands out (:mod:`callclient.ice`) unless ``ice_servers`` is given;
-    ``relay_only`` restricts them to TURN relays.
+    ``relay_only`` restricts them to TURN relays. ``video_adaptation`` lets the video sent lower its
+    frame rate and size when the CPU or the path cannot carry the preset
+    (:mod:`callclient.media.adaptation`; :attr:`local_video_stats` says what is sent).
     Use as ``async with CallEngine(...) as engine:`` or call :meth:`close`.
     """
 
@@ -143,6 +146,7 @@ class CallEngine:
         quality_interval: float = 2.0,
         audio_processing: AudioProcessing | None = None,
         device_watch_interval: float = 1.0,
+        video_adaptation: bool = True,
     ) -> None:
         if video_codec.upper() not in ("VP8", "H264"):
             raise InvalidParameterError(f"video_codec must be VP8 or H264, not {video_codec!r}")
@@ -165,6 +169,7 @@ class CallEngine:
             lambda camera, microphone: self._media.report_state(camera, microphone),
             self._device_failed,
             audio_processing,
+            video_adaptation,
         )
         self._ice = IceChooser(list(ice_servers), self._tasks, self._notify)
         self._media = CallMedia(
@@ -230,6 +235,13 @@ class CallEngine:
             peer = mesh.peers.get(user_id) if mesh is not None else None
             counters.path = selected_path(peer.pc) if peer is not None else None
         return stats
+
+    @property
+    def local_video_stats(self) -> LocalVideoStats | None:
+        """The video this engine sends: size, frame rate, bitrate, why (CPU or bandwidth
+        adaptation), the adaptation steps taken and the frames dropped per stage; None
+        before a call sent video."""
+        return self._local.video_stats
 
     @property
     def mixer(self) -> Mixer:

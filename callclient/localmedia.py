@@ -29,7 +29,7 @@ from callclient.errors import DeviceError, ErrorCode, RequestRefusedError
 from callclient.media.audio_encoding import AudioEncoderSession
 from callclient.media.base import AudioSink, Block, VideoView
 from callclient.media.deviceset import DeviceSet
-from callclient.media.encoding import VideoEncoderSession
+from callclient.media.encoding import LocalVideoStats, VideoEncoderSession
 from callclient.media.processing import AudioProcessing, CaptureProcessor
 from callclient.media.tracks import CameraTrack, MicrophoneTrack
 from callclient.types import (
@@ -59,8 +59,11 @@ class LocalMedia:
         report: MediaStateReporter,
         on_device_error: Callable[[DeviceError], None],
         processing: AudioProcessing | None = None,
+        video_adaptation: bool = True,
     ) -> None:
         self.devices = devices
+        self.video_adaptation = video_adaptation
+        """Whether the sent video's frame rate and size follow CPU and bandwidth."""
         self._video_codec = video_codec
         self._report = report
         self._on_device_error = on_device_error
@@ -106,8 +109,14 @@ class LocalMedia:
                 self._ensure_camera_track(),
                 self._video_codec,
                 resolution_bitrate_kbps(self.encoder_params.resolution) * 1000,
+                adapt=self.video_adaptation,
             )
         return self._video_encoder.subscribe()
+
+    @property
+    def video_stats(self) -> LocalVideoStats | None:
+        """What the shared video encoder sends and why; None before any peer subscribed."""
+        return self._video_encoder.stats if self._video_encoder is not None else None
 
     def subscribe_audio(self) -> MediaStreamTrack:
         """A track of the one Opus encoder of the microphone for a new peer connection."""

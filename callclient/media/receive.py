@@ -14,13 +14,15 @@ aiortc's :class:`~aiortc.rtcrtpreceiver.RTCRtpReceiver` reassembles frames in a
 The decoded frames then wait in the track's unbounded ``asyncio.Queue``, so a consumer that
 falls behind sees older and older frames.
 
-This module replaces both buffers per receiver (:func:`install_low_latency_buffers`) and
-reads the newest decoded frame of a track (:func:`recv_newest`). It is the only place that
-touches these aiortc internals, and every access is checked: a receiver without the private
-``_RTCRtpReceiver__jitter_buffer`` attribute, or a track whose ``_queue`` is not an
-``asyncio.Queue``, raises :class:`AiortcInternalsChanged` instead of silently doing nothing
-(``tests/test_media_receive.py`` runs them over real connections). Nothing is patched
-globally: only the receivers of this project's peer connections are changed.
+This module replaces both buffers per receiver (:func:`install_low_latency_buffers`), bounds
+the video decoder's input queue (:class:`BoundedDecoderQueue`: a decoder that falls behind
+skips to a keyframe) and reads the newest decoded frame of a track (:func:`recv_newest`);
+:func:`receive_drops` gives a remote video track's drop counters per stage. It is the only
+place that touches these aiortc internals, and every access is checked: a receiver without
+the private ``_RTCRtpReceiver__jitter_buffer`` (or ``__decoder_queue``) attribute, or a track
+whose ``_queue`` is not an ``asyncio.Queue``, raises :class:`AiortcInternalsChanged` instead
+of silently doing nothing (``tests/media/test_receive.py`` runs them over real connections).
+Nothing is patched globally: only the receivers of this project's peer connections are changed.
 
 Audio jitter is absorbed after decoding, in the adaptive playout buffer of the
 :class:`~callclient.media.mixer.Mixer`, which knows when the speaker needs each block.
@@ -29,6 +31,10 @@ Audio jitter is absorbed after decoding, in the adaptive playout buffer of the
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCRtpReceiver
@@ -38,15 +44,23 @@ from aiortc.utils import uint16_add
 
 __all__ = [
     "AiortcInternalsChanged",
+    "BoundedDecoderQueue",
     "ImmediateAudioJitterBuffer",
     "MarkerVideoJitterBuffer",
+    "ReceiveDrops",
     "connect_receivers",
     "install_low_latency_buffers",
     "is_keyframe",
+    "receive_drops",
     "recv_newest",
 ]
 
 _JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
+_DECODER_QUEUE_ATTRIBUTE = "_RTCRtpReceiver__decoder_queue"
+_DECODER_ERROR_ATTRIBUTE = "_RTCRtpReceiver__decoder_error"
+DECODE_BACKLOG = 6
+"""Encoded video frames (200 ms at 30 fps) the decoder may fall behind before it skips."""
+_VIDEO_CLOCK = 90000
 _HALF_SEQ = 1 << 15
 
 
@@ -90,23 +104,41 @@ class ImmediateAudioJitterBuffer:
 
 
 class MarkerVideoJitterBuffer(JitterBuffer):
-    """aiortc's video jitter buffer, releasing a frame as soon as its last packet arrives.
+    """aiortc's video jitter buffer, releasing a frame as soon as its last packet arrives,
+    and never waiting more than ``max_wait`` seconds for a lost packet.
 
     Senders set the RTP marker bit on the last packet of each video frame (aiortc does, as
     RFC 7741 and RFC 6184 require). aiortc's buffer ignores it and waits for a packet of the
     next frame; this one releases a frame once every packet from the first to the marked
-    one is present. Loss handling, PLI decisions and capacity are aiortc's.
+    one is present.
+
+    A packet that is lost for good (its retransmission lost too, or beyond the sender's
+    history) stalls aiortc's buffer until ``capacity`` newer packets have arrived: at a low
+    bitrate that is tens of seconds of frozen video. Here, once the newest packet is
+    ``max_wait`` seconds of media time (RTP timestamps) newer than the oldest one waiting
+    behind the gap, the incomplete frame is dropped (counted in :attr:`frames_dropped`), the
+    frames after it are released and a PLI is asked for (the sender's next keyframe repairs
+    the picture). Other loss handling and capacity are aiortc's.
     """
 
-    def __init__(self, capacity: int = 512, *, wait_keyframe: bool = False) -> None:
+    def __init__(
+        self, capacity: int = 512, max_wait: float = 0.4, *, wait_keyframe: bool = False
+    ) -> None:
         super().__init__(capacity=capacity, is_video=True)
+        self._max_wait_ticks = int(max_wait * _VIDEO_CLOCK)
+        self.frames_dropped = 0
+        """Incomplete frames given up on (a packet lost for good)."""
         self.waiting_keyframe = wait_keyframe
         """Drop frames until the first keyframe (set for a stream joined midway, through an
         SFU: a delta frame without its reference decodes to garbage)."""
         self.dropped_before_keyframe = 0
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        """aiortc's ``add``, then give up on a gap older than ``max_wait``, then hold frames
+        back until a keyframe while :attr:`waiting_keyframe`."""
         pli, frame = super().add(packet)
+        if frame is None and self._origin is not None and self._skip_stale_gap(packet.timestamp):
+            pli, frame = True, self._remove_frame(packet.sequence_number)
         if frame is not None and self.waiting_keyframe:
             if not is_keyframe(frame.data):
                 self.dropped_before_keyframe += 1
@@ -114,6 +146,41 @@ class MarkerVideoJitterBuffer(JitterBuffer):
                 return pli or self.dropped_before_keyframe == 1, None
             self.waiting_keyframe = False
         return pli, frame
+
+    def _skip_stale_gap(self, newest: int) -> bool:
+        """After a stale gap in the oldest frame, drop everything before the newest frame
+        start.
+
+        Frames behind a lost packet cannot be decoded correctly anyway (they reference the
+        lost one) and only the keyframe the PLI brings repairs the picture; releasing them
+        one per arriving packet would keep the video that many frames late. True if done.
+        """
+        assert self._origin is not None
+        previous: RtpPacket | None = None
+        stale_checked = False
+        start: int | None = None
+        seen: list[tuple[int, int]] = []  # (position, timestamp) of the packets present
+        head_lost = self._packets[self._origin % self._capacity] is None
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is not None and not stale_checked:
+                stale_checked = True
+                if (newest - packet.timestamp) % (1 << 32) <= self._max_wait_ticks:
+                    return False  # not stale yet (the modulo handles timestamp wrap)
+            if packet is not None and previous is not None and (
+                packet.timestamp != previous.timestamp
+            ):
+                # Right after a packet of another frame: ``packet`` starts a frame.
+                start = count
+            if packet is not None:
+                seen.append((count, packet.timestamp))
+            previous = packet
+        if start is None:
+            return False
+        self.remove(start)
+        # The frames given up: the one with the lost packet and every one after it.
+        self.frames_dropped += int(head_lost) + len({ts for count, ts in seen if count < start})
+        return True
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         if self._origin is None:
@@ -158,6 +225,72 @@ def is_keyframe(data: bytes) -> bool:
     return not data or not data[0] & 1
 
 
+class BoundedDecoderQueue(queue.Queue[Any]):
+    """aiortc's decoder input queue, skipping to a keyframe when the decoder falls behind.
+
+    aiortc decodes in one thread per receiver, fed by an unbounded queue: on a starved
+    machine encoded frames pile up there and the video falls seconds behind. Here, when
+    ``backlog`` frames are already waiting, the queued frames are dropped, a PLI is asked
+    for (through the receiver's decode-error event, which aiortc turns into a PLI) and
+    frames are dropped until a keyframe arrives; the decoder then goes on from it. Counted
+    in :attr:`frames_dropped`. The end-of-track ``None`` always goes through.
+    """
+
+    def __init__(self, request_keyframe: threading.Event, backlog: int = DECODE_BACKLOG) -> None:
+        super().__init__()
+        self.backlog = backlog
+        self._request_keyframe = request_keyframe
+        self._awaiting_keyframe = False
+        self.frames_dropped = 0
+        """Encoded frames not decoded because the decoder was too far behind."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Queue ``(codec, frame)`` (or None), skipping as the class docstring says."""
+        if item is not None:
+            _codec, frame = item
+            if self._awaiting_keyframe:
+                if not is_keyframe(frame.data):
+                    self.frames_dropped += 1
+                    return
+                self._awaiting_keyframe = False
+            elif self.qsize() >= self.backlog:
+                with self.mutex:
+                    dropped = [i for i in self.queue if i is not None]
+                    self.queue = type(self.queue)(i for i in self.queue if i is None)
+                self.frames_dropped += len(dropped) + 1
+                self._request_keyframe.set()
+                if not is_keyframe(frame.data):
+                    self._awaiting_keyframe = True
+                    return
+        super().put(item, block, timeout)
+
+
+@dataclass
+class ReceiveDrops:
+    """The receive-side frame drops of one remote video track, per stage."""
+
+    jitter: MarkerVideoJitterBuffer
+    decoder: BoundedDecoderQueue
+
+    @property
+    def jitter_frames(self) -> int:
+        """Incomplete frames given up on (a packet lost for good)."""
+        return self.jitter.frames_dropped
+
+    @property
+    def decode_frames(self) -> int:
+        """Encoded frames skipped because the decoder fell behind."""
+        return self.decoder.frames_dropped
+
+
+_DROPS: weakref.WeakKeyDictionary[MediaStreamTrack, ReceiveDrops] = weakref.WeakKeyDictionary()
+
+
+def receive_drops(track: MediaStreamTrack) -> ReceiveDrops | None:
+    """The drop counters of a remote video track set up by :func:`install_low_latency_buffers`."""
+    return _DROPS.get(track)
+
+
 def _check_receiver(receiver: RTCRtpReceiver) -> None:
     current = getattr(receiver, _JITTER_ATTRIBUTE, None)
     if not isinstance(current, JitterBuffer | ImmediateAudioJitterBuffer):
@@ -190,6 +323,17 @@ def install_low_latency_buffers(
         replacement = ImmediateAudioJitterBuffer()
     elif kind == "video":
         replacement = MarkerVideoJitterBuffer(current.capacity, wait_keyframe=wait_keyframe)
+        error = getattr(receiver, _DECODER_ERROR_ATTRIBUTE, None)
+        old_queue = getattr(receiver, _DECODER_QUEUE_ATTRIBUTE, None)
+        if not isinstance(error, threading.Event) or type(old_queue) is not queue.Queue:
+            raise AiortcInternalsChanged(
+                f"aiortc's RTCRtpReceiver no longer has a queue.Queue in "
+                f"{_DECODER_QUEUE_ATTRIBUTE} and an Event in {_DECODER_ERROR_ATTRIBUTE}; "
+                "update callclient.media.receive"
+            )
+        decoder_queue = BoundedDecoderQueue(error)
+        setattr(receiver, _DECODER_QUEUE_ATTRIBUTE, decoder_queue)
+        _DROPS[receiver.track] = ReceiveDrops(replacement, decoder_queue)
     else:
         raise ValueError(f"kind must be audio or video, not {kind!r}")
     setattr(receiver, _JITTER_ATTRIBUTE, replacement)

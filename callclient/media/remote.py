@@ -31,7 +31,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from callclient.media.base import BLOCK_SAMPLES, SAMPLE_RATE, RenderedFrame, VideoView
 from callclient.media.mixer import Mixer
-from callclient.media.receive import recv_newest
+from callclient.media.receive import receive_drops, recv_newest
 from callclient.media.render import render
 from callclient.media.tracks import AudioConverter, frame_to_bgr
 from callclient.types import MediaPath, VideoRenderParams
@@ -53,7 +53,12 @@ class RemoteStats:
 
     video_frames: int = 0
     video_frames_skipped: int = 0
-    """Received frames not rendered because a newer one was already waiting."""
+    """Received frames not rendered because a newer one was already waiting (render stage)."""
+    video_frames_dropped_jitter: int = 0
+    """Frames given up on in the jitter buffer: a packet lost for good (then a keyframe)."""
+    video_frames_dropped_decode: int = 0
+    """Encoded frames skipped because the decoder fell behind (decode stage; then a
+    keyframe)."""
     audio_blocks: int = 0
     audio_blocks_missing: int = 0
     """Blocks known lost (timestamp gaps): concealed by the playout buffer."""
@@ -61,6 +66,11 @@ class RemoteStats:
     last_video_time: float | None = None
     path: MediaPath | None = None
     """The candidate pair the media flows on; None until ICE connects (set by the engine)."""
+    video_width: int = 0
+    video_height: int = 0
+    """The size of the last frame received: what the remote user sends now (it adapts)."""
+    video_fps: float = 0.0
+    """Frames received per second, averaged over about the last second."""
 
 
 def _render_frame(
@@ -220,6 +230,7 @@ class RemoteMedia:
         self, user_id: str, receiver: _Receiver, track: MediaStreamTrack
     ) -> None:
         stats = receiver.stats
+        drops = receive_drops(track)
         while True:
             try:
                 frame, skipped = await recv_newest(track)
@@ -227,8 +238,18 @@ class RemoteMedia:
                 return
             assert isinstance(frame, av.VideoFrame)
             now = time.time()
+            if drops is not None:
+                stats.video_frames_dropped_jitter = drops.jitter_frames
+                stats.video_frames_dropped_decode = drops.decode_frames
+            if stats.last_video_time is not None:
+                interval = max(now - stats.last_video_time, 1e-3)
+                rate = (1 + skipped) / interval
+                # An average over ~1 s whatever the rate: weight = the interval's share of it.
+                weight = min(interval, 1.0)
+                stats.video_fps = round((1 - weight) * stats.video_fps + weight * rate, 2)
             stats.video_frames += 1 + skipped
             stats.video_frames_skipped += skipped
+            stats.video_width, stats.video_height = frame.width, frame.height
             stats.last_video_time = now
             if stats.first_video_time is None:
                 stats.first_video_time = now

@@ -12,9 +12,17 @@ import asyncio
 
 import numpy as np
 
-from callclient.apps.desktop.controller import AppConfig, DesktopApp
+from callclient.apps.desktop.controller import (
+    AppConfig,
+    DesktopApp,
+    receiving_text,
+    sending_text,
+)
 from callclient.apps.desktop.keys import Command
 from callclient.apps.desktop.phase import Phase
+from callclient.media.adaptation import SendState
+from callclient.media.encoding import LocalVideoStats, VideoDrops
+from callclient.media.remote import RemoteStats
 from callclient.media.tones import SharedSink
 from callclient.media.virtual import VirtualSpeaker
 from callclient.observer import CALLBACK_NAMES, CallObserver
@@ -389,3 +397,18 @@ async def test_join_a_groups_call_from_the_app(
     assert app.phase is Phase.CONNECTED
     assert [t.name for t in app.state.tiles[1:]] == ["Bob", "carol"]
     await app.close()
+
+
+def test_tiles_say_what_video_is_sent_and_why_and_what_arrives() -> None:
+    """The local tile names the adapted size, rate, bitrate and reason; a remote one what
+    arrives."""
+    sending = SendState(960, 540, 24.0, 640_000, 2, "cpu", 0.9)
+    stats = LocalVideoStats(sending, (), VideoDrops(0, 0, 0), 10, 1, 1, True)
+    assert sending_text(stats) == "sending 960x540 24 fps 640 kbit/s (cpu limited)"
+    at_preset = LocalVideoStats(SendState(1280, 720, 30.0, 1_200_000, 0, "none", 0.3), (),
+                                VideoDrops(0, 0, 0), 10, 1, 1, True)
+    assert sending_text(at_preset) == "sending 1280x720 30 fps 1200 kbit/s"
+    assert sending_text(None) == ""
+    assert receiving_text(RemoteStats(video_width=640, video_height=360, video_fps=23.6)) == (
+        "640x360 24 fps")
+    assert receiving_text(RemoteStats()) == ""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from callclient.errors import PermissionDeniedError, RequestRefusedError
 from callclient.media.base import VideoView
 from callclient.media.deviceset import DeviceSet
+from callclient.media.encoding import LocalVideoStats
 from callclient.media.processing import AudioProcessing
 from callclient.media.remote import RemoteStats
 from callclient.observer import CallObserver
@@ -60,6 +61,7 @@ class FakeEngine:
         self.group_asks = 0
         self.remote_stats: dict[str, RemoteStats] = {}
         """What arrived per remote user, with its media path (set by the test)."""
+        self.video_stats: LocalVideoStats | None = None
 
     def set_audio_processing(
         self,
@@ -80,6 +82,10 @@ class FakeEngine:
     @property
     def user_id(self) -> str | None:
         return "alice"
+
+    @property
+    def local_video_stats(self) -> LocalVideoStats | None:
+        return self.video_stats
 
     def _record(self, *call: object) -> None:
         if call[0] in self.refuse:

@@ -16,6 +16,12 @@ process that was killed (``ccimp<pid>-*`` whose pid is gone) are deleted on the 
 
 :class:`Internet` builds a small internet for the NAT and relay tests (below).
 
+:meth:`Namespace.set_rate_limit` makes the namespace's loopback a bottleneck link instead:
+``tc``'s token bucket filter (``tbf``), a shaper with a queue (a few hundred ms of it) that
+drops what overflows, the way a thin uplink behaves (a policer that only drops would hide
+the queueing delay that REMB's delay-based estimate reacts to). The limit applies to all
+traffic inside the namespace, both directions of a call together.
+
 Where namespaces cannot be made (not root, no ``ip`` or ``nft``), :class:`Namespace` raises
 :class:`NamespaceUnavailable` with :data:`UNAVAILABLE` in its message: the tests fail with it,
 they are never skipped.
@@ -168,6 +174,25 @@ class Namespace:
         """No impairment."""
         self._load(None)
 
+    def set_rate_limit(self, kbps: int, queue_ms: int = 300) -> None:
+        """Shape everything in the namespace to ``kbps`` kbit/s with a ``queue_ms`` queue."""
+        if kbps <= 0 or queue_ms <= 0:
+            raise ValueError(f"kbps and queue_ms must be positive, not {kbps}, {queue_ms}")
+        # The bucket holds ~20 ms of the rate, never less than two full-size packets.
+        burst = max(3200, kbps * 1000 // 8 // 50)
+        try:
+            _run(self.command("tc", "qdisc", "replace", "dev", "lo", "root", "tbf",
+                              "rate", f"{kbps}kbit", "burst", str(burst),
+                              "latency", f"{queue_ms}ms"))
+        except RuntimeError as exc:
+            raise NamespaceUnavailable(
+                f"tc's tbf qdisc is unavailable (apt-get install iproute2): {exc}"
+            ) from exc
+
+    def clear_rate_limit(self) -> None:
+        """Lift :meth:`set_rate_limit` (deleting a missing qdisc is not an error)."""
+        subprocess.run(self.command("tc", "qdisc", "del", "dev", "lo", "root"),
+                       capture_output=True, timeout=10)
 
 # --------------------------------------------------------------------------- a small internet
 

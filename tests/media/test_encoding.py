@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    pack_remb_fci,
+)
 
 from callclient.media.encoding import (
     DEFAULT_MIN_BITRATE,
@@ -155,8 +162,13 @@ async def test_congestion_lowers_the_rate_and_never_raises_it_past_the_recommend
 
 
 async def test_congestion_reopens_are_throttled_but_preset_changes_are_not() -> None:
-    """Within retune_interval a new estimate waits (no keyframe churn); a preset applies now."""
-    session = VideoEncoderSession(PatternTrack(), "VP8", 1_000_000, retune_interval=60.0)
+    """Within retune_interval a new estimate waits (no keyframe churn); a preset applies now.
+
+    Adaptation off: with it, half the preset's rate also lowers the size, which reopens.
+    """
+    session = VideoEncoderSession(
+        PatternTrack(), "VP8", 1_000_000, retune_interval=60.0, adapt=False
+    )
     track = session.subscribe()
     try:
         await packets(track, 2)
@@ -381,4 +393,115 @@ async def test_attached_track_forwards_pli_to_the_shared_encoder() -> None:
     finally:
         await sender_pc.close()
         await receiver_pc.close()
+        await session.aclose()
+
+
+async def test_receiver_report_loss_reaches_the_feedback_adapter_over_the_wire() -> None:
+    """A receiver report's fraction lost about this sender reaches ``on_loss`` (0..1)."""
+    session = VideoEncoderSession(PatternTrack(), "VP8", 500_000)
+    track = session.subscribe()
+    sender_pc, receiver_pc, sender = await _connected_pair(track)
+    losses: list[float] = []
+    watch_sender_feedback(sender, lambda: None, lambda _bitrate: None, losses.append)
+    try:
+        await eventually(lambda: track.packets_sent > 3, "packets flow")
+        stats = await sender.getStats()
+        ssrc = next(s.ssrc for s in stats.values() if s.type == "outbound-rtp")
+        receiver = receiver_pc.getReceivers()[0]
+        report = RtcpReceiverInfo(ssrc=ssrc, fraction_lost=64, packets_lost=10,
+                                  highest_sequence=100, jitter=0, lsr=0, dlsr=0)
+        other = RtcpReceiverInfo(ssrc=ssrc ^ 1, fraction_lost=255, packets_lost=10,
+                                 highest_sequence=100, jitter=0, lsr=0, dlsr=0)
+        await receiver._send_rtcp(RtcpRrPacket(ssrc=1, reports=[report, other]))
+        await eventually(lambda: 0.25 in losses, "the fraction lost observed")
+        assert losses == [0.25]  # the other SSRC's block is not this sender's
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+        await session.aclose()
+
+
+async def test_low_estimate_scales_the_frames_down_and_a_clear_path_restores_them() -> None:
+    """REMB at a quarter of the preset: smaller frames (reason bandwidth); then back."""
+    source = PatternTrack(size=(1280, 720), fps=30.0)
+    session = VideoEncoderSession(source, "VP8", 1_200_000)
+    track = session.subscribe()
+    try:
+        await packets(track, 2)
+        assert session.encoder.size == (1280, 720)
+        track.report_bitrate_estimate(300_000)
+        await eventually(lambda: session.encoder.size is not None
+                         and session.encoder.size[0] < 1280, "frames scaled down")
+        state = session.send_state
+        # The first estimate is a start-up ceiling, probed above from the start (+8 %/s).
+        assert "bandwidth" in state.reason and 300_000 <= state.bitrate < 400_000
+        assert state.fps >= 15
+        dec = decoder("VP8")
+        sizes = set()
+        for packet in await packets(track, 20):
+            sizes |= {(f.width, f.height) for f in dec.decode(packet)}
+        assert (state.width, state.height) in sizes
+        track.report_bitrate_estimate(5_000_000)
+
+        async def read() -> None:
+            while True:
+                await track.recv()
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            # 3 s per step up, several steps. A loaded machine may hold a CPU level: only
+            # the bandwidth's part of the reason must be gone.
+            await eventually(lambda: "bandwidth" not in session.send_state.reason,
+                             "the bandwidth level lifted", timeout=30.0)
+        finally:
+            reader.cancel()
+        state = session.send_state
+        if state.reason == "none":
+            assert (state.width, state.height, state.fps) == (1280, 720, 30.0)
+        assert [s.direction for s in session.adaptation_steps][-1] == "up"
+    finally:
+        await session.aclose()
+
+
+class SlowEncoder(VideoEncoder):
+    """Encodes take 2 frame budgets at 1280x720 (in proportion to the pixels): overuse."""
+
+    def encode(self, frame: av.VideoFrame, bitrate: int, force_keyframe: bool = False,
+               size: tuple[int, int] | None = None) -> list[av.Packet[Any]]:
+        packets = super().encode(frame, bitrate, force_keyframe, size)
+        width, height = size or (frame.width, frame.height)
+        time.sleep(2.0 / 30 * width * height / (1280 * 720))
+        return packets
+
+
+@pytest.mark.parametrize("adapt", [True, False], ids=["adaptation-on", "adaptation-off"])
+async def test_an_encoder_slower_than_the_frame_budget_degrades_the_stream(adapt: bool) -> None:
+    """Encode time above the budget steps frame size and rate down (reason cpu), never
+    below 15 fps; switched off, the same encoder keeps the preset."""
+    source = PatternTrack(size=(1280, 720), fps=30.0)
+    session = VideoEncoderSession(source, "VP8", 1_200_000, adapt=adapt)
+    session.encoder = SlowEncoder("VP8")
+    track = session.subscribe()
+    received: list[av.Packet[Any]] = []
+
+    async def read() -> None:
+        while True:
+            received.append(await track.recv())
+
+    reader = asyncio.get_running_loop().create_task(read())
+    try:
+        if adapt:
+            await eventually(lambda: len(session.adaptation_steps) >= 2,
+                             "two degradation steps", timeout=30.0)
+            steps = session.adaptation_steps
+            assert all(s.reason == "cpu" and s.direction == "down" for s in steps[:2])
+            assert steps[1].width * steps[1].height * steps[1].fps < 1280 * 720 * 30
+            assert session.send_state.reason == "cpu" and session.send_state.fps >= 15
+        else:
+            await eventually(lambda: len(received) >= 40, "40 packets")  # > 2 s of overuse
+            assert session.adaptation_steps == []
+            assert session.encoder.size == (1280, 720)
+            assert session.send_state.cpu_load > 1.0  # measured all the same
+    finally:
+        reader.cancel()
         await session.aclose()

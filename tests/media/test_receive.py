@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import threading
 import time
 from typing import Any
 
@@ -15,13 +16,14 @@ import av
 import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RtpPacket
 
 from callclient.media.receive import (
     AiortcInternalsChanged,
+    BoundedDecoderQueue,
     ImmediateAudioJitterBuffer,
     MarkerVideoJitterBuffer,
     install_low_latency_buffers,
@@ -192,3 +194,61 @@ async def test_installed_over_a_real_connection() -> None:
     finally:
         await sender_pc.close()
         await receiver_pc.close()
+
+
+def test_marker_video_buffer_gives_up_on_a_packet_lost_for_good() -> None:
+    """A gap older than max_wait: the frames behind it are dropped, the newest complete frame
+    comes out and a PLI is asked for, instead of a freeze until the buffer is full."""
+    buffer = MarkerVideoJitterBuffer(capacity=512, max_wait=0.4)
+    assert buffer.add(_packet(0, 0, marker=1, data=b"k"))[1] is not None
+    # Packet 1 (all of the frame at 3000) is lost for good; one packet per frame follows.
+    released = []
+    plis = []
+    for index in range(1, 30):
+        pli, frame = buffer.add(_packet(index + 1, 3000 * (index + 1), marker=1,
+                                        data=bytes([index])))
+        plis.append(pli)
+        released.append(frame)
+    # Nothing while the gap is younger than 0.4 s of media (12 frames at 30 fps)...
+    first = next(i for i, f in enumerate(released) if f is not None)
+    assert 11 <= first <= 14
+    assert plis[first] and not any(plis[:first])
+    # ...then the newest frame at once, and every frame after it as it completes.
+    assert released[first] is not None and released[first].timestamp == 3000 * (first + 2)
+    assert all(f is not None for f in released[first:])
+    assert buffer.frames_dropped == first + 1  # the lost one and those waiting behind it
+
+
+class _Codec:
+    name = "VP8"
+
+
+def test_decoder_queue_skips_to_a_keyframe_when_the_decoder_falls_behind() -> None:
+    """Past the backlog: the queued frames go, a PLI is asked for, deltas wait for a key."""
+    keyframe_wanted = threading.Event()
+    decoder_queue = BoundedDecoderQueue(keyframe_wanted, backlog=3)
+    delta, key = JitterFrame(b"\x01delta", 0), JitterFrame(b"\x00key", 0)
+    for _ in range(3):
+        decoder_queue.put((_Codec, delta))
+    assert decoder_queue.qsize() == 3 and not keyframe_wanted.is_set()
+    decoder_queue.put((_Codec, delta))  # the decoder is 3 behind: skip
+    assert decoder_queue.qsize() == 0 and keyframe_wanted.is_set()
+    decoder_queue.put((_Codec, delta))  # not decodable without what was dropped
+    assert decoder_queue.qsize() == 0
+    decoder_queue.put((_Codec, key))
+    decoder_queue.put((_Codec, delta))
+    decoder_queue.put(None)  # the end of the track always goes through
+    assert [decoder_queue.get_nowait() for _ in range(3)] == [(_Codec, key), (_Codec, delta),
+                                                             None]
+    assert decoder_queue.frames_dropped == 5
+
+
+def test_marker_video_buffer_gives_up_on_a_gap_inside_the_oldest_frame() -> None:
+    """The frame's first packet arrived, a middle one is lost for good: same recovery."""
+    buffer = MarkerVideoJitterBuffer(capacity=512, max_wait=0.4)
+    assert buffer.add(_packet(0, 3000, data=b"a"))[1] is None  # packet 1 (its end) is lost
+    out = [buffer.add(_packet(seq, 3000 * seq, marker=1)) for seq in range(2, 30)]
+    first = next(i for i, (_pli, frame) in enumerate(out) if frame is not None)
+    assert out[first][0] and 10 <= first <= 14
+    assert all(frame is not None for _pli, frame in out[first:])
+    assert buffer.frames_dropped == first + 1

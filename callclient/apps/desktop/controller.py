@@ -35,6 +35,7 @@ from callclient.assets import RINGBACK, RINGTONE, asset_path
 from callclient.errors import CallError, PermissionDeniedError
 from callclient.media.base import AudioSink, VideoView
 from callclient.media.deviceset import DeviceSet
+from callclient.media.encoding import LocalVideoStats
 from callclient.media.processing import AudioProcessing
 from callclient.media.remote import RemoteStats
 from callclient.media.tones import SharedSink, TonePlayer
@@ -58,11 +59,27 @@ from callclient.types import (
     VideoRenderParams,
 )
 
-__all__ = ["AppConfig", "DesktopApp", "EngineLike"]
+__all__ = ["AppConfig", "DesktopApp", "EngineLike", "receiving_text", "sending_text"]
 
 logger = logging.getLogger(__name__)
 
 _HANGUP_TIMEOUT = 3.0
+
+
+def sending_text(stats: LocalVideoStats | None) -> str:
+    """The local tile's line about the video sent: size, fps, bitrate and why it is lower."""
+    if stats is None or not stats.sending.width:
+        return ""
+    s = stats.sending
+    text = f"sending {s.width}x{s.height} {s.fps:.0f} fps {s.bitrate // 1000} kbit/s"
+    return text if s.reason == "none" else f"{text} ({s.reason} limited)"
+
+
+def receiving_text(stats: RemoteStats | None) -> str:
+    """A remote tile's line about the video received: size and frame rate."""
+    if stats is None or not stats.video_width:
+        return ""
+    return f"{stats.video_width}x{stats.video_height} {stats.video_fps:.0f} fps"
 
 
 class EngineLike(Protocol):
@@ -79,6 +96,9 @@ class EngineLike(Protocol):
 
     @property
     def audio_processing(self) -> AudioProcessing: ...
+
+    @property
+    def local_video_stats(self) -> LocalVideoStats | None: ...
 
     @property
     def remote_stats(self) -> Mapping[str, RemoteStats]: ...
@@ -842,9 +862,11 @@ class DesktopApp(CallObserver):
             video=model.camera_on,
             audio=model.mic_on,
             selected=selected == self.user_id,
+            video_info=sending_text(self.engine.local_video_stats) if model.camera_on else "",
         )
+        received = self.engine.remote_stats
         tiles = [local]
-        paths = {user: stats.path for user, stats in self.engine.remote_stats.items()
+        paths = {user: stats.path for user, stats in received.items()
                  if stats.path is not None}
         for remote in model.remotes.values():
             tiles.append(
@@ -861,6 +883,7 @@ class DesktopApp(CallObserver):
                     audio=remote.audio,
                     selected=selected == remote.user_id,
                     path=paths[remote.user_id].describe() if remote.user_id in paths else "",
+                    video_info=receiving_text(received.get(remote.user_id)),
                 )
             )
         self._state = AppState(

@@ -175,8 +175,12 @@ def _draw_tile(tile: Image, state: TileState, now: float) -> None:
         cv2.putText(tile, caption, ((width - text_w) // 2, height // 2), _FONT, 0.8, _DIM, 2,
                     cv2.LINE_AA)
     _text(tile, state.name, (8, 8))
+    detail_y = 32
     if state.path:
-        _text(tile, state.path, (8, 32), 0.4)
+        _text(tile, state.path, (8, detail_y), 0.4)
+        detail_y += 18
+    if state.video_info:
+        _text(tile, state.video_info, (8, detail_y), 0.45)
     footer = state.status
     if state.since is not None:
         footer = f"{footer} {duration_text(now - state.since)}".strip()

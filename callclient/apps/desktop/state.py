@@ -72,6 +72,8 @@ class TileState:
     selected: bool = False
     path: str = ""
     """The tile details' media path (``"srflx -> relay over turn/udp"``), "" while unknown."""
+    video_info: str = ""
+    """The video sent (local tile: size, fps, bitrate, why it is lowered) or received."""
 
 
 @dataclass(frozen=True)
