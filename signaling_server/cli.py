@@ -6,7 +6,7 @@
 [--webhook-allow-private] [--turn URL[,URL...] --turn-secret S [--turn-ttl S]]
 [--sfu URL[,URL...]] [--sfu-min-users N]`` serves until
 SIGTERM or SIGINT, then ends the calls in progress as interrupted and closes the database;
-``--http-port`` also serves the REST API (docs/rest-api.md) and the browser client (``web/``)
+``--http-port`` also serves the REST API (docs/rest-api.md) and the browser client (``webclient/``)
 at ``/``; ``--tls-cert``/``--tls-key`` put both listeners on TLS (wss, https), and SIGHUP
 reloads those files; ``--turn`` hands clients STUN/TURN servers with credentials
 (docs/protocol.md, "ICE servers"); ``--sfu`` carries group calls through Janus VideoRoom

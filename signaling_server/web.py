@@ -1,11 +1,11 @@
-"""The browser client on the HTTP port: the files of ``web/``, its settings, a development login.
+"""The browser client on the HTTP port: its files (``webclient/``), settings, a development login.
 
 :func:`install` puts a :class:`WebClient` in front of the REST API's aiohttp application
 (:mod:`signaling_server.http_api`), as a middleware, so both share the HTTP port and its TLS:
 
-* ``GET /`` and ``GET /<file>``: the files of the web root (``web/`` in the source tree, or
-  ``--web-root``), with a Content-Security-Policy that allows only the page's own scripts and
-  styles (no CDN, nothing inline) and websocket connections;
+* ``GET /`` and ``GET /<file>``: the files of the web root (the package data
+  ``signaling_server/webclient/``, or ``--web-root``), with a Content-Security-Policy that
+  allows only the page's own scripts and styles (no CDN, nothing inline) and websocket connections;
 * ``GET /config.json``: what the page needs to connect: ``sdkAppId``, ``protocolVersion``,
   ``websocketUrl`` (the public one, or null: then ``ws[s]://<page host>:<websocketPort>/``),
   ``websocketPort``, ``secure`` (TLS) and ``developmentLogin``;
@@ -20,6 +20,7 @@ REST API untouched.
 
 from __future__ import annotations
 
+import importlib.resources
 import ipaddress
 import json
 import logging
@@ -38,8 +39,8 @@ __all__ = ["DEFAULT_WEB_ROOT", "WebClient", "dev_login_allowed", "install", "is_
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WEB_ROOT: Final = Path(__file__).resolve().parent.parent / "web"
-"""``web/`` next to the packages in the source tree (an editable install serves it from there)."""
+DEFAULT_WEB_ROOT: Final = Path(str(importlib.resources.files("signaling_server") / "webclient"))
+"""The browser client's files, package data of ``signaling_server`` (in a wheel too)."""
 
 DEV_SIG_SECONDS: Final = 86_400
 """Validity of a development-login userSig."""

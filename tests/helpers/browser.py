@@ -1,5 +1,5 @@
 """Headless Chromium from Debian, driven by Selenium through ``chromium-driver``, for the tests
-of the browser client (``web/``).
+of the browser client (``signaling_server/webclient/``).
 
 * No Selenium Manager and no network: the driver is ``Service(executable_path=CHROMEDRIVER)``
   (Selenium then never looks for a driver of its own) and ``SE_OFFLINE=true`` guards the rest;

@@ -1,4 +1,5 @@
-"""A user of the browser client (``web/``) in a :class:`~tests.helpers.browser.Tab`: logs in,
+"""A user of the browser client (``signaling_server/webclient/``) in a
+:class:`~tests.helpers.browser.Tab`: logs in,
 clicks its buttons, and reads what the page exposes for tests (``window.callApp``).
 
 Waits poll the page's snapshot and fail with what the page showed (status, members, the event

@@ -1,4 +1,5 @@
-"""The browser client (``web/``) in headless Chromium against the Python engine and itself.
+"""The browser client (``signaling_server/webclient/``) in headless Chromium against the Python
+engine and itself.
 
 Each test runs a real server with the HTTP port (the page, its config and the development
 login) and drives the page as a user would: it types, clicks Call, Accept, Hang up. The Python
@@ -138,7 +139,10 @@ async def test_browser_calls_the_bot_which_hangs_up(
         await alice.call("bob")
         await alice.connected_to("bob")
         stats = await alice.media_from("bob")
-        assert (stats["frameWidth"], stats["frameHeight"]) == (640, 360)
+        # The bot's preset is 640x360; on a loaded machine its CPU adaptation may send a
+        # lower step of the same shape (docs: video adaptation), never another picture.
+        width, height = stats["frameWidth"], stats["frameHeight"]
+        assert 160 <= width <= 640 and abs(width / height - 16 / 9) < 0.02, (width, height)
         await bot_got_media(bot, heard, "alice")
         engine = bot.engine
         assert engine.current_call is not None

@@ -37,6 +37,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("callwire", "callclient", "signaling_server")
 DIST_INFO = f"{DISTRIBUTION}-{__version__}.dist-info"
 SHIPPED_ASSETS = ("callclient/assets/ringback.wav", "callclient/assets/ringtone.wav")
+WEB_CLIENT = tuple(sorted(
+    f"signaling_server/webclient/{path}" for path in (
+        "app.js", "favicon.svg", "index.html", "style.css", "lib/call.js", "lib/media.js",
+        "lib/mesh.js", "lib/quality.js", "lib/signaling.js")
+))
+"""The browser client's files: served by the installed server from the package."""
 WINDOW = (640, 360)
 
 pytestmark = pytest.mark.timeout(600)  # the first test also builds and installs (~1-2 min)
@@ -149,7 +155,7 @@ def test_wheel_ships_the_three_packages_their_data_and_the_license(built: Built)
         assert f"{package}/__init__.py" in members
     data = sorted(n for n in members
                   if not n.endswith((".py", "py.typed")) and not n.startswith(DIST_INFO))
-    assert data == list(SHIPPED_ASSETS)
+    assert data == sorted([*SHIPPED_ASSETS, *WEB_CLIENT])
     assert max(len(members[n]) for n in data) < 200_000
     assert members[f"{DIST_INFO}/licenses/LICENSE"].startswith(b"MIT License")
     meta = email.parser.Parser().parsestr(members[f"{DIST_INFO}/METADATA"].decode())
@@ -189,11 +195,14 @@ def test_installed_programs_run_outside_the_checkout(installed: Installed) -> No
         "for module in (callwire, callclient, signaling_server):\n"
         "    print(module.__file__)\n"
         "print(asset_path(RINGTONE))\n"
+        "from signaling_server.web import DEFAULT_WEB_ROOT\n"
+        "print(DEFAULT_WEB_ROOT / 'index.html')\n"
     )).stdout.split()
-    assert len(where) == 4
+    assert len(where) == 5
     for path in where:
         assert Path(path).is_relative_to(installed.venv), where
-    assert Path(where[-1]).stat().st_size > 10_000
+    assert Path(where[-2]).stat().st_size > 10_000
+    assert b"<html" in Path(where[-1]).read_bytes()  # the browser client ships in the wheel
     assert installed.run("callclient", "--version").stdout == f"callclient {__version__}\n"
     assert installed.run("signaling-server", "--version").stdout == (
         f"signaling-server {__version__}\n")
