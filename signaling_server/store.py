@@ -490,20 +490,6 @@ class CallStore:
                     deleted.append(call_id)
         return deleted
 
-    def interrupt_open_calls(self, now: float) -> list[StoredCall]:
-        """End every unfinished call with result ``interrupt`` at ``now``; return them."""
-        with self._transaction() as conn:
-            calls = self._load(conn, "SELECT * FROM calls WHERE result = ''", ())
-            conn.execute(
-                "UPDATE calls SET result = 'interrupt', end_ts = ? WHERE result = ''", (now,)
-            )
-        for call in calls:
-            call.result = "interrupt"
-            call.end_ts = now
-        if calls:
-            logger.info("%d unfinished call(s) marked interrupted", len(calls))
-        return calls
-
     # ------------------------------------------------------------------ reads
 
     def get_call(self, sdk_app_id: int, call_id: str) -> StoredCall | None:
