@@ -205,9 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(config: ServerConfig) -> int:
-    # Frames wait for their records' commit on the writer thread: hand the GIL over within
-    # 1 ms instead of CPython's 5 ms, or a busy event loop holds each commit's wake-up back.
-    sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
     server = SignalingServer(config)
     try:
         await server.start()
