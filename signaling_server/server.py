@@ -68,7 +68,7 @@ from signaling_server.janus import SfuService
 from signaling_server.push import PUSHES, push_commands, push_row
 from signaling_server.records import OutboxRow, ProfileUpdate, StoredCall
 from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom
-from signaling_server.store import CallStore, RecordWriter, StoreBusy
+from signaling_server.store import CallStore, PendingWrite, RecordWriter, StoreBusy
 from signaling_server.tls import ServerTls, TlsFiles
 from signaling_server.webhooks import WebhookService, WebhookSettings
 
@@ -140,11 +140,42 @@ class ServerConfig:
     error 4290 at once."""
 
 
+class _Gate:
+    """The frames of one step, held until its records are committed (or the first attempt
+    failed): :meth:`SignalingServer._persist` makes one, the writer's ``on_attempted`` opens
+    it on the event loop, and every peer holding frames behind it sends them."""
+
+    __slots__ = ("_waiter", "open", "peers")
+
+    def __init__(self) -> None:
+        self.open = False
+        self.peers: list[_Peer] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def release(self) -> None:
+        """Open the gate: the peers send what was held behind it."""
+        self.open = True
+        peers, self.peers = self.peers, []
+        for peer in peers:
+            peer.pump()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Return once the gate is open."""
+        if self.open:
+            return
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._waiter)
+
+
 class _Peer:
     """One websocket: its bounded outgoing queue, drained by a writer task while non-empty.
 
     The writer task exists only while there is something to send, so an idle connection
-    costs no task; while the peer reads promptly, frames skip the queue altogether.
+    costs no task; while the peer reads promptly, frames skip the queue altogether. A
+    :class:`_Gate` in the queue holds everything behind it until it opens (:meth:`pump`).
     """
 
     __slots__ = ("_close", "_queue", "_queued", "_server", "conn_id", "dropped", "writer", "ws")
@@ -153,7 +184,7 @@ class _Peer:
         self._server = server
         self.conn_id = conn_id
         self.ws = ws
-        self._queue: collections.deque[str | asyncio.Future[Any]] = collections.deque()
+        self._queue: collections.deque[str | _Gate] = collections.deque()
         self._queued = 0
         self._close: tuple[int, str] | None = None
         self.writer: asyncio.Task[None] | None = None
@@ -169,23 +200,13 @@ class _Peer:
         With nothing queued, the connection open and the socket's write buffer under
         ``write_limit``, the frames are written at once, all in one socket write (framed by
         websockets' Sans-I/O protocol): no writer task, no await, one system call. Otherwise
-        they wait in the queue for the writer task, which honours flow control.
+        they wait in the queue (behind a gate, or for the writer task, which honours flow
+        control).
         """
         if self._close is not None or self.dropped:
             return
-        ws = self.ws
-        if (
-            self.writer is None
-            and not self._queue
-            and ws.protocol.state is State.OPEN
-            and ws.transport.get_write_buffer_size() <= self._server.config.write_limit
-        ):
-            try:
-                for text in texts:
-                    ws.protocol.send_text(text.encode())
-                ws.transport.write(b"".join(ws.protocol.data_to_send()))
-            except Exception as exc:  # as websockets does when a write fails: abort
-                self.drop(f"frames could not be written: {exc!r}")
+        if self.writer is None and not self._queue and self._writable():
+            self._write_now(texts)
             return
         for text in texts:
             self._queue.append(text)
@@ -193,21 +214,21 @@ class _Peer:
         if self._queued > self._server.config.send_queue_limit:
             self.drop("its outgoing queue overflowed (it does not read)")
             return
-        self._wake()
+        self.pump()
 
-    def gate(self, until: asyncio.Future[Any]) -> None:
-        """Hold every frame sent from now on until ``until`` is done (a commit), in order."""
-        if self._close is not None or self.dropped or until.done():
+    def gate(self, gate: _Gate) -> None:
+        """Hold every frame sent from now on until ``gate`` opens, in order."""
+        if self._close is not None or self.dropped or gate.open:
             return
-        self._queue.append(until)
-        self._wake()
+        self._queue.append(gate)
+        gate.peers.append(self)
 
     def close(self, code: int, reason: str) -> None:
         """Close after every frame queued so far has been sent."""
         if self._close is not None or self.dropped:
             return
         self._close = (code, reason)
-        self._wake()
+        self.pump()
 
     def drop(self, why: str) -> None:
         """Abort the connection at once, discarding whatever is queued."""
@@ -221,22 +242,57 @@ class _Peer:
             self.writer.cancel()
         self.ws.transport.abort()
 
-    def _wake(self) -> None:
-        if self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(
-                self._write(), name=f"signaling-writer-{self.conn_id}"
-            )
-            self._server._tasks.add(self.writer)
-            self.writer.add_done_callback(self._server._tasks.discard)
+    def pump(self) -> None:
+        """Send what the queue allows: the frames up to the first gate still closed, at once
+        while the socket takes them, else through the writer task; then the close."""
+        queue = self._queue
+        while not self.dropped and self.writer is None:
+            while queue and isinstance(queue[0], _Gate) and queue[0].open:
+                queue.popleft()
+            if queue and isinstance(queue[0], _Gate):
+                return  # waiting for a commit; the gate pumps again when it opens
+            if queue and self._writable():
+                texts: list[str] = []
+                while queue and isinstance(text := queue[0], str):
+                    queue.popleft()
+                    self._queued -= len(text)
+                    texts.append(text)
+                self._write_now(texts)
+                continue
+            if queue or (self._close is not None and self.ws.protocol.state is State.OPEN):
+                self.writer = asyncio.get_running_loop().create_task(
+                    self._write(), name=f"signaling-writer-{self.conn_id}"
+                )
+                self._server._tasks.add(self.writer)
+                self.writer.add_done_callback(self._server._tasks.discard)
+            return
+
+    def _writable(self) -> bool:
+        ws = self.ws
+        return (ws.protocol.state is State.OPEN
+                and ws.transport.get_write_buffer_size() <= self._server.config.write_limit)
+
+    def _write_now(self, texts: Sequence[str]) -> None:
+        ws = self.ws
+        try:
+            for text in texts:
+                ws.protocol.send_text(text.encode())
+            ws.transport.write(b"".join(ws.protocol.data_to_send()))
+        except Exception as exc:  # as websockets does when a write fails: abort
+            self.drop(f"frames could not be written: {exc!r}")
 
     async def _write(self) -> None:
         timeout = self._server.config.send_timeout
+        queue = self._queue
         try:
-            while self._queue:
-                item = self._queue.popleft()
-                if not isinstance(item, str):
-                    await asyncio.shield(item)  # shared by every peer of that step
+            while queue:
+                item = queue[0]
+                if isinstance(item, _Gate):
+                    if not item.open:
+                        return  # the gate pumps again when it opens
+                    queue.popleft()
                     continue
+                queue.popleft()
                 self._queued -= len(item)
                 async with asyncio.timeout(timeout):
                     await self.ws.send(item)
@@ -269,6 +325,7 @@ class SignalingServer:
         self._store: CallStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queries: collections.Counter[int] = collections.Counter()
+        self._last_unit: PendingWrite | None = None
         self.webhooks: WebhookService | None = None
         """The call-event webhook service, once started."""
         self.pushes: WebhookService | None = None
@@ -359,7 +416,7 @@ class SignalingServer:
         self._loop = asyncio.get_running_loop()
         store = await asyncio.to_thread(CallStore, self.config.db)
         self._store = store
-        self._writer = RecordWriter(store)
+        self._writer = RecordWriter(store, on_attempted=self._units_attempted)
         try:
             cfg = self.config
             self.webhooks = WebhookService(
@@ -485,6 +542,11 @@ class SignalingServer:
             if self._ws_server is not None:
                 self._ws_server.server.close()  # stop accepting; connections stay for now
                 self._execute(self.core.shutdown(time.time()))
+                last = self._last_unit
+                if last is not None:  # the shutdown's records first: its frames wait for them
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.config.close_timeout):
+                            await last.token.wait()
                 writers = [p.writer for p in self._peers.values() if p.writer is not None]
                 if writers:
                     await asyncio.wait(writers, timeout=self.config.close_timeout)
@@ -554,7 +616,8 @@ class SignalingServer:
         over together (one socket write), before that connection's Close if there is one; the
         order of the frames on each connection is the core's.
         """
-        gate = self._persist(outputs)
+        unit = self._persist(outputs)
+        gate: _Gate | None = unit.token if unit is not None else None
         frames: dict[int, list[str]] = {}
         for out in outputs:
             if isinstance(out, Send):
@@ -589,9 +652,9 @@ class SignalingServer:
         if self.core.next_deadline() != self._armed:
             self._rearm.set()
 
-    def _persist(self, outputs: Sequence[Output]) -> asyncio.Future[bool] | None:
-        """Submit the step's records, outbox rows and profile changes as one unit; a future
-        done once it was written (or its first attempt failed), None if there is nothing."""
+    def _persist(self, outputs: Sequence[Output]) -> PendingWrite | None:
+        """Submit the step's records, outbox rows and profile changes as one unit, its
+        :class:`_Gate` as the token; None if there is nothing to store."""
         calls: list[StoredCall] = []
         rows: list[tuple[WebhookService, OutboxRow]] = []
         changes: list[ProfileUpdate] = []
@@ -615,10 +678,24 @@ class SignalingServer:
             logger.error("calls %s and %d outbox row(s) not stored: the record writer is "
                          "closed", [c.call_id for c in calls], len(rows))
             return None
-        unit = writer.submit_unit(calls, [row for _, row in rows], changes)
+        unit = writer.submit_unit(calls, [row for _, row in rows], changes, token=_Gate())
         if rows:
             unit.committed.add_done_callback(functools.partial(self._outbox_committed, rows))
-        return asyncio.wrap_future(unit.attempted)
+        self._last_unit = unit
+        return unit
+
+    def _units_attempted(self, units: list[PendingWrite]) -> None:
+        """On the writer thread, once per batch: open the batch's gates on the loop."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._loop.call_soon_threadsafe(self._open_gates, [u.token for u in units])
+
+    @staticmethod
+    def _open_gates(gates: list[_Gate | None]) -> None:
+        for gate in gates:
+            if gate is not None:
+                gate.release()
 
     def _outbox_committed(
         self,
@@ -658,11 +735,13 @@ class SignalingServer:
                         "call_interrupted", user_id, "caller" if caller else "called", call,
                         now, client_ip="", platform="",
                     ))
-        committed = self._persist(outputs)
+        unit = self._persist(outputs)
         for out in outputs:
             if isinstance(out, Notice):
                 self._deliver_notice(out)
-        if committed is not None and not await committed:
+        if unit is not None:
+            await unit.token.wait()
+        if unit is not None and not unit.attempted.result():
             logger.error("the %d call(s) left open by the last run are not marked interrupted "
                          "yet: the record store is failing (retrying)", len(calls))
         logger.info("%d call(s) left open by the last run interrupted", len(calls))

@@ -490,20 +490,6 @@ class CallStore:
                     deleted.append(call_id)
         return deleted
 
-    def interrupt_open_calls(self, now: float) -> list[StoredCall]:
-        """End every unfinished call with result ``interrupt`` at ``now``; return them."""
-        with self._transaction() as conn:
-            calls = self._load(conn, "SELECT * FROM calls WHERE result = ''", ())
-            conn.execute(
-                "UPDATE calls SET result = 'interrupt', end_ts = ? WHERE result = ''", (now,)
-            )
-        for call in calls:
-            call.result = "interrupt"
-            call.end_ts = now
-        if calls:
-            logger.info("%d unfinished call(s) marked interrupted", len(calls))
-        return calls
-
     # ------------------------------------------------------------------ reads
 
     def get_call(self, sdk_app_id: int, call_id: str) -> StoredCall | None:
@@ -686,6 +672,8 @@ class PendingWrite:
     )
     """The ids of the outbox rows once committed (perhaps after retries); an exception if
     the unit could never be written."""
+    token: Any = None
+    """The submitter's own data, handed back through ``on_attempted``."""
     seq: int = 0
 
 
@@ -745,6 +733,10 @@ class RecordWriter:
     on their own thread and connection. Both other queues are bounded: beyond ``max_jobs``
     writes waiting or ``max_reads`` queries in flight, :class:`StoreBusy` is raised at once.
 
+    ``on_attempted``, if given, is called on the worker thread once per batch with the units
+    whose :attr:`PendingWrite.attempted` was just set: one wake-up of an event loop for a whole
+    group commit rather than one per unit.
+
     A write that fails with a transient error (database locked or busy, disk full, I/O
     error) is kept, with every unit after it in order, and retried with exponential backoff
     from ``retry_initial_s`` to ``retry_max_s``; each failure is logged at ERROR and counted
@@ -767,6 +759,7 @@ class RecordWriter:
         retry_initial_s: float = 0.05,
         retry_max_s: float = 30.0,
         close_retry_s: float = 5.0,
+        on_attempted: Callable[[list[PendingWrite]], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_jobs < 1 or max_reads < 1:
             raise ValueError("max_batch, max_jobs and max_reads must be at least 1")
@@ -777,6 +770,8 @@ class RecordWriter:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.close_retry_s = close_retry_s
+        self.on_attempted = on_attempted
+        self._just_attempted: list[PendingWrite] = []
         self.committed = 0
         self.commits = 0
         self.failed_attempts = 0
@@ -826,12 +821,14 @@ class RecordWriter:
         calls: Sequence[StoredCall] = (),
         outbox: Sequence[OutboxRow] = (),
         profiles: Sequence[ProfileUpdate] = (),
+        token: Any = None,
     ) -> PendingWrite:
         """Queue snapshots of ``calls`` with ``outbox`` rows and ``profiles``, to be written in
-        one transaction; returns at once (watch the result's futures)."""
+        one transaction; returns at once (watch the result's futures, or ``on_attempted``)."""
         if self._closing is not None:
             raise RuntimeError("record writer is closed")
-        unit = PendingWrite([snapshot(c) for c in calls], list(outbox), list(profiles))
+        unit = PendingWrite([snapshot(c) for c in calls], list(outbox), list(profiles),
+                            token=token)
         with self._cv:
             self._seq += 1
             unit.seq = self._seq
@@ -936,6 +933,7 @@ class RecordWriter:
                         self._retrying = len(kept)
                         if units:
                             self._attempted = units[-1].seq
+                    self._announce()
                 if stopping:
                     break
                 self._run_one_job()
@@ -950,6 +948,16 @@ class RecordWriter:
         for unit in units:
             if not unit.attempted.done():
                 unit.attempted.set_result(False)
+                self._just_attempted.append(unit)
+
+    def _announce(self) -> None:
+        """Call ``on_attempted`` with the units attempted since the last call."""
+        units, self._just_attempted = self._just_attempted, []
+        if units and self.on_attempted is not None:
+            try:
+                self.on_attempted(units)
+            except Exception:
+                logger.exception("on_attempted failed")
 
     def _commit(self, units: list[PendingWrite]) -> list[PendingWrite]:
         """Write ``units`` (one transaction, else one by one); the ones to retry, in order."""
@@ -1003,6 +1011,7 @@ class RecordWriter:
         for unit in units:
             if not unit.attempted.done():
                 unit.attempted.set_result(True)
+                self._just_attempted.append(unit)
             if not unit.committed.done():
                 unit.committed.set_result(ids[start : start + len(unit.outbox)])
             start += len(unit.outbox)
@@ -1047,6 +1056,7 @@ class RecordWriter:
             with self._cv:
                 self._attempted = self._seq
                 self._retrying = 0
+            self._announce()
             while True:
                 with self._cv:
                     if not self._jobs:
@@ -1063,6 +1073,7 @@ class RecordWriter:
                              [c.call_id for c in unit.calls])
                 self._release([unit])
                 unit.committed.set_exception(RuntimeError("record writer is closed"))
+            self._announce()
             if self._closing is None:
                 self._closing = concurrent.futures.Future()
             if not self._closing.done():

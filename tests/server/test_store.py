@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from callclient.types import CallMediaType, CallResultType, CallRole, CallScene
-from signaling_server.records import ParticipantOutcome, StoredCall
+from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
 from signaling_server.store import SCHEMA_VERSION, CallStore
 
 APP = 1400000001
@@ -245,8 +245,8 @@ def test_find_calls_keyset_pagination(store: CallStore) -> None:
     assert len({c.call_id for c in seen}) == 250
 
 
-def test_interrupt_open_calls(store: CallStore) -> None:
-    """Unfinished calls are ended as interrupt at the given time; finished ones are untouched."""
+def test_open_calls_are_the_unfinished_ones_oldest_first(store: CallStore) -> None:
+    """open_calls lists the calls still in progress by start time; finished ones are not."""
     store.save_calls(
         [
             make_call("open-1", 100.0, result=""),
@@ -255,16 +255,28 @@ def test_interrupt_open_calls(store: CallStore) -> None:
         ]
     )
     assert [c.call_id for c in store.open_calls()] == ["open-2", "open-1"]
-    interrupted = store.interrupt_open_calls(500.0)
-    assert sorted(c.call_id for c in interrupted) == ["open-1", "open-2"]
-    assert all(c.result == "interrupt" and c.end_ts == 500.0 for c in interrupted)
-    assert store.open_calls() == []
-    assert store.get_call(APP, "open-2") == next(c for c in interrupted if c.call_id == "open-2")
-    done = store.get_call(APP, "done")
-    assert done is not None and (done.result, done.end_ts) == ("normal_end", 40.0)
-    assert store.interrupt_open_calls(600.0) == []
-    record = store.recent_calls(APP, "bob", None, None, None)[1]
-    assert (record["callId"], record["totalTime"]) == ("open-2", 440)
+
+
+def test_save_writes_records_outbox_rows_and_profiles_together(store: CallStore) -> None:
+    """save() is one transaction: the outbox rows' ids come back in order; a profile field
+    that is None keeps its stored value."""
+    rows = [OutboxRow(APP, "c1", f"caller_{event}", "{}", "{}", 1.0)
+            for event in ("start_call", "call_end")]
+    first = store.save([make_call("c1", 1.0)], rows,
+                       [ProfileUpdate(APP, "alice", "Alice", "a.png", 1.0)])
+    assert len(first) == 2 and first[1] == first[0] + 1
+    assert store.save([], [], [ProfileUpdate(APP, "alice", None, "b.png", 2.0)]) == []
+    with store.locked() as conn:
+        commands = [r[0] for r in conn.execute("SELECT command FROM webhook_outbox ORDER BY id")]
+        profile = conn.execute("SELECT nickname, avatar FROM user_profiles").fetchone()
+    assert commands == ["caller_start_call", "caller_call_end"]
+    assert tuple(profile) == ("Alice", "b.png")
+    bad_row = OutboxRow(APP, None, "caller_call_end", "{}", "{}", 2.0)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):  # the record was written first: rolled back
+        store.save([make_call("c2", 2.0)], [rows[0], bad_row])
+    assert store.get_call(APP, "c2") is None
+    with store.locked() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM webhook_outbox").fetchone()[0] == 2
 
 
 def test_file_database_survives_reopen(tmp_path: Path) -> None:
@@ -307,7 +319,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from signaling_server.records import ParticipantOutcome, StoredCall
+    from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
     from signaling_server.store import CallStore
 
     store = CallStore(sys.argv[1])
