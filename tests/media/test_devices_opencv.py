@@ -127,9 +127,10 @@ async def test_file_end_without_loop_raises_camera_stopped(tmp_path: Path) -> No
     try:
         frames = []
         with pytest.raises(DeviceError) as info:
-            while True:
-                frames.append(await asyncio.wait_for(camera.read(), T))
-                last = time.monotonic()
+            async with asyncio.timeout(T):  # a file that never ends fails, not hangs
+                while True:
+                    frames.append(await camera.read())
+                    last = time.monotonic()
         assert time.monotonic() - last < camera.stall_timeout
         assert info.value.code == ErrorCode.CAMERA_STOPPED
         assert "ended" in info.value.message
@@ -203,8 +204,9 @@ async def test_live_source_that_stops_delivering_raises_and_stop_does_not_hang(
         await asyncio.to_thread(stalled.wait, T)
         started = time.monotonic()
         with pytest.raises(DeviceError) as info:
-            while True:
-                await asyncio.wait_for(camera.read(), T)
+            async with asyncio.timeout(T):  # frames that keep coming fail, not hang
+                while True:
+                    await camera.read()
         assert time.monotonic() - started < camera.stall_timeout + 0.5
         assert info.value.code == ErrorCode.CAMERA_STOPPED
         assert "no frame for 1 s" in info.value.message

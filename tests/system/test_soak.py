@@ -280,12 +280,14 @@ async def test_soak_500_clients_60_s(
     assert await asyncio.wait_for(process.wait(), 15) == 0
 
     with contextlib.closing(sqlite3.connect(db)) as conn:
+        # One row per call is the primary key's job; what can go wrong is a record left open,
+        # with an unknown result, or ending before it started.
         rows = conn.execute(
-            "SELECT call_id, COUNT(*), MAX(result), MAX(end_ts IS NULL) FROM calls "
-            "WHERE sdk_app_id = ? GROUP BY call_id", (APP,)
+            "SELECT call_id, result, end_ts IS NULL OR end_ts < start_ts FROM calls "
+            "WHERE sdk_app_id = ?", (APP,)
         ).fetchall()
-    stored = {call_id: (count, result, open_) for call_id, count, result, open_ in rows}
-    results = Counter(result for _, result, _ in stored.values())
+    stored = {call_id: (result, bad_end) for call_id, result, bad_end in rows}
+    results = Counter(result for result, _ in stored.values())
     ratio = end_rss / warm_rss
     summary = (
         f"{len(tally.call_ids)} calls in {LOAD_S:.0f} s (+{drained:.1f} s drain) "
@@ -299,8 +301,9 @@ async def test_soak_500_clients_60_s(
     missing = [c for c in tally.call_ids if c not in stored]
     assert not missing, f"{len(missing)} calls have no record, e.g. {missing[:3]}"
     assert set(stored) == tally.call_ids, "the database holds calls no client saw"
-    bad = {c: v for c, v in stored.items() if v[0] != 1 or not v[1] or v[2]}
-    assert not bad, f"calls without exactly one final record: {list(bad.items())[:5]}"
+    final = {"normal_end", "reject", "not_answer", "cancel", "call_busy", "interrupt"}
+    bad = {c: v for c, v in stored.items() if v[0] not in final or v[1]}
+    assert not bad, f"calls without a final record (result, bad end): {list(bad.items())[:5]}"
     assert results["interrupt"] == 0, summary
     for result in ("normal_end", "reject", "not_answer", "cancel", "call_busy"):
         assert results[result] > 0, f"no {result}: {summary}"
