@@ -78,6 +78,10 @@ class SoakClient:
         self.call_id: str | None = None
         self.action: tuple[float, str] | None = None
         self.reader: asyncio.Task[None] | None = None
+        self.events_before: dict[int, int] = {}
+        """Per request id: events already queued when its reply arrived (they came first)."""
+        self.events_before_reply = 0
+        """The same for the last reply :meth:`request` returned."""
 
     async def open(self, url: str) -> None:
         """Connect and log in."""
@@ -109,6 +113,8 @@ class SoakClient:
                     if future is None:
                         self.tally.unexpected.append(f"{self.user}: stray reply {frame}")
                     elif not future.done():
+                        assert isinstance(frame.id, int)
+                        self.events_before[frame.id] = self.events.qsize()
                         future.set_result(frame)
                 elif isinstance(frame, Event):
                     self.events.put_nowait(frame)
@@ -124,6 +130,7 @@ class SoakClient:
         self.pending[request_id] = future
         await self.ws.send(protocol.encode_request(kind, request_id, data))
         reply = await asyncio.wait_for(future, 15)
+        self.events_before_reply = self.events_before.pop(request_id, 0)
         self.tally.requests[kind] += 1
         if not reply.ok:
             self.tally.errors[(kind, reply.code)] += 1
@@ -179,6 +186,11 @@ class SoakClient:
             reply = await self.request("calls", {"userIDList": [callee],
                                                  "mediaType": self.rng.choice([1, 2]),
                                                  "timeout": timeout})
+            # Events that arrived before the reply happened before the call: handle them
+            # first (an invitation that was cancelled before our call began is not one that
+            # reaches us "while calling"; taking them after the reply was this test's race).
+            for _ in range(self.events_before_reply):
+                self._on_event(self.events.get_nowait())
             if reply.ok:
                 self.tally.call_ids.add(reply.data["callId"])
                 if self.status == "idle":  # its events have not been read yet
