@@ -408,7 +408,9 @@ class HttpApi:
         webhooks = self._require_webhooks()
         Body(data, ())
         config = await webhooks.get_config()
-        return {} if config is None else config.to_wire()
+        if config is None:
+            return {}
+        return {**config.to_wire(), "delivery": await webhooks.delivery_stats()}
 
     async def _update_config(self, data: dict[str, Any]) -> dict[str, Any]:
         webhooks = self._require_webhooks()

@@ -82,7 +82,9 @@ def push_commands(service: WebhookService) -> dict[str, RestHandler]:
     async def get(data: dict[str, Any]) -> dict[str, Any]:
         Body(data, ())
         config = await service.get_config()
-        return {} if config is None else _wire(config)
+        if config is None:
+            return {}
+        return {**_wire(config), "delivery": await service.delivery_stats()}
 
     async def update(data: dict[str, Any]) -> dict[str, Any]:
         url = Body(data, ("url",)).string("url", required=True, max_len=2048)

@@ -154,6 +154,14 @@ class WebhookSettings:
     for a retry are left for the next run at once)."""
     retention_s: float = 7 * 86400.0
     """Delivered and discarded rows older than this are deleted from the outbox."""
+    max_attempts: int = 3000
+    max_age_s: float = 86400.0
+    """A row not delivered after this many attempts, or this long after it was stored, is
+    marked ``discarded`` (logged, counted in :meth:`WebhookService.delivery_stats`). With the
+    30 s backoff cap, 3,000 attempts are about a day: the age is what usually ends it."""
+    max_loaded: int = 2000
+    """Pending rows held in memory (and per-call sender tasks) at most; the rest wait in the
+    outbox table and are read in pages of this size as the loaded ones finish."""
     allow_private_targets: bool = False
     """Whether endpoints may be on loopback, private, link-local or other non-public addresses
     (``--webhook-allow-private``). Off, such URLs are refused when configured and every
@@ -303,6 +311,7 @@ class _Row:
     expires_at: float | None = None
     """A row still undelivered then is discarded (an offline push for a call that no longer
     rings); None: never."""
+    created_at: float = 0.0
 
 
 @dataclass
@@ -331,7 +340,7 @@ def _write_batch(store: CallStore, batch: _Batch) -> list[_Row]:
             rows.append(
                 _Row(cursor.lastrowid, new.sdk_app_id, new.call_id, new.command,
                      json.loads(new.query), new.body.encode("utf-8"), 0, new.created_at,
-                     new.expires_at)
+                     new.expires_at, new.created_at)
             )
         conn.executemany(
             "UPDATE webhook_outbox SET outcome = ?, done_at = ?, attempts = ?, last_error = ? "
@@ -359,25 +368,41 @@ def _config_from_row(row: sqlite3.Row | None) -> CallbackConfig | None:
     )
 
 
-def _load(
-    store: CallStore, sdk_app_id: int, channel: Channel
-) -> tuple[CallbackConfig | None, list[_Row]]:
+def _load_page(store: CallStore, kind: str, after_id: int, limit: int) -> list[_Row]:
+    """Up to ``limit`` undelivered rows of ``kind`` with an id above ``after_id``, by id."""
     with store.locked() as conn:
-        config = _config_from_row(
-            conn.execute(
-                f"SELECT * FROM {channel.config_table} WHERE sdk_app_id = ?", (sdk_app_id,)
-            ).fetchone()
-        )
-        rows = [
+        return [
             _Row(r["id"], r["sdk_app_id"], r["call_id"], r["command"], json.loads(r["query"]),
                  r["body"].encode("utf-8"), r["attempts"], r["next_attempt_at"],
-                 r["expires_at"])
+                 r["expires_at"], r["created_at"])
             for r in conn.execute(
-                "SELECT * FROM webhook_outbox WHERE outcome = '' AND kind = ? ORDER BY id",
-                (channel.kind,),
+                "SELECT * FROM webhook_outbox WHERE outcome = '' AND kind = ? AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (kind, after_id, limit),
             ).fetchall()
         ]
-    return config, rows
+
+
+def _stats(store: CallStore, kind: str) -> dict[str, Any]:
+    with store.locked() as conn:
+        counts = dict(conn.execute(
+            "SELECT outcome, COUNT(*) FROM webhook_outbox WHERE kind = ? "
+            "AND outcome IN ('', 'discarded') GROUP BY outcome", (kind,)
+        ).fetchall())
+        last = conn.execute(
+            "SELECT call_id, command, attempts, last_error, done_at FROM webhook_outbox "
+            "WHERE kind = ? AND outcome = 'discarded' ORDER BY done_at DESC, id DESC LIMIT 1",
+            (kind,),
+        ).fetchone()
+    return {
+        "pending": int(counts.get("", 0)),
+        "discarded": int(counts.get("discarded", 0)),
+        "lastDiscarded": {} if last is None else {
+            "callId": last["call_id"], "command": last["command"],
+            "attempts": last["attempts"], "error": last["last_error"],
+            "discardedTs": int(last["done_at"] or 0),
+        },
+    }
 
 
 def _save_config(
@@ -444,12 +469,20 @@ class WebhookService:
         self.settings = settings or WebhookSettings()
         if self.settings.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if self.settings.max_loaded < 1 or self.settings.max_attempts < 1:
+            raise ValueError("max_loaded and max_attempts must be at least 1")
         self._writer = writer
         self.delivered = 0  # rows delivered by this process
         self.failed_attempts = 0  # POSTs that failed and will be retried
         self.skipped = 0  # notices not enqueued: no configuration or event disabled
+        self.discarded = 0  # rows given up by this process (see WebhookSettings.max_attempts)
+        # Paging: every pending row with an id up to _loaded_through is in memory (queued or
+        # being sent); while _backlog, rows above it wait in the table for _db_loop to read.
+        self._loaded = 0
+        self._loaded_through = 0
+        self._backlog = True
         self._config: CallbackConfig | None = None
-        self._loaded = False
+        self._config_loaded = False
         self._started = False
         self._closing: asyncio.Future[None] | None = None
         self._batch = _Batch()
@@ -474,8 +507,20 @@ class WebhookService:
 
     @property
     def pending(self) -> int:
-        """Rows persisted and not delivered yet, plus notices not persisted yet."""
+        """Rows in memory not delivered yet, plus notices not persisted yet (rows still in the
+        table beyond :attr:`WebhookSettings.max_loaded` are not counted)."""
         return sum(len(q) for q in self._queues.values()) + len(self._batch.inserts)
+
+    @property
+    def loaded(self) -> int:
+        """Pending rows held in memory (at most :attr:`WebhookSettings.max_loaded`)."""
+        return self._loaded
+
+    async def delivery_stats(self) -> dict[str, Any]:
+        """``{"pending", "discarded", "lastDiscarded"}`` from the outbox table (discarded rows
+        are kept for :attr:`WebhookSettings.retention_s`); shown by the configuration API."""
+        await self.flush()
+        return await self._run_db(_stats, self.store, self.channel.kind)
 
     async def start(self) -> None:
         """Load the configuration and undelivered rows of a previous run; start sending."""
@@ -484,9 +529,10 @@ class WebhookService:
         if self._closing is not None:
             raise RuntimeError("webhook service is closed")
         self._started = True
-        config, rows = await self._run_db(_load, self.store, self.sdk_app_id, self.channel)
-        self._config = config
-        self._loaded = True
+        self._config = await self._run_db(
+            _load_config_only, self.store, self.sdk_app_id, self.channel.config_table
+        )
+        self._config_loaded = True
         early, self._batch.inserts = self._batch.inserts, []
         for new in early:  # notices that arrived before start: filter them now
             if self._enabled(new.command, _event_of(new.command)):
@@ -501,13 +547,9 @@ class WebhookService:
             ),
             headers={"User-Agent": "signaling-server-webhooks/1"},
         )
-        if rows:
-            logger.info("%d undelivered webhook(s) from a previous run", len(rows))
-        for row in rows:
-            self._dispatch(row)
+        # Rows of a previous run are read by the outbox task, a page at a time.
         self._db_task = asyncio.create_task(self._db_loop(), name="webhook-outbox")
-        if self._batch:
-            self._db_wake.set()
+        self._db_wake.set()
 
     def notice_sink(self, notice: Notice) -> None:
         """Queue the callback of a core notice when its event is enabled; never blocks."""
@@ -541,7 +583,7 @@ class WebhookService:
             logger.warning("%s %s of call %s after close: dropped",
                            self.channel.kind, command, call_id)
             return None
-        if self._loaded and not self._enabled(command, event):
+        if self._config_loaded and not self._enabled(command, event):
             self.skipped += 1
             return None
         return OutboxRow(
@@ -562,9 +604,11 @@ class WebhookService:
         """
         if self._closing is not None or not self._started:
             return
-        self._dispatch(_Row(row_id, row.sdk_app_id, row.call_id, row.command,
-                            json.loads(row.query), row.body.encode("utf-8"), 0, row.created_at,
-                            row.expires_at))
+        # Through the same door as rows this service stored: behind a backlog they are read
+        # from the table in order (and not held twice in memory).
+        self._take_new_rows([_Row(row_id, row.sdk_app_id, row.call_id, row.command,
+                                  json.loads(row.query), row.body.encode("utf-8"), 0,
+                                  row.created_at, row.expires_at, row.created_at)])
 
     def enqueue(
         self,
@@ -715,11 +759,47 @@ class WebhookService:
                 await asyncio.sleep(1.0)
                 self._db_wake.set()
                 continue
-            for row in rows:
-                self._dispatch(row)
+            self._take_new_rows(rows)
+            try:
+                await self._load_pages()
+            except Exception:
+                logger.exception("webhook outbox read failed; retrying in 1 s")
+                self._flush_waiters[:0] = waiters
+                await asyncio.sleep(1.0)
+                self._db_wake.set()
+                continue
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def _take_new_rows(self, rows: list[_Row]) -> None:
+        """Dispatch rows just stored, unless older ones wait in the table (then they are read
+        in order with those) or memory holds ``max_loaded`` already."""
+        for row in rows:
+            if self._backlog or self._loaded >= self.settings.max_loaded:
+                self._backlog = True
+                return
+            self._loaded_through = max(self._loaded_through, row.id)
+            self._dispatch(row)
+
+    async def _load_pages(self) -> None:
+        """While rows wait in the table, read them into the free half of ``max_loaded``."""
+        cap = self.settings.max_loaded
+        while self._backlog and self._sending and not self._draining:
+            room = cap - self._loaded
+            if room < max(1, cap // 2) and self._loaded > 0:
+                return  # read again once half the loaded rows are done
+            page = await self._run_db(
+                _load_page, self.store, self.channel.kind, self._loaded_through, room
+            )
+            if page and self._loaded_through == 0:
+                logger.info("undelivered %s row(s) from a previous run: sending them",
+                            self.channel.kind)
+            for row in page:
+                self._loaded_through = row.id
+                self._dispatch(row)
+            if len(page) < room:
+                self._backlog = False
 
     def _merge_back(self, batch: _Batch) -> None:
         self._batch.inserts[:0] = batch.inserts
@@ -734,6 +814,7 @@ class WebhookService:
 
     def _dispatch(self, row: _Row) -> None:
         key = (row.sdk_app_id, row.call_id)
+        self._loaded += 1
         self._queues.setdefault(key, collections.deque()).append(row)
         if key not in self._workers and self._sending:
             self._workers[key] = asyncio.create_task(
@@ -753,6 +834,9 @@ class WebhookService:
                     await asyncio.sleep(self.settings.backoff_max_s)
                     continue
                 queue.popleft()
+                self._loaded -= 1
+                if self._backlog and self._loaded <= self.settings.max_loaded // 2:
+                    self._db_wake.set()  # room for the next page
         finally:
             if not queue:
                 self._queues.pop(key, None)
@@ -775,6 +859,15 @@ class WebhookService:
             if row.expires_at is not None and time.time() >= row.expires_at:
                 self._finish(row, "discarded", "expired before it could be delivered")
                 return True
+            given_up = self._given_up(row)
+            if given_up is not None:
+                self.discarded += 1
+                logger.warning(
+                    "%s %d (%s) of call %s discarded: %s (%d discarded by this process)",
+                    self.channel.kind, row.id, row.command, row.call_id, given_up,
+                    self.discarded)
+                self._finish(row, "discarded", given_up)
+                return True
             async with self._semaphore:
                 if self._draining and row.attempts > 0:
                     return False
@@ -794,6 +887,16 @@ class WebhookService:
                         row.id, row.command, row.attempts, error, backoff)
             self._batch.retries.append((row.attempts, row.next_attempt_at, error[:500], row.id))
             self._db_wake.set()
+
+    def _given_up(self, row: _Row) -> str | None:
+        """Why ``row`` is not tried again (attempt or age cap), or None."""
+        cfg = self.settings
+        if row.attempts >= cfg.max_attempts:
+            return f"not delivered in {row.attempts} attempts (max_attempts)"
+        age = time.time() - row.created_at
+        if row.attempts > 0 and age >= cfg.max_age_s:
+            return f"not delivered within {age:.0f} s, {row.attempts} attempts (max_age_s)"
+        return None
 
     def _finish(self, row: _Row, outcome: str, error: str) -> None:
         self._batch.done.append((outcome, time.time(), row.attempts, error, row.id))

@@ -106,7 +106,9 @@ def test_dropping_worker_drops_oldest_and_never_blocks() -> None:
     assert started.wait(5)
     t0 = time.monotonic()
     results = [worker.put(i) for i in range(1, 6)]
-    assert time.monotonic() - t0 < 0.1
+    # Blocking would mean waiting for the held worker (5 s); anything well under that is
+    # "did not block" on a loaded machine.
+    assert time.monotonic() - t0 < 2.5
     assert results == [True, True, False, False, False]
     release.set()
     worker.close()
@@ -139,7 +141,10 @@ async def test_file_video_source_loops_at_file_rate(tmp_path: Path) -> None:
     finally:
         await source.stop()
     assert source.fps == 25.0
-    assert 0.45 <= elapsed <= 1.2, elapsed
+    # 15 frames at 25 fps: 14 periods, 0.56 s; never sooner (the file's rate, not as fast as
+    # it decodes). The upper bound is only against a stuck loop: a loaded machine is late.
+    assert elapsed >= 14 / 25 - 0.02, elapsed
+    assert elapsed <= 10.0, elapsed
     stamps = [read_stamp(f.image, rotations=False) for f in frames]
     assert [s[0] if s else None for s in stamps] == [*range(10), *range(5)]
     assert [f.index for f in frames] == list(range(15))

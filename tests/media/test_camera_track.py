@@ -117,7 +117,9 @@ async def test_source_swap_and_none() -> None:
     black = [frame_to_bgr(await track.recv()) for _ in range(3)]
     elapsed = time.monotonic() - start
     assert all(int(image.max()) < 10 for image in black)
-    assert 0.15 <= elapsed <= 0.4  # first at once, then every 0.1 s
+    # First at once, then every 0.1 s: never sooner than two intervals. The upper bound is
+    # only against a stuck loop (a loaded 2-core machine can be late by far more than 0.1 s).
+    assert 0.2 - 0.01 <= elapsed <= 5.0
     track.set_source(red)
     frame = frame_to_bgr(await track.recv())
     assert frame[24, 32, 2] > 200

@@ -77,7 +77,9 @@ async def test_file_frames_are_paced_and_stamped_in_order(tmp_path: Path) -> Non
                for f in frames)
     assert all(a.capture_time <= b.capture_time for a, b in itertools.pairwise(frames))
     expected = stamps[-1] / FPS
-    assert expected - 0.1 < elapsed < expected + 1.0, (
+    # Never sooner than the file's rate allows; later is only bounded against a stuck
+    # reader (the decoding thread can lag seconds on a loaded 2-core machine).
+    assert expected - 0.1 < elapsed < expected + 5.0, (
         f"{stamps[-1]} frame periods took {elapsed:.2f} s, expected {expected:.2f}"
     )
 
@@ -96,14 +98,18 @@ async def test_slow_reader_gets_the_newest_frame_not_a_backlog(tmp_path: Path) -
         dropped = camera.dropped
     finally:
         await camera.stop()
+    # Counts, not a window: a backlog would hand over the frame right after ``first``; the
+    # newest one is at least several frames on (15 frame periods passed at full speed; the
+    # decoding thread may lag on a loaded machine, so only a third of them is required).
     newest = round(paused * FPS)
     stamp_after = counter(after_pause.image)
-    assert stamp_after - counter(first.image) >= newest - 3, (
+    skipped = stamp_after - counter(first.image) - 1
+    assert skipped >= max(2, newest // 3), (
         f"after a {paused:.2f} s pause the reader got stamp {stamp_after}: a stale frame"
     )
     assert after_pause.index == stamp_after
     assert counter(following.image) > stamp_after
-    assert dropped >= newest - 4, "the skipped frames are counted as dropped"
+    assert dropped >= skipped, "the skipped frames are counted as dropped"
 
 
 async def test_looping_file_starts_over(tmp_path: Path) -> None:
@@ -127,9 +133,10 @@ async def test_file_end_without_loop_raises_camera_stopped(tmp_path: Path) -> No
     try:
         frames = []
         with pytest.raises(DeviceError) as info:
-            while True:
-                frames.append(await asyncio.wait_for(camera.read(), T))
-                last = time.monotonic()
+            async with asyncio.timeout(T):  # a file that never ends fails, not hangs
+                while True:
+                    frames.append(await camera.read())
+                    last = time.monotonic()
         assert time.monotonic() - last < camera.stall_timeout
         assert info.value.code == ErrorCode.CAMERA_STOPPED
         assert "ended" in info.value.message
@@ -203,8 +210,9 @@ async def test_live_source_that_stops_delivering_raises_and_stop_does_not_hang(
         await asyncio.to_thread(stalled.wait, T)
         started = time.monotonic()
         with pytest.raises(DeviceError) as info:
-            while True:
-                await asyncio.wait_for(camera.read(), T)
+            async with asyncio.timeout(T):  # frames that keep coming fail, not hang
+                while True:
+                    await camera.read()
         assert time.monotonic() - started < camera.stall_timeout + 0.5
         assert info.value.code == ErrorCode.CAMERA_STOPPED
         assert "no frame for 1 s" in info.value.message

@@ -124,10 +124,11 @@ async def test_configured_bitrate_is_the_recommendation_for_every_preset(codec: 
             recommended = resolution_bitrate_kbps(resolution) * 1000
             source.size = size
             session.set_bitrate(recommended)
-            while True:
-                await asyncio.wait_for(track.recv(), T)
-                if session.encoder.size == size and session.encoder.bit_rate == recommended:
-                    break
+            async with asyncio.timeout(T):  # frames keep coming: bound the whole wait
+                while True:
+                    await track.recv()
+                    if session.encoder.size == size and session.encoder.bit_rate == recommended:
+                        break
             assert session.target_bitrate == recommended
         assert session.encoder.bit_rate == 2_000_000
     finally:
@@ -236,11 +237,12 @@ async def test_size_change_mid_stream_reopens_with_a_keyframe(codec: str) -> Non
             dec.decode(packet)
         opens = session.encoder.opens
         source.size = (180, 320)
-        while True:
-            packet = await asyncio.wait_for(track.recv(), T)
-            frames = dec.decode(packet)
-            if session.encoder.size == (180, 320):
-                break
+        async with asyncio.timeout(T):  # frames keep coming: bound the whole wait
+            while True:
+                packet = await track.recv()
+                frames = dec.decode(packet)
+                if session.encoder.size == (180, 320):
+                    break
         assert packet.is_keyframe
         assert [(f.width, f.height) for f in frames] == [(180, 320)]
         assert session.encoder.opens == opens + 1

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from callclient.errors import DeviceError
+from callclient.media import tracks
 from callclient.media.analysis import dominant_frequency
 from callclient.media.base import BLOCK_SAMPLES, AudioSource
 from callclient.media.tracks import MicrophoneTrack
 from callclient.media.virtual import Tone, VirtualMicrophone
+from tests.helpers.fakeclock import FakeClock
 
 
 class BrokenMicrophone(AudioSource):
@@ -51,13 +52,18 @@ async def test_frame_format_and_pts() -> None:
     assert dominant_frequency(samples) == pytest.approx(440, abs=3)
 
 
-async def test_no_source_sends_paced_silence_then_swap() -> None:
-    """Without a source: silence paced at 20 ms; set_source switches to the source's blocks."""
+async def test_no_source_sends_paced_silence_then_swap(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a source: silence paced at 20 ms (on a fake clock: the first at once, then one
+    per 20 ms exactly); set_source switches to the source's blocks."""
+    clock = FakeClock().install(monkeypatch, tracks)
     track = MicrophoneTrack()
-    start = time.monotonic()
+    start = clock.now
     frames = [await track.recv() for _ in range(11)]
-    elapsed = time.monotonic() - start
-    assert 0.18 <= elapsed <= 0.35
+    assert clock.now - start == pytest.approx(0.2)
+    assert len([d for d in clock.sleeps if d > 0]) == 10
+    assert [f.pts for f in frames] == [n * BLOCK_SAMPLES for n in range(11)]
     assert not any(f.to_ndarray().any() for f in frames)
     mic = VirtualMicrophone(Tone(1000))
     await mic.start()

@@ -10,21 +10,42 @@ import numpy as np
 import pytest
 
 from callclient.errors import DeviceError
+from callclient.media import virtual
 from callclient.media.pattern import read_stamp
 from callclient.media.virtual import VirtualCamera
+from tests.helpers.fakeclock import FakeClock
 
 
-async def test_paces_at_fps() -> None:
-    """Over one second a 30 fps camera delivers about 30 frames (generous range)."""
+async def test_paces_at_fps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock (issue 12: no 100 ms wall-clock windows): the first frame at once,
+    then one every 1/30 s exactly, 31 frames in one second."""
+    clock = FakeClock().install(monkeypatch, virtual)
     camera = VirtualCamera(fps=30)
     await camera.start()
-    start = time.monotonic()
+    start = clock.now
     count = 0
-    while time.monotonic() - start < 1.0:
+    while clock.now - start < 1.0 - 1e-9:
         await camera.read()
         count += 1
     await camera.stop()
-    assert 25 <= count <= 36
+    assert count == 31
+    assert clock.sleeps[0] == pytest.approx(1 / 30)  # the first read did not sleep
+    assert len(clock.sleeps) == 30
+    assert all(d == pytest.approx(1 / 30) for d in clock.sleeps)
+    assert camera.skipped == 0
+
+
+async def test_paces_in_real_time_too() -> None:
+    """The real clock: 10 frames at 30 fps take at least 9 periods (never early; no upper
+    bound, a loaded machine may be late)."""
+    camera = VirtualCamera(fps=30)
+    await camera.start()
+    start = time.monotonic()
+    for _ in range(10):
+        await camera.read()
+    elapsed = time.monotonic() - start
+    await camera.stop()
+    assert elapsed >= 9 / 30 - 0.005
 
 
 async def test_frames_are_numbered_and_stamped() -> None:
@@ -51,32 +72,36 @@ async def test_box_moves() -> None:
     assert not np.array_equal(first[bottom], second[bottom])
 
 
-async def test_no_backlog_after_a_stall() -> None:
+async def test_no_backlog_after_a_stall(monkeypatch: pytest.MonkeyPatch) -> None:
     """A consumer that stalls gets one immediate frame and then paced ones, not a burst."""
+    clock = FakeClock().install(monkeypatch, virtual)
     camera = VirtualCamera(fps=30)
     await camera.start()
     for _ in range(3):
         await camera.read()
-    await asyncio.sleep(0.5)  # 15 frame periods
-    start = time.monotonic()
+    clock.advance(0.5)  # 15 frame periods
+    start, slept = clock.now, len(clock.sleeps)
     for _ in range(6):
         await camera.read()
-    elapsed = time.monotonic() - start
     await camera.stop()
-    assert elapsed >= 4.5 / 30
+    assert clock.now - start == pytest.approx(5 / 30)  # one at once, then five paced
+    assert len(clock.sleeps) - slept == 5
     assert camera.skipped == 1
 
 
-async def test_no_drift() -> None:
-    """The schedule is absolute: 45 frames at 30 fps end near 1.5 s, not later."""
+async def test_no_drift(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schedule is absolute: with 5 ms of work after each frame, 46 frames at 30 fps
+    still end at exactly 1.5 s (a relative sleep would end at 1.5 + 45 x 5 ms)."""
+    clock = FakeClock().install(monkeypatch, virtual)
     camera = VirtualCamera(fps=30)
     await camera.start()
-    start = time.monotonic()
+    start = clock.now
     for _ in range(46):
         await camera.read()
-    elapsed = time.monotonic() - start
+        clock.advance(0.005)
     await camera.stop()
-    assert 1.45 <= elapsed <= 1.6
+    assert clock.now - start == pytest.approx(45 / 30 + 0.005)
+    assert camera.skipped == 0
 
 
 async def test_read_requires_start_and_stop_is_idempotent() -> None:

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from callclient.errors import DeviceError
+from callclient.media import virtual
 from callclient.media.analysis import dominant_frequency, rms_dbfs, tone_present
 from callclient.media.base import BLOCK_SAMPLES
 from callclient.media.virtual import Sequence, Silence, Tone, VirtualMicrophone
+from tests.helpers.fakeclock import FakeClock
 
 
 async def _read(mic: VirtualMicrophone, blocks: int) -> np.ndarray:
@@ -80,16 +82,30 @@ async def test_mute_keeps_time_running() -> None:
     assert dominant_frequency(after) == pytest.approx(900, abs=10)
 
 
-async def test_paced_in_real_time() -> None:
-    """25 blocks take about 0.5 s."""
+async def test_paced_in_real_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock: the first block at once, then one per 20 ms exactly (26 blocks end at
+    0.5 s), even with 3 ms of work after each block."""
+    clock = FakeClock().install(monkeypatch, virtual)
+    mic = VirtualMicrophone(Silence())
+    await mic.start()
+    start = clock.now
+    for _ in range(26):
+        await mic.read()
+        clock.advance(0.003)
+    await mic.stop()
+    assert clock.now - start == pytest.approx(0.5 + 0.003)
+    assert len(clock.sleeps) == 25 and mic.blocks == 26
+
+
+async def test_paced_on_the_real_clock_never_early() -> None:
     mic = VirtualMicrophone(Silence())
     await mic.start()
     start = time.monotonic()
-    for _ in range(26):
+    for _ in range(11):
         await mic.read()
     elapsed = time.monotonic() - start
     await mic.stop()
-    assert 0.45 <= elapsed <= 0.65
+    assert elapsed >= 0.2 - 0.005  # no upper bound: a loaded machine may be late
 
 
 async def test_not_started() -> None:

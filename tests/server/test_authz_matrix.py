@@ -97,7 +97,8 @@ async def scene() -> AsyncIterator[Scene]:
             for user, call in (("alice", "c1"), ("bob", "c1"), ("mallory", "c3"),
                                ("trent", "c3")):
                 await c[user].call("media_state", {"callId": calls[call], "camera": True})
-            await asyncio.sleep(0.1)
+            # Every setup event has arrived once each client's ping is answered (see below).
+            await asyncio.gather(*(client.call("ping") for client in clients.values()))
             for client in clients.values():
                 await drain(client)
             yield Scene(server, clients, calls)
@@ -183,10 +184,13 @@ async def test_request_on_a_call_that_is_not_yours_is_refused(
     reply = await scene.clients[actor].request(kind, with_ids(data, scene.calls))
     assert not reply.ok, f"{case}: accepted"
     assert reply.code == code, f"{case}: [{reply.code}] {reply.message}"
+    # Wait once for everyone: the server handles frames in order and queues a request's
+    # events before it reads the next frame, so once each client's own ping is answered,
+    # anything the refused request sent that client has arrived (no sleep to guess at).
+    await asyncio.gather(*(c.call("ping") for c in scene.clients.values()))
     for client in scene.clients.values():
-        await client.no_more_events(0.0)
+        assert client.events.empty(), f"{case}: events reached {client.name}"
         assert client.relays.empty(), f"{case}: a relay reached {client.name}"
-    await scene.clients["alice"].no_more_events(0.1)  # anything delayed would be here by now
     assert scene.state() == before, case
     assert "serverTime" in await scene.clients[actor].call("ping")
 

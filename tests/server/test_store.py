@@ -231,7 +231,7 @@ def test_find_calls_keyset_pagination(store: CallStore) -> None:
     store.save_calls(calls)
     seen: list[StoredCall] = []
     after: tuple[float, str] | None = None
-    while True:
+    for _ in range(50):  # 250 calls in pages of 40 (+ the late ones): bounded, never a hang
         page = store.find_calls(APP, after=after, limit=40)
         if not page:
             break
@@ -240,6 +240,8 @@ def test_find_calls_keyset_pagination(store: CallStore) -> None:
         after = (page[-1].start_ts, page[-1].call_id)
         # a call arriving later never shifts the pages already read
         store.save_calls([make_call(f"late-{len(seen)}", 10.0)])
+    else:
+        pytest.fail("pagination did not end after 50 pages")
     expected = sorted(calls, key=lambda c: (c.start_ts, c.call_id))
     assert [c.call_id for c in seen] == [c.call_id for c in expected]
     assert len({c.call_id for c in seen}) == 250

@@ -25,6 +25,8 @@ from signaling_server.webhooks import (
     forbidden_target,
 )
 from tests.helpers.core import APP_ID
+from tests.helpers.rest import rest
+from tests.helpers.servers import new_server
 from tests.helpers.waits import eventually
 from tests.helpers.webhook_receiver import Receiver
 
@@ -188,3 +190,162 @@ async def test_response_body_is_read_only_up_to_a_bound(tmp_path: Path) -> None:
             await svc.flush()
     assert streaming == [True]
     assert outbox(db)[0][0] == "delivered"
+
+
+# --------------------------------------------------------------------------- retry caps, paging
+
+
+async def test_attempt_cap_discards_the_row_logs_it_and_the_call_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver answering 500 to one callback: after max_attempts the row is `discarded`
+    (a warning with the running count), the call's next callback is then sent, and the
+    configuration API shows the discarded row (used to retry forever, holding the call)."""
+    receiver = Receiver()
+    await receiver.start()
+    settings = dataclasses.replace(ALLOW_PRIVATE, max_attempts=3)
+    try:
+        async with (
+            new_server(db=str(tmp_path / "db"), http_port=0, webhooks=settings) as server,
+        ):
+            await rest(server, "callback/create_config", {"url": receiver.url})
+            svc = server.webhooks
+            assert svc is not None
+            receiver.status = 500
+            enqueue(svc)
+            await eventually(lambda: svc.discarded == 1, "the row discarded")
+            receiver.status = 200
+            svc.enqueue(APP_ID, "c1", "callee_call_end", "call_end", {"command": "callee_call_end"},
+                        {"CallId": "c1"})
+            await eventually(lambda: svc.delivered == 1, "the next callback delivered")
+            config = await rest(server, "callback/get_config", {})
+    finally:
+        await receiver.stop()
+    assert receiver.commands() == ["caller_call_end"] * 3 + ["callee_call_end"]
+    delivery = config["delivery"]
+    assert delivery["pending"] == 0 and delivery["discarded"] == 1
+    assert delivery["lastDiscarded"]["callId"] == "c1"
+    assert delivery["lastDiscarded"]["attempts"] == 3
+    assert "3 attempts" in delivery["lastDiscarded"]["error"]
+    warnings = [r.getMessage() for r in caplog.records if "discarded" in r.getMessage()]
+    assert len(warnings) == 1 and "1 discarded by this process" in warnings[0]
+
+
+async def test_age_cap_discards_a_row_retried_too_long(tmp_path: Path) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    receiver.status = 503
+    db = tmp_path / "db"
+    settings = dataclasses.replace(ALLOW_PRIVATE, max_age_s=0.5)
+    try:
+        async with service(db, settings) as svc:
+            await svc.create_config(receiver.url)
+            enqueue(svc)
+            await eventually(lambda: svc.discarded == 1, "the row discarded by age")
+            stats = await svc.delivery_stats()
+    finally:
+        await receiver.stop()
+    outcome, attempts, error = outbox(db)[0]
+    assert outcome == "discarded" and attempts >= 1 and "max_age_s" in error
+    assert stats["discarded"] == 1 and stats["pending"] == 0
+
+
+async def test_pending_rows_are_loaded_in_pages(tmp_path: Path) -> None:
+    """300 rows of 60 calls left undelivered by a run whose receiver was down: the next run
+    holds at most max_loaded (20) of them in memory, and at most that many sender tasks,
+    yet delivers all of them, each call's in order (it used to load all 300 and start 60
+    tasks at once)."""
+    receiver = Receiver()
+    await receiver.start()
+    url = receiver.url
+    await receiver.stop()
+    db = tmp_path / "db"
+    async with service(db, ALLOW_PRIVATE) as svc:
+        await svc.create_config(url)
+        for i in range(300):
+            svc.enqueue(APP_ID, f"call{i % 60}", f"caller_e{i}", "call_end",
+                        {"command": f"caller_e{i}"}, {"CallId": f"call{i % 60}", "n": i})
+        await svc.flush()
+    assert len([r for r in outbox(db) if r[0] == ""]) == 300
+    await receiver.start()
+    peak_memory = peak_tasks = 0
+    settings = dataclasses.replace(ALLOW_PRIVATE, max_loaded=20)
+    try:
+        async with service(db, settings) as svc:
+            while svc.delivered < 300:
+                peak_memory = max(peak_memory, svc.pending)
+                peak_tasks = max(peak_tasks, len(svc._workers))
+                await asyncio.sleep(0.002)
+                assert len(receiver.received) <= 300
+            await svc.flush()
+    finally:
+        await receiver.stop()
+    assert 0 < peak_memory <= 20 and 0 < peak_tasks <= 20, (peak_memory, peak_tasks)
+    assert [r[0] for r in outbox(db)] == ["delivered"] * 300
+    by_call: dict[str, list[int]] = {}
+    for got in receiver.received:
+        by_call.setdefault(got.body["CallId"], []).append(got.body["n"])
+    assert len(by_call) == 60
+    assert all(ns == sorted(ns) and len(ns) == 5 for ns in by_call.values())
+
+
+async def test_new_rows_wait_behind_a_backlog_in_order(tmp_path: Path) -> None:
+    """While older rows wait in the table, a new callback of the same call is not sent
+    before them."""
+    receiver = Receiver()
+    await receiver.start()
+    db = tmp_path / "db"
+    settings = dataclasses.replace(ALLOW_PRIVATE, max_loaded=4)
+    try:
+        async with service(db, settings) as svc:
+            await svc.create_config(receiver.url)
+            receiver.status = 500  # hold everything back for a while
+            for i in range(20):
+                svc.enqueue(APP_ID, "one", f"caller_e{i}", "call_end",
+                            {"command": f"caller_e{i}"}, {"CallId": "one", "n": i})
+            await svc.flush()
+            assert svc.pending <= 4
+            receiver.status = 200
+            await eventually(lambda: svc.delivered == 20, "all 20 delivered")
+    finally:
+        await receiver.stop()
+    delivered = [g.body["n"] for g in receiver.received if g.body.get("n") is not None]
+    # Failed attempts are recorded too; the first success of each row comes in order.
+    firsts = list(dict.fromkeys(delivered))
+    assert firsts == list(range(20))
+
+
+async def test_a_row_committed_with_its_record_is_retried_not_discarded_by_age(
+    tmp_path: Path,
+) -> None:
+    """The server's path: the row is committed with its record (``store.save``), then handed
+    over (``adopt``). A receiver down for the first attempts: the row is retried and delivered
+    — its age counts from its creation, not from the epoch (which discarded it at the second
+    attempt), and it is sent once though the pager also reads the table."""
+    receiver = Receiver()
+    await receiver.start()
+    receiver.status = 503
+    db = tmp_path / "db"
+    settings = dataclasses.replace(ALLOW_PRIVATE, max_age_s=3600.0)
+    try:
+        async with service(db, settings) as svc:
+            await svc.create_config(receiver.url)
+            store = CallStore(str(db))
+            try:
+                row = svc.outbox_row(APP_ID, "c1", "caller_call_end", "call_end",
+                                     {"command": "caller_call_end"}, {"CallId": "c1"})
+                assert row is not None
+                (row_id,) = store.save([], [row])
+            finally:
+                store.close()
+            svc.adopt(row, row_id)
+            await eventually(lambda: len(receiver.received) >= 2, "two attempts")
+            receiver.status = 200
+            failed = len(receiver.received)
+            await eventually(lambda: outbox(db)[0][0] == "delivered", "delivered")
+            assert svc.discarded == 0
+    finally:
+        await receiver.stop()
+    outcome, attempts, _ = outbox(db)[0]
+    assert outcome == "delivered" and attempts >= 3
+    assert len(receiver.received) - failed <= 1  # at most the attempt in flight, then one

@@ -78,6 +78,10 @@ class SoakClient:
         self.call_id: str | None = None
         self.action: tuple[float, str] | None = None
         self.reader: asyncio.Task[None] | None = None
+        self.events_before: dict[int, int] = {}
+        """Per request id: events already queued when its reply arrived (they came first)."""
+        self.events_before_reply = 0
+        """The same for the last reply :meth:`request` returned."""
 
     async def open(self, url: str) -> None:
         """Connect and log in."""
@@ -109,6 +113,8 @@ class SoakClient:
                     if future is None:
                         self.tally.unexpected.append(f"{self.user}: stray reply {frame}")
                     elif not future.done():
+                        assert isinstance(frame.id, int)
+                        self.events_before[frame.id] = self.events.qsize()
                         future.set_result(frame)
                 elif isinstance(frame, Event):
                     self.events.put_nowait(frame)
@@ -124,6 +130,7 @@ class SoakClient:
         self.pending[request_id] = future
         await self.ws.send(protocol.encode_request(kind, request_id, data))
         reply = await asyncio.wait_for(future, 15)
+        self.events_before_reply = self.events_before.pop(request_id, 0)
         self.tally.requests[kind] += 1
         if not reply.ok:
             self.tally.errors[(kind, reply.code)] += 1
@@ -179,6 +186,11 @@ class SoakClient:
             reply = await self.request("calls", {"userIDList": [callee],
                                                  "mediaType": self.rng.choice([1, 2]),
                                                  "timeout": timeout})
+            # Events that arrived before the reply happened before the call: handle them
+            # first (an invitation that was cancelled before our call began is not one that
+            # reaches us "while calling"; taking them after the reply was this test's race).
+            for _ in range(self.events_before_reply):
+                self._on_event(self.events.get_nowait())
             if reply.ok:
                 self.tally.call_ids.add(reply.data["callId"])
                 if self.status == "idle":  # its events have not been read yet
@@ -280,12 +292,14 @@ async def test_soak_500_clients_60_s(
     assert await asyncio.wait_for(process.wait(), 15) == 0
 
     with contextlib.closing(sqlite3.connect(db)) as conn:
+        # One row per call is the primary key's job; what can go wrong is a record left open,
+        # with an unknown result, or ending before it started.
         rows = conn.execute(
-            "SELECT call_id, COUNT(*), MAX(result), MAX(end_ts IS NULL) FROM calls "
-            "WHERE sdk_app_id = ? GROUP BY call_id", (APP,)
+            "SELECT call_id, result, end_ts IS NULL OR end_ts < start_ts FROM calls "
+            "WHERE sdk_app_id = ?", (APP,)
         ).fetchall()
-    stored = {call_id: (count, result, open_) for call_id, count, result, open_ in rows}
-    results = Counter(result for _, result, _ in stored.values())
+    stored = {call_id: (result, bad_end) for call_id, result, bad_end in rows}
+    results = Counter(result for result, _ in stored.values())
     ratio = end_rss / warm_rss
     summary = (
         f"{len(tally.call_ids)} calls in {LOAD_S:.0f} s (+{drained:.1f} s drain) "
@@ -299,8 +313,9 @@ async def test_soak_500_clients_60_s(
     missing = [c for c in tally.call_ids if c not in stored]
     assert not missing, f"{len(missing)} calls have no record, e.g. {missing[:3]}"
     assert set(stored) == tally.call_ids, "the database holds calls no client saw"
-    bad = {c: v for c, v in stored.items() if v[0] != 1 or not v[1] or v[2]}
-    assert not bad, f"calls without exactly one final record: {list(bad.items())[:5]}"
+    final = {"normal_end", "reject", "not_answer", "cancel", "call_busy", "interrupt"}
+    bad = {c: v for c, v in stored.items() if v[0] not in final or v[1]}
+    assert not bad, f"calls without a final record (result, bad end): {list(bad.items())[:5]}"
     assert results["interrupt"] == 0, summary
     for result in ("normal_end", "reject", "not_answer", "cancel", "call_busy"):
         assert results[result] > 0, f"no {result}: {summary}"
