@@ -26,6 +26,7 @@ from callclient.apps.measure import AudioMeter, StampView
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.media.virtual import Tone
+from callclient.sfu import SfuTransport
 from callclient.types import (
     CallMediaType,
     Resolution,
@@ -97,6 +98,10 @@ class LoopbackReport:
     """Whether each engine ran in its own process."""
     sfu: bool = False
     """Whether the call went through a Janus SFU."""
+    uplink_kbps: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per user, the RTP payload+header bytes it sent in the window (every connection)."""
+    cpu_percent: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per user, its process's CPU in the window (% of one core; one process: the same)."""
 
     def stream(self, receiver: str, sender: str) -> StreamReport:
         """The report of ``receiver`` <- ``sender``."""
@@ -123,6 +128,8 @@ class LoopbackReport:
             "dial_ms": round(self.dial_ms, 1),
             "processes": self.processes,
             "sfu": self.sfu,
+            "uplink_kbps": {u: round(v, 1) for u, v in self.uplink_kbps.items()},
+            "cpu_percent": {u: round(v, 1) for u, v in self.cpu_percent.items()},
             "users": per_user,
         }
 
@@ -315,13 +322,46 @@ async def _wait_media(person: _Participant, video: bool, within: float) -> None:
     await _cancel_all(waiters)
 
 
+async def _bytes_sent(engine: CallEngine) -> int:
+    """RTP bytes sent so far on every connection of the engine's call."""
+    transport = engine._media.transport
+    if transport is None:
+        return 0
+    if isinstance(transport, SfuTransport):
+        pcs = [transport.publisher_pc]
+    else:
+        pcs = [peer.pc for peer in transport.peers.values()]
+    total = 0
+    for pc in pcs:
+        if pc is None:
+            continue
+        with contextlib.suppress(Exception):
+            for stats in (await pc.getStats()).values():
+                if getattr(stats, "type", "") == "outbound-rtp":
+                    total += int(getattr(stats, "bytesSent", 0) or 0)
+    return total
+
+
+@dataclass(frozen=True)
+class _Measured:
+    since: float
+    until: float
+    streams: list[StreamReport]
+    uplink_kbps: float
+    cpu_percent: float
+
+
 async def _measure(
     person: _Participant, settings: _Settings, accept_times: dict[str, float | None]
-) -> tuple[float, float, list[StreamReport]]:
+) -> _Measured:
     skipped = person.skipped()
+    sent = await _bytes_sent(person.engine)
+    cpu = time.process_time()
     since = time.time()
     await asyncio.sleep(settings.seconds)
     until = time.time()
+    cpu = time.process_time() - cpu
+    sent = await _bytes_sent(person.engine) - sent
     dropped = {user: count - skipped.get(user, 0) for user, count in person.skipped().items()}
     # Let the analysers catch up on the frames of the window.
     await asyncio.gather(*(asyncio.to_thread(view.close) for view in person.views.values()))
@@ -330,7 +370,20 @@ async def _measure(
                        tone_for(settings.names.index(sender)), dropped.get(sender, 0))
         for sender in person.views
     ]
-    return since, until, streams
+    window = max(until - since, 1e-6)
+    return _Measured(since, until, streams, sent * 8 / 1000 / window, 100.0 * cpu / window)
+
+
+def _combine(settings: _Settings, measured: Sequence[_Measured], dial_ms: float,
+             names: Sequence[str]) -> LoopbackReport:
+    since = min(m.since for m in measured)
+    until = max(m.until for m in measured)
+    report = settings.report(until - since, dial_ms, [s for m in measured for s in m.streams])
+    return dataclasses.replace(
+        report,
+        uplink_kbps={n: m.uplink_kbps for n, m in zip(names, measured, strict=True)},
+        cpu_percent={n: m.cpu_percent for n, m in zip(names, measured, strict=True)},
+    )
 
 
 async def _run_in_process(
@@ -360,10 +413,8 @@ async def _run_in_process(
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3):
                 await caller.engine.hangup()
-        since = min(m[0] for m in measured)
-        until = max(m[1] for m in measured)
-        streams = [s for m in measured for s in m[2]]
-        return settings.report(until - since, (connected - dial_time) * 1000.0, streams)
+        return _combine(settings, measured, (connected - dial_time) * 1000.0,
+                        [p.name for p in people])
 
 
 # ------------------------------------------------------------------ one process per engine
@@ -400,8 +451,8 @@ async def _child(conn: Connection, url: str, settings: _Settings, index: int,
         await _wait_media(person, settings.video, settings.connect_timeout)
         conn.send(("connected", person.accept_time))
         message, accept_times = await asyncio.to_thread(conn.recv)
-        since, until, streams = await _measure(person, settings, accept_times)
-        conn.send(("report", (since, until, [dataclasses.asdict(s) for s in streams])))
+        measured = await _measure(person, settings, accept_times)
+        conn.send(("report", measured))
         await asyncio.to_thread(conn.recv)  # "bye"
         if index == 0:
             with contextlib.suppress(Exception):
@@ -472,10 +523,7 @@ async def _run_processes(
                    for i in range(settings.users)]
         for pipe in pipes:
             pipe.send(("bye", None))
-        since = min(r[0] for r in results)
-        until = max(r[1] for r in results)
-        streams = [StreamReport(**item) for r in results for item in r[2]]
-        return settings.report(until - since, (connected - dial_time) * 1000.0, streams)
+        return _combine(settings, results, (connected - dial_time) * 1000.0, settings.names)
     finally:
         for process in children:
             await asyncio.to_thread(process.join, 10.0)

@@ -48,6 +48,8 @@ __all__ = [
 
 _JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
 _HALF_SEQ = 1 << 15
+_KEYFRAME_ASK_EVERY = 10
+"""Frames dropped while waiting for a keyframe between two keyframe requests."""
 
 
 class AiortcInternalsChanged(RuntimeError):
@@ -110,8 +112,9 @@ class MarkerVideoJitterBuffer(JitterBuffer):
         if frame is not None and self.waiting_keyframe:
             if not is_keyframe(frame.data):
                 self.dropped_before_keyframe += 1
-                # Ask for a keyframe once; the SFU forwards it to the sender.
-                return pli or self.dropped_before_keyframe == 1, None
+                # Ask for a keyframe (the SFU forwards it to the sender), and again every
+                # few frames: the one answering the first request may be lost.
+                return pli or self.dropped_before_keyframe % _KEYFRAME_ASK_EVERY == 1, None
             self.waiting_keyframe = False
         return pli, frame
 
