@@ -205,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=positive_float, default=8.0,
                         help="length of the call (default %(default)s)")
+    parser.add_argument("--group", action="store_true",
+                        help="alice group-calls two bots through a Janus subprocess (the SFU)")
     parser.add_argument("--out", type=Path, default=Path("out"),
                         help="output directory (default %(default)s)")
     _add_log_level(parser)
@@ -242,8 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_bot(args))
         if args.command == "loopback":
             return asyncio.run(_loopback(args))
-        from callclient.apps.demo import run_demo
+        from callclient.apps.demo import run_demo, run_group_demo
 
+        if args.group:
+            return asyncio.run(run_group_demo(seconds=args.seconds, out=args.out))
         return asyncio.run(run_demo(seconds=args.seconds, out=args.out))
     except CallError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
