@@ -50,6 +50,8 @@ _JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
 _HALF_SEQ = 1 << 15
 _KEYFRAME_ASK_EVERY = 10
 """Frames dropped while waiting for a keyframe between two keyframe requests."""
+_KEYFRAME_WAIT_LIMIT = 30
+"""Frames dropped at most while waiting for a keyframe (1 s at 30 fps, 3 s at 10 fps)."""
 
 
 class AiortcInternalsChanged(RuntimeError):
@@ -110,6 +112,12 @@ class MarkerVideoJitterBuffer(JitterBuffer):
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         pli, frame = super().add(packet)
         if frame is not None and self.waiting_keyframe:
+            if self.dropped_before_keyframe >= _KEYFRAME_WAIT_LIMIT:
+                # No keyframe recognised for that long (lost, or not recognisable): decode
+                # anyway; the decoder's errors ask for one as they do for any stream.
+                self.waiting_keyframe = False
+                self.dropped_before_keyframe = 0
+                return pli, frame
             if not is_keyframe(frame.data):
                 self.dropped_before_keyframe += 1
                 # Ask for a keyframe (the SFU forwards it to the sender), and again every

@@ -26,6 +26,7 @@ from tests.helpers.engine import (
     tone_levels,
 )
 from tests.helpers.servers import new_server
+from tests.helpers.waits import T
 
 VIDEO = CallMediaType.VIDEO
 AVAILABILITY = ["on_user_audio_available", "on_user_video_available"]
@@ -76,7 +77,9 @@ def transport(party: Party) -> SfuTransport:
 async def everyone_gets_everyone(members: list[Party]) -> None:
     """Each member's video advances in every other's view and each hears every other's tone."""
     views = [p.view_of(q.user_id) for p in members for q in members if p is not q]
-    await asyncio.gather(*(frames_advance(view, frames=5) for view in views))
+    # Twice the usual wait: up to four engines share this process on a loaded 2-core machine,
+    # and a member who just joined connects its publisher and every subscription at once.
+    await asyncio.gather(*(frames_advance(view, frames=5, timeout=2 * T) for view in views))
     for party in members:
         heard = [TONES[q.user_id] for q in members if q is not party]
 

@@ -91,6 +91,15 @@ def test_a_stream_joined_midway_waits_for_its_first_keyframe() -> None:
     assert buffer.dropped_before_keyframe == 12
 
 
+def test_the_keyframe_wait_is_bounded() -> None:
+    """30 frames without a recognisable keyframe: frames are decoded anyway."""
+    buffer = MarkerVideoJitterBuffer(capacity=64, wait_keyframe=True)
+    out = [buffer.add(_packet(seq, seq * 3000, marker=1, data=VP8_DELTA))[1]
+           for seq in range(1, 33)]
+    assert out[:30] == [None] * 30 and out[30] is not None and out[31] is not None
+    assert not buffer.waiting_keyframe
+
+
 class _FakeReceiver:
     pass
 
