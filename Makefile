@@ -16,7 +16,7 @@ APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
 	chromium chromium-driver \
 	janus
 
-.PHONY: demo test bench bench-quick lint setup sysdeps clean
+.PHONY: demo demo-group test bench bench-quick lint setup sysdeps clean
 
 $(STAMP): pyproject.toml callwire/version.py
 	@test -x $(PY) || python3 -m venv .venv
@@ -31,6 +31,9 @@ sysdeps:
 
 demo: setup
 	@$(PY) -m callclient demo
+
+demo-group: setup
+	@$(PY) -m callclient demo --group
 
 test: setup
 	@$(PY) -m pytest -q

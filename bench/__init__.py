@@ -11,5 +11,6 @@ BENCHES: list[str] = [
     "bench.stack",
     "bench.audio_processing",
     "bench.login_churn",
+    "bench.sfu",
 ]
 """Modules run by ``python -m bench``; each has ``main(argv)`` returning an exit status."""

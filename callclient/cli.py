@@ -3,7 +3,8 @@
 ``callclient bot --user ID --server URL [--auto-accept] [--call IDS] [--play FILE]
 [--record DIR] ...`` logs events as JSON lines on stdout and stops on SIGINT/SIGTERM with its
 recordings finalized. ``callclient loopback [--users N] [--seconds S] [--resolution R]`` runs a
-whole call between virtual-device engines and prints what each user received.
+whole call between virtual-device engines (one process each from 3 users, through a Janus
+subprocess with --sfu) and prints what each user received and the frames dropped.
 ``callclient demo`` is ``make demo``; ``callclient --version`` prints the version. Errors are
 one line on stderr: exit 2 for bad usage, 1 for failures (unreachable server, refused login,
 unreadable file).
@@ -180,6 +181,13 @@ def _parser() -> argparse.ArgumentParser:
                       metavar="{audio,video}", help="call media (default video)")
     loop.add_argument("--fps", type=positive_float, default=30.0,
                       help="camera frame rate (default %(default)s)")
+    procs = loop.add_mutually_exclusive_group()
+    procs.add_argument("--processes", dest="processes", action="store_true", default=None,
+                       help="each engine in its own process (default with 3 users or more)")
+    procs.add_argument("--one-process", dest="processes", action="store_false",
+                       help="every engine in this process")
+    loop.add_argument("--sfu", action="store_true",
+                      help="start a Janus subprocess and carry the call through it")
     loop.add_argument("--json", action="store_true", help="print the report as JSON")
     loop.add_argument("--events", action="store_true", help="print events as they happen")
     _add_log_level(loop)
@@ -197,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=positive_float, default=8.0,
                         help="length of the call (default %(default)s)")
+    parser.add_argument("--group", action="store_true",
+                        help="alice group-calls two bots through a Janus subprocess (the SFU)")
     parser.add_argument("--out", type=Path, default=Path("out"),
                         help="output directory (default %(default)s)")
     _add_log_level(parser)
@@ -234,8 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_bot(args))
         if args.command == "loopback":
             return asyncio.run(_loopback(args))
-        from callclient.apps.demo import run_demo
+        from callclient.apps.demo import run_demo, run_group_demo
 
+        if args.group:
+            return asyncio.run(run_group_demo(seconds=args.seconds, out=args.out))
         return asyncio.run(run_demo(seconds=args.seconds, out=args.out))
     except CallError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
@@ -289,6 +301,7 @@ async def _loopback(args: argparse.Namespace) -> int:
         run = asyncio.ensure_future(run_loopback(
             users=args.users, seconds=args.seconds, resolution=args.resolution,
             media=args.media, fps=args.fps, on_event=show if args.events else None,
+            processes=args.processes, sfu=args.sfu,
         ))
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait([run, stopper], return_when=asyncio.FIRST_COMPLETED)

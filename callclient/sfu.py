@@ -453,8 +453,10 @@ class SfuTransport:
             now = time.monotonic()
             for user_id, feed in list(self.peers.items()):
                 received = counts.get(user_id)
-                if received is None:
-                    continue  # not subscribed yet: negotiation has its own timeouts
+                if not received:
+                    # Not subscribed, or the member's own publisher still connecting: the
+                    # silence clock starts at their first packet.
+                    continue
                 feed.liveness.connected(now)
                 if received > feed.packets:
                     feed.packets = received

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from callclient.apps.events import CallbackObserver, event_record, jsonable
@@ -23,6 +26,7 @@ from callclient.apps.measure import AudioMeter, StampView
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.media.virtual import Tone
+from callclient.sfu import SfuTransport
 from callclient.types import (
     CallMediaType,
     Resolution,
@@ -31,6 +35,7 @@ from callclient.types import (
 )
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.usersig import generate_user_sig
+from signaling_server.core import CoreConfig
 from signaling_server.server import ServerConfig, SignalingServer
 
 __all__ = ["LoopbackReport", "StreamReport", "run_loopback", "tone_for"]
@@ -62,6 +67,8 @@ class StreamReport:
     expected_hz: float
     setup_ms: float | None
     """From the (later) accept of the two users to the first frame (audio block if audio)."""
+    frames_dropped: int = 0
+    """Decoded frames of the sender that the receiver dropped in the window (newest wins)."""
 
     @property
     def heard(self) -> bool:
@@ -87,6 +94,14 @@ class LoopbackReport:
     dial_ms: float
     """From the ``calls()`` request to media flowing between every pair."""
     streams: tuple[StreamReport, ...]
+    processes: bool = False
+    """Whether each engine ran in its own process."""
+    sfu: bool = False
+    """Whether the call went through a Janus SFU."""
+    uplink_kbps: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per user, the RTP payload+header bytes it sent in the window (every connection)."""
+    cpu_percent: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per user, its process's CPU in the window (% of one core; one process: the same)."""
 
     def stream(self, receiver: str, sender: str) -> StreamReport:
         """The report of ``receiver`` <- ``sender``."""
@@ -111,6 +126,10 @@ class LoopbackReport:
             "fps": self.fps,
             "seconds": round(self.seconds, 3),
             "dial_ms": round(self.dial_ms, 1),
+            "processes": self.processes,
+            "sfu": self.sfu,
+            "uplink_kbps": {u: round(v, 1) for u, v in self.uplink_kbps.items()},
+            "cpu_percent": {u: round(v, 1) for u, v in self.cpu_percent.items()},
             "users": per_user,
         }
 
@@ -120,10 +139,12 @@ class LoopbackReport:
         lines = [
             f"loopback: {len(self.users)} users, {self.media.name.lower()}"
             + (f" {self.width}x{self.height} @ {self.fps:g} fps" if video else "")
-            + f", measured {self.seconds:.1f} s, dial to media {self.dial_ms:.0f} ms",
+            + f", measured {self.seconds:.1f} s, dial to media {self.dial_ms:.0f} ms"
+            + (", one process per user" if self.processes else ", one process")
+            + (", through Janus" if self.sfu else ""),
             f"{'receiver':<10} {'sender':<10} {'frames':>6} {'fps':>5} "
             f"{'latency med/p95 ms':>19} {'setup ms':>8} {'audio s':>7} "
-            f"{'heard Hz':>8} {'sent Hz':>7}",
+            f"{'heard Hz':>8} {'sent Hz':>7} {'dropped':>7}",
         ]
         for s in self.streams:
             latency = (
@@ -136,7 +157,7 @@ class LoopbackReport:
             lines.append(
                 f"{s.receiver:<10} {s.sender:<10} {s.frames:>6} {s.fps:>5.1f} "
                 f"{latency:>19} {setup:>8} {s.audio_seconds:>7.2f} {heard:>8} "
-                f"{s.expected_hz:>7.0f}{'' if s.heard else '  NOT HEARD'}"
+                f"{s.expected_hz:>7.0f} {s.frames_dropped:>7}{'' if s.heard else '  NOT HEARD'}"
             )
         return "\n".join(lines)
 
@@ -175,6 +196,10 @@ class _Participant:
         if meter is not None:
             meter.add(block, time.time())
 
+    def skipped(self) -> dict[str, int]:
+        """Frames dropped so far per sender (the receive pipeline keeps the newest)."""
+        return {user: s.video_frames_skipped for user, s in self.engine.remote_stats.items()}
+
     def first_time(self, sender: str, video: bool) -> float | None:
         if video:
             return self.views[sender].meter.first_frame_time
@@ -190,12 +215,16 @@ async def run_loopback(
     fps: float = 30.0,
     connect_timeout: float = 20.0,
     on_event: EventSink | None = None,
+    processes: bool | None = None,
+    sfu: bool = False,
 ) -> LoopbackReport:
     """Run one loopback call and return what every user received from every other.
 
     ``connect_timeout`` bounds the wait for media between every pair; pairs still silent
     after it are reported with zero frames. ``on_event`` receives every observer callback of
-    every engine as a log record.
+    every engine as a log record. ``processes`` runs each engine in its own process (default:
+    when there are 3 users or more), so the run measures the stack rather than one
+    interpreter's GIL; ``sfu`` starts a Janus subprocess and carries the call through it.
     """
     if users < 2:
         raise ValueError(f"users must be at least 2, got {users}")
@@ -205,81 +234,305 @@ async def run_loopback(
     if media is CallMediaType.NONE:
         raise ValueError("media must be audio or video")
     resolution = Resolution(resolution)
+    if processes is None:
+        processes = users >= 3
+    settings = _Settings(users, seconds, int(resolution), int(media), fps, connect_timeout)
+    async with contextlib.AsyncExitStack() as stack:
+        core = CoreConfig()
+        if sfu:
+            from signaling_server.janus_proc import JanusProcess
+
+            janus = await stack.enter_async_context(JanusProcess())
+            core = CoreConfig(sfu=(janus.url,))
+        config = ServerConfig(port=0, sdk_app_id=DEV_SDK_APP_ID, secret_key=DEV_SECRET_KEY,
+                              db=":memory:", core=core)
+        server = await stack.enter_async_context(SignalingServer(config))
+        if processes:
+            report = await _run_processes(server.url, settings, on_event)
+        else:
+            report = await _run_in_process(server.url, settings, on_event)
+        return dataclasses.replace(report, processes=processes, sfu=sfu)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    users: int
+    seconds: float
+    resolution: int
+    media: int
+    fps: float
+    connect_timeout: float
+
+    @property
+    def names(self) -> list[str]:
+        return [f"user{i}" for i in range(self.users)]
+
+    @property
+    def video(self) -> bool:
+        return CallMediaType(self.media) is CallMediaType.VIDEO
+
+    def report(self, seconds: float, dial_ms: float,
+               streams: Sequence[StreamReport]) -> LoopbackReport:
+        resolution = Resolution(self.resolution)
+        width, height = resolution_size(resolution)
+        return LoopbackReport(
+            users=tuple(self.names), media=CallMediaType(self.media), resolution=resolution,
+            width=width, height=height, fps=self.fps, seconds=seconds, dial_ms=dial_ms,
+            streams=tuple(streams),
+        )
+
+
+def _participant(
+    settings: _Settings, index: int, url: str, sink: EventSink | None
+) -> _Participant:
+    name = settings.names[index]
+    resolution = Resolution(settings.resolution)
     width, height = resolution_size(resolution)
-    video = media is CallMediaType.VIDEO
-    names = [f"user{i}" for i in range(users)]
-    config = ServerConfig(port=0, sdk_app_id=DEV_SDK_APP_ID, secret_key=DEV_SECRET_KEY,
-                          db=":memory:")
-    async with SignalingServer(config) as server, contextlib.AsyncExitStack() as stack:
+    devices = DeviceSet.virtual(
+        name, width=width, height=height, fps=settings.fps, program=Tone(tone_for(index), 0.3)
+    )
+    person = _Participant(name, index, devices, url, sink)
+    person.engine.set_video_encoder_params(VideoEncoderParams(resolution=resolution))
+    person.watch([other for other in settings.names if other != name])
+    return person
+
+
+async def _login(person: _Participant) -> None:
+    await person.engine.login(DEV_SDK_APP_ID, person.name,
+                              generate_user_sig(DEV_SDK_APP_ID, DEV_SECRET_KEY, person.name))
+
+
+async def _answer(person: _Participant, video: bool) -> None:
+    await person.invited.wait()
+    if video:
+        await person.engine.open_camera()
+    person.accept_time = time.time()
+    await person.engine.accept()
+
+
+async def _wait_media(person: _Participant, video: bool, within: float) -> None:
+    waiters = [
+        asyncio.ensure_future(
+            person.views[other].wait_frames(1, within) if video
+            else person.meters[other].started.wait()
+        )
+        for other in person.views
+    ]
+    await asyncio.wait(waiters, timeout=within)
+    await _cancel_all(waiters)
+
+
+async def _bytes_sent(engine: CallEngine) -> int:
+    """RTP bytes sent so far on every connection of the engine's call."""
+    transport = engine._media.transport
+    if transport is None:
+        return 0
+    if isinstance(transport, SfuTransport):
+        pcs = [transport.publisher_pc]
+    else:
+        pcs = [peer.pc for peer in transport.peers.values()]
+    total = 0
+    for pc in pcs:
+        if pc is None:
+            continue
+        with contextlib.suppress(Exception):
+            for stats in (await pc.getStats()).values():
+                if getattr(stats, "type", "") == "outbound-rtp":
+                    total += int(getattr(stats, "bytesSent", 0) or 0)
+    return total
+
+
+@dataclass(frozen=True)
+class _Measured:
+    since: float
+    until: float
+    streams: list[StreamReport]
+    uplink_kbps: float
+    cpu_percent: float
+
+
+async def _measure(
+    person: _Participant, settings: _Settings, accept_times: dict[str, float | None]
+) -> _Measured:
+    skipped = person.skipped()
+    sent = await _bytes_sent(person.engine)
+    cpu = time.process_time()
+    since = time.time()
+    await asyncio.sleep(settings.seconds)
+    until = time.time()
+    cpu = time.process_time() - cpu
+    sent = await _bytes_sent(person.engine) - sent
+    dropped = {user: count - skipped.get(user, 0) for user, count in person.skipped().items()}
+    # Let the analysers catch up on the frames of the window.
+    await asyncio.gather(*(asyncio.to_thread(view.close) for view in person.views.values()))
+    streams = [
+        _stream_report(person, sender, since, until, accept_times, settings.video,
+                       tone_for(settings.names.index(sender)), dropped.get(sender, 0))
+        for sender in person.views
+    ]
+    window = max(until - since, 1e-6)
+    return _Measured(since, until, streams, sent * 8 / 1000 / window, 100.0 * cpu / window)
+
+
+def _combine(settings: _Settings, measured: Sequence[_Measured], dial_ms: float,
+             names: Sequence[str]) -> LoopbackReport:
+    since = min(m.since for m in measured)
+    until = max(m.until for m in measured)
+    report = settings.report(until - since, dial_ms, [s for m in measured for s in m.streams])
+    return dataclasses.replace(
+        report,
+        uplink_kbps={n: m.uplink_kbps for n, m in zip(names, measured, strict=True)},
+        cpu_percent={n: m.cpu_percent for n, m in zip(names, measured, strict=True)},
+    )
+
+
+async def _run_in_process(
+    url: str, settings: _Settings, on_event: EventSink | None
+) -> LoopbackReport:
+    async with contextlib.AsyncExitStack() as stack:
         people: list[_Participant] = []
-        for index, name in enumerate(names):
-            devices = DeviceSet.virtual(
-                name, width=width, height=height, fps=fps, program=Tone(tone_for(index), 0.3)
-            )
-            person = _Participant(name, index, devices, server.url, on_event)
+        for index in range(settings.users):
+            person = _participant(settings, index, url, on_event)
             stack.push_async_callback(_close_participant, person)
-            person.engine.set_video_encoder_params(VideoEncoderParams(resolution=resolution))
-            person.watch([other for other in names if other != name])
             people.append(person)
-        await asyncio.gather(*(
-            p.engine.login(DEV_SDK_APP_ID, p.name,
-                           generate_user_sig(DEV_SDK_APP_ID, DEV_SECRET_KEY, p.name))
-            for p in people
-        ))
+        await asyncio.gather(*(_login(p) for p in people))
         caller, callees = people[0], people[1:]
-        if video:
+        if settings.video:
             await caller.engine.open_camera()
-
-        async def answer(person: _Participant) -> None:
-            await person.invited.wait()
-            if video:
-                await person.engine.open_camera()
-            person.accept_time = time.time()
-            await person.engine.accept()
-
-        answering = [asyncio.create_task(answer(p)) for p in callees]
+        answering = [asyncio.create_task(_answer(p, settings.video)) for p in callees]
         stack.push_async_callback(_cancel_all, answering)
         dial_time = time.time()
-        await caller.engine.calls([p.name for p in callees], media)
-        async with asyncio.timeout(connect_timeout):
+        await caller.engine.calls([p.name for p in callees], CallMediaType(settings.media))
+        async with asyncio.timeout(settings.connect_timeout):
             await asyncio.gather(*answering)
-        waiters = [
-            asyncio.ensure_future(
-                p.views[other].wait_frames(1, connect_timeout) if video
-                else p.meters[other].started.wait()
-            )
-            for p in people for other in p.views
-        ]
-        await asyncio.wait(waiters, timeout=connect_timeout)
-        await _cancel_all(waiters)
+        await asyncio.gather(*(_wait_media(p, settings.video, settings.connect_timeout)
+                               for p in people))
         connected = time.time()
-        since = connected
-        await asyncio.sleep(seconds)
-        until = time.time()
-        # Let the analysers catch up on the frames of the window.
-        await asyncio.gather(*(
-            asyncio.to_thread(view.close) for p in people for view in p.views.values()
-        ))
         accept_times = {p.name: p.accept_time for p in callees}
-        streams = [
-            _stream_report(p, sender, since, until, accept_times, video,
-                           tone_for(names.index(sender)))
-            for p in people for sender in p.views
-        ]
+        measured = await asyncio.gather(*(_measure(p, settings, accept_times) for p in people))
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3):
                 await caller.engine.hangup()
-        return LoopbackReport(
-            users=tuple(names),
-            media=media,
-            resolution=resolution,
-            width=width,
-            height=height,
-            fps=fps,
-            seconds=until - since,
-            dial_ms=(connected - dial_time) * 1000.0,
-            streams=tuple(streams),
-        )
+        return _combine(settings, measured, (connected - dial_time) * 1000.0,
+                        [p.name for p in people])
+
+
+# ------------------------------------------------------------------ one process per engine
+#
+# The parent runs the server (and Janus); each child one engine. They talk over a pipe:
+# child "ready" -> parent "call" (to user0) -> child "connected" (with its accept time) ->
+# parent "measure" (with every accept time) -> child "report" -> parent "bye". A child also
+# sends "event" records when the parent wants them.
+
+
+def _child_main(conn: Connection, url: str, settings: _Settings, index: int,
+                events: bool) -> None:
+    asyncio.run(_child(conn, url, settings, index, events))
+
+
+async def _child(conn: Connection, url: str, settings: _Settings, index: int,
+                 events: bool) -> None:
+    def sink(record: dict[str, Any]) -> None:
+        conn.send(("event", record))
+
+    person = _participant(settings, index, url, sink if events else None)
+    try:
+        await _login(person)
+        if index == 0 and settings.video:
+            await person.engine.open_camera()
+        answering = asyncio.ensure_future(_answer(person, settings.video)) if index else None
+        conn.send(("ready", None))
+        message, data = await asyncio.to_thread(conn.recv)
+        if message == "call":
+            await person.engine.calls(list(data), CallMediaType(settings.media))
+        if answering is not None:
+            async with asyncio.timeout(settings.connect_timeout):
+                await answering
+        await _wait_media(person, settings.video, settings.connect_timeout)
+        conn.send(("connected", person.accept_time))
+        message, accept_times = await asyncio.to_thread(conn.recv)
+        measured = await _measure(person, settings, accept_times)
+        conn.send(("report", measured))
+        await asyncio.to_thread(conn.recv)  # "bye"
+        if index == 0:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(3):
+                    await person.engine.hangup()
+    finally:
+        await _close_participant(person)
+        conn.close()
+
+
+async def _run_processes(
+    url: str, settings: _Settings, on_event: EventSink | None
+) -> LoopbackReport:
+    context = multiprocessing.get_context("spawn")  # never fork a running event loop
+    pipes: list[Connection] = []
+    children = []
+    inboxes: list[asyncio.Queue[tuple[str, Any]]] = []
+    readers: list[asyncio.Task[None]] = []
+
+    async def read(conn: Connection, inbox: asyncio.Queue[tuple[str, Any]]) -> None:
+        while True:
+            try:
+                message = await asyncio.to_thread(conn.recv)
+            except (EOFError, OSError):
+                await inbox.put(("gone", None))
+                return
+            if message[0] == "event":
+                if on_event is not None:
+                    on_event(message[1])
+            else:
+                await inbox.put(message)
+
+    async def expect(index: int, kind: str, within: float) -> Any:
+        async with asyncio.timeout(within):
+            message, data = await inboxes[index].get()
+        if message != kind:
+            raise RuntimeError(f"loopback user{index}: expected {kind}, got {message}")
+        return data
+
+    try:
+        for index in range(settings.users):
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_child_main, args=(child, url, settings, index, on_event is not None),
+                name=f"loopback user{index}", daemon=True)
+            process.start()
+            child.close()
+            pipes.append(parent)
+            children.append(process)
+            inboxes.append(asyncio.Queue())
+            readers.append(asyncio.ensure_future(read(parent, inboxes[-1])))
+        startup = 60.0  # each child imports aiortc, PyAV and OpenCV on a loaded machine
+        for index in range(settings.users):
+            await expect(index, "ready", startup)
+        dial_time = time.time()
+        pipes[0].send(("call", settings.names[1:]))
+        for index in range(1, settings.users):
+            pipes[index].send(("go", None))
+        accept_times = {}
+        for index in range(settings.users):
+            accepted = await expect(index, "connected", 2 * settings.connect_timeout)
+            if index:
+                accept_times[settings.names[index]] = accepted
+        connected = time.time()
+        for pipe in pipes:
+            pipe.send(("measure", accept_times))
+        results = [await expect(i, "report", settings.seconds + 60.0)
+                   for i in range(settings.users)]
+        for pipe in pipes:
+            pipe.send(("bye", None))
+        return _combine(settings, results, (connected - dial_time) * 1000.0, settings.names)
+    finally:
+        for process in children:
+            await asyncio.to_thread(process.join, 10.0)
+            if process.is_alive():
+                process.kill()
+                await asyncio.to_thread(process.join)
+        await _cancel_all(readers)
+        for pipe in pipes:
+            pipe.close()
 
 
 def _stream_report(
@@ -290,6 +543,7 @@ def _stream_report(
     accept_times: dict[str, float | None],
     video: bool,
     expected_hz: float,
+    dropped: int = 0,
 ) -> StreamReport:
     summary = person.views[sender].summary(since, until)
     audio = person.meters[sender].summary(since, until)
@@ -309,6 +563,7 @@ def _stream_report(
         dominant_hz=audio.dominant_hz,
         expected_hz=expected_hz,
         setup_ms=setup_ms,
+        frames_dropped=dropped,
     )
 
 

@@ -62,6 +62,10 @@ DECODE_BACKLOG = 6
 """Encoded video frames (200 ms at 30 fps) the decoder may fall behind before it skips."""
 _VIDEO_CLOCK = 90000
 _HALF_SEQ = 1 << 15
+_KEYFRAME_ASK_EVERY = 10
+"""Frames dropped while waiting for a keyframe between two keyframe requests."""
+_KEYFRAME_WAIT_LIMIT = 30
+"""Frames dropped at most while waiting for a keyframe (1 s at 30 fps, 3 s at 10 fps)."""
 
 
 class AiortcInternalsChanged(RuntimeError):
@@ -140,10 +144,17 @@ class MarkerVideoJitterBuffer(JitterBuffer):
         if frame is None and self._origin is not None and self._skip_stale_gap(packet.timestamp):
             pli, frame = True, self._remove_frame(packet.sequence_number)
         if frame is not None and self.waiting_keyframe:
+            if self.dropped_before_keyframe >= _KEYFRAME_WAIT_LIMIT:
+                # No keyframe recognised for that long (lost, or not recognisable): decode
+                # anyway; the decoder's errors ask for one as they do for any stream.
+                self.waiting_keyframe = False
+                self.dropped_before_keyframe = 0
+                return pli, frame
             if not is_keyframe(frame.data):
                 self.dropped_before_keyframe += 1
-                # Ask for a keyframe once; the SFU forwards it to the sender.
-                return pli or self.dropped_before_keyframe == 1, None
+                # Ask for a keyframe (the SFU forwards it to the sender), and again every
+                # few frames: the one answering the first request may be lost.
+                return pli or self.dropped_before_keyframe % _KEYFRAME_ASK_EVERY == 1, None
             self.waiting_keyframe = False
         return pli, frame
 

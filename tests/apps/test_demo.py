@@ -32,3 +32,20 @@ async def test_demo_runs_and_writes_png(tmp_path: Path) -> None:
     found = read_stamp(image)
     assert found is not None and found[0] > 0
     assert (out / "bob-recordings" / "alice.mp4").stat().st_size > 10_000
+
+
+async def test_group_demo_runs_through_janus(tmp_path: Path) -> None:
+    """``callclient demo --group`` (``make demo-group``): a Janus subprocess, two bots, video
+    every way, both recordings of alice; exits 0 and stops everything."""
+    out = tmp_path / "out"
+    code, stdout, stderr = await run_module(
+        "callclient", "demo", "--group", "--seconds", "3", "--out", str(out), timeout=110
+    )
+    assert code == 0, stdout + stderr
+    assert "Traceback" not in stderr
+    assert "janus (VideoRoom) at http://127.0.0.1:" in stdout
+    for line in ("bob -> alice:", "carol -> alice:", "alice -> bob:", "alice -> carol:",
+                 "bob exited with status 0", "carol exited with status 0"):
+        assert line in stdout, stdout
+    for name in ("bob", "carol"):
+        assert (out / f"{name}-recordings" / "alice.mp4").stat().st_size > 10_000

@@ -45,9 +45,21 @@ async def test_two_users() -> None:
 
 
 async def test_three_users_group_call() -> None:
-    """A 3-user group call: every user receives every other (6 streams)."""
+    """A 3-user group call, one process per engine (the default from 3): every user receives
+    every other (6 streams), and the dropped frames are counted."""
     report = await run_loopback(users=3, seconds=3)
+    assert report.processes and not report.sfu
     check_full_mesh(report, 3, min_fps=10)
+    assert all(s.frames_dropped >= 0 for s in report.streams)
+    assert report.to_dict()["processes"] is True
+
+
+async def test_three_users_in_one_process_through_janus() -> None:
+    """--one-process --sfu: the same call through a Janus subprocess, in this process."""
+    report = await run_loopback(users=3, seconds=3, processes=False, sfu=True)
+    assert report.sfu and not report.processes
+    check_full_mesh(report, 3, min_fps=5)
+    assert "through Janus" in report.format_table()
 
 
 async def test_rejects_bad_arguments() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,7 @@ from tests.helpers.engine import (
     tone_levels,
 )
 from tests.helpers.servers import new_server
+from tests.helpers.waits import T
 
 VIDEO = CallMediaType.VIDEO
 AVAILABILITY = ["on_user_audio_available", "on_user_video_available"]
@@ -75,7 +77,9 @@ def transport(party: Party) -> SfuTransport:
 async def everyone_gets_everyone(members: list[Party]) -> None:
     """Each member's video advances in every other's view and each hears every other's tone."""
     views = [p.view_of(q.user_id) for p in members for q in members if p is not q]
-    await asyncio.gather(*(frames_advance(view, frames=5) for view in views))
+    # Twice the usual wait: up to four engines share this process on a loaded 2-core machine,
+    # and a member who just joined connects its publisher and every subscription at once.
+    await asyncio.gather(*(frames_advance(view, frames=5, timeout=2 * T) for view in views))
     for party in members:
         heard = [TONES[q.user_id] for q in members if q is not party]
 
@@ -227,3 +231,36 @@ async def test_switching_to_audio_in_an_sfu_call(make_party: MakeParty) -> None:
             return all(level > 0.2 for level in levels.values())
 
         await eventually(hears_all, f"{party.user_id} still hears {heard}")
+
+
+async def test_the_bot_records_every_participant_of_an_sfu_call(
+    make_party: MakeParty, server: SignalingServer, tmp_path: Path
+) -> None:
+    """A recording bot in a 3-person SFU call: one MP4 (stamped frames, in order) and one WAV
+    (the sender's tone) per other participant."""
+    from callclient.apps.bot import Bot, BotConfig
+    from tests.apps.test_bot import decoded_stamps, wav_samples
+
+    bot = Bot(BotConfig("bob", server.url, auto_accept=True, record=tmp_path), lambda r: None)
+    await bot.start()
+    try:
+        alice, carol = await parties(make_party, "alice", "carol")
+        await alice.engine.calls(["bob", "carol"], VIDEO, CallParams(timeout=30))
+        await carol.rec.wait_for("on_call_received")
+        await carol.engine.accept()
+        await everyone_gets_everyone([alice, carol])
+        await asyncio.gather(frames_advance(alice.view_of("bob")),
+                             frames_advance(carol.view_of("bob")))
+        await asyncio.sleep(2.0)
+        await alice.engine.hangup()
+        await carol.engine.hangup()
+        await carol.rec.wait_for("on_call_end")
+    finally:
+        await bot.close()
+    for user in ("alice", "carol"):
+        counters = decoded_stamps(tmp_path / f"{user}.mp4")
+        assert len(counters) >= 5 and counters == sorted(counters), (user, counters[:5])
+        rate, samples = wav_samples(tmp_path / f"{user}.wav")
+        middle = samples[samples.size // 2 - rate // 4: samples.size // 2 + rate // 4]
+        levels = tone_levels(middle, [TONES[user]])
+        assert levels[TONES[user]] > 0.5, (user, levels)

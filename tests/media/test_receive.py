@@ -84,9 +84,22 @@ def test_a_stream_joined_midway_waits_for_its_first_keyframe() -> None:
     assert frame is None and pli
     pli, frame = buffer.add(_packet(2, 6000, marker=1, data=VP8_DELTA))
     assert frame is None and not pli
-    assert buffer.add(_packet(3, 9000, marker=1, data=VP8_KEY))[1] is not None
-    assert buffer.add(_packet(4, 12000, marker=1, data=VP8_DELTA))[1] is not None
-    assert buffer.dropped_before_keyframe == 2
+    # Still no keyframe ten frames on: asked again (the first one may have been lost).
+    asked = [buffer.add(_packet(seq, seq * 3000, marker=1, data=VP8_DELTA))[0]
+             for seq in range(3, 13)]
+    assert asked == [False] * 8 + [True, False]
+    assert buffer.add(_packet(13, 39000, marker=1, data=VP8_KEY))[1] is not None
+    assert buffer.add(_packet(14, 42000, marker=1, data=VP8_DELTA))[1] is not None
+    assert buffer.dropped_before_keyframe == 12
+
+
+def test_the_keyframe_wait_is_bounded() -> None:
+    """30 frames without a recognisable keyframe: frames are decoded anyway."""
+    buffer = MarkerVideoJitterBuffer(capacity=64, wait_keyframe=True)
+    out = [buffer.add(_packet(seq, seq * 3000, marker=1, data=VP8_DELTA))[1]
+           for seq in range(1, 33)]
+    assert out[:30] == [None] * 30 and out[30] is not None and out[31] is not None
+    assert not buffer.waiting_keyframe
 
 
 class _FakeReceiver:
