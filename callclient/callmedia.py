@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from callclient.callstate import CallInfo
-from callclient.errors import CallError, ConnectionClosedError
+from callclient.errors import CallError, ConnectionClosedError, ErrorCode
 from callclient.localmedia import LocalMedia
 from callclient.media.remote import RemoteMedia
 from callclient.mesh import PeerMesh
 from callclient.monitor import CallMonitor
-from callclient.observer import Notification
+from callclient.observer import Error, Notification
 from callclient.peer import PeerConfig, PeerLink
 from callclient.signaling import SignalingClient
 from callclient.tasks import TaskOwner
@@ -88,6 +88,7 @@ class CallMedia:
                 on_track=self._remote.add_track,
                 on_unresponsive=self._on_unresponsive,
                 on_connect=self._peer_connected,
+                on_failed=self._peer_failed,
             )
         self._remote.expect(user_id)
         self.mesh.connect(user_id)
@@ -112,6 +113,17 @@ class CallMedia:
                     await task
 
         self._tasks.spawn(close(), cleanup=True, name=f"close peer {user_id}")
+
+    def _peer_failed(self, user_id: str, reason: str) -> None:
+        """ICE found no path to ``user_id``: say so (on_error) and show the link DOWN."""
+        if self.monitor is not None:
+            self.monitor.peer_failed(user_id)
+        self._notify(Error(
+            int(ErrorCode.MEDIA_CONNECT_FAIL),
+            f"no media path to {user_id} ({reason}): a firewall blocks UDP and no TURN relay "
+            "is reachable; configure the signaling server's --turn (TURN over TCP for "
+            "UDP-hostile networks)",
+        ))
 
     def _peer_connected(self, user_id: str, peer: PeerLink) -> None:
         if self.monitor is not None:
@@ -148,6 +160,8 @@ class CallMedia:
             if self.mesh is not None:
                 for user_id, peer in self.mesh.peers.items():
                     monitor.add_peer(user_id, peer.pc)
+                    if peer.failed:
+                        monitor.peer_failed(user_id)
             self._local.on_local_audio = monitor.local_audio
             self._remote.meter = monitor.remote_audio
             monitor.start()

@@ -51,6 +51,7 @@ class PeerMesh:
         on_track: Callable[[str, MediaStreamTrack], None],
         on_unresponsive: Callable[[str], None],
         on_connect: Callable[[str, PeerLink], None] | None = None,
+        on_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         self.local_id = local_id
         self.config = config
@@ -61,6 +62,7 @@ class PeerMesh:
         self._on_track = on_track
         self._on_unresponsive = on_unresponsive
         self._on_connect = on_connect
+        self._on_failed = on_failed
         self.peers: dict[str, PeerLink] = {}
 
     def connect(self, user_id: str) -> PeerLink:
@@ -76,6 +78,7 @@ class PeerMesh:
                 self._video_track(),
                 self._on_track,
                 self._on_unresponsive,
+                self._on_failed,
             )
             self.peers[user_id] = peer
             self._tasks.spawn(peer.start(), name=f"negotiate with {user_id}")

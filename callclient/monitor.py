@@ -68,6 +68,8 @@ class _Link:
         self.rated_at: float | None = None
         """When the downlink was last rated."""
         self.rtt_ms: float | None = None
+        self.failed = False
+        """ICE found no path to this user: DOWN, whatever the counters say."""
 
 
 class CallMonitor:
@@ -132,6 +134,13 @@ class CallMonitor:
         if user_id not in self._users:
             self._users.append(user_id)
 
+    def peer_failed(self, user_id: str) -> None:
+        """No media path to ``user_id`` could be found: reported DOWN from now on (at the next
+        sample, as any link going down)."""
+        link = self._links.get(user_id)
+        if link is not None:
+            link.failed = True
+
     def remove_peer(self, user_id: str) -> None:
         """``user_id`` left: forget it."""
         self._links.pop(user_id, None)
@@ -155,7 +164,7 @@ class CallMonitor:
             link = self._links.get(user_id)
             if link is None:
                 continue
-            down = link.downlink.current(now)
+            down = NetworkQuality.DOWN if link.failed else link.downlink.current(now)
             level = NetworkQuality.DOWN if down is NetworkQuality.DOWN else worst(
                 down, link.reported
             )

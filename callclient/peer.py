@@ -78,6 +78,10 @@ class PeerConfig:
     video_codec: str = "VP8"
     keepalive_interval: float = 1.0
     dead_after: float = 4.0
+    connect_timeout: float = 20.0
+    """A link not connected this long after it started is reported failed (``on_failed``):
+    aioice itself gives up on a pair only after ~31 s of STUN retransmissions, and a relayed
+    setup over a slow path takes a few seconds (TURN probe, relay checks 1.5 s later)."""
 
 
 SendRelay = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -96,6 +100,7 @@ class PeerLink:
         video_track: MediaStreamTrack | None,
         on_track: Callable[[str, MediaStreamTrack], None],
         on_unresponsive: Callable[[str], None],
+        on_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         self.local_id = local_id
         self.remote_id = remote_id
@@ -105,6 +110,9 @@ class PeerLink:
         self._video_track = video_track
         self._on_track = on_track
         self._on_unresponsive = on_unresponsive
+        self._on_failed = on_failed
+        self.failed = False
+        """Whether ICE found no path (reported once through ``on_failed``)."""
         self.pc = RTCPeerConnection(
             RTCConfiguration(
                 iceServers=[
@@ -191,6 +199,21 @@ class PeerLink:
                     raise
         if not self._closed:
             self._spawn(self._keepalive_loop(), "keepalive")
+            self._spawn(self._connect_watch(), "connect watch")
+
+    async def _connect_watch(self) -> None:
+        try:
+            await asyncio.wait_for(self.connected.wait(), self.config.connect_timeout)
+        except TimeoutError:
+            self._fail(f"not connected within {self.config.connect_timeout:g} s")
+
+    def _fail(self, reason: str) -> None:
+        if self.failed or self._closed or self.connected.is_set():
+            return
+        self.failed = True
+        logger.warning("no media path to %s: %s", self.remote_id, reason)
+        if self._on_failed is not None:
+            self._on_failed(self.remote_id, reason)
 
     async def _send_description(self) -> None:
         description = self.pc.localDescription
@@ -269,6 +292,8 @@ class PeerLink:
         if state == "connected":
             self.liveness.connected(time.monotonic())
             self.connected.set()
+        elif state == "failed":
+            self._fail("ICE failed: every candidate pair was tried")
 
     async def _keepalive_loop(self) -> None:
         interval = self.config.keepalive_interval
