@@ -10,5 +10,6 @@ BENCHES: list[str] = [
     "bench.render",
     "bench.stack",
     "bench.audio_processing",
+    "bench.relay",
 ]
 """Modules run by ``python -m bench``; each has ``main(argv)`` returning an exit status."""

@@ -89,6 +89,7 @@ class CallMedia:
                 on_unresponsive=self._on_unresponsive,
                 on_connect=self._peer_connected,
                 on_failed=self._peer_failed,
+                can_restart=lambda: (sig := self._signaling()) is not None and sig.connected,
             )
         self._remote.expect(user_id)
         self.mesh.connect(user_id)
@@ -127,7 +128,7 @@ class CallMedia:
 
     def _peer_connected(self, user_id: str, peer: PeerLink) -> None:
         if self.monitor is not None:
-            self.monitor.add_peer(user_id, peer.pc)
+            self.monitor.add_peer(user_id, peer.pc, restart=peer.generation > 0)
 
     # ------------------------------------------------------------------ reports
 
