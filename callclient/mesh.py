@@ -123,14 +123,20 @@ class PeerMesh:
         peer = self.peers.get(relay.sender)
         if peer is None:
             return
-        restart = relay.payload.get("restart")
-        if isinstance(restart, int) and not isinstance(restart, bool) \
-                and restart > peer.generation:
+        restart = relay.payload.get("restart", 0)
+        if not isinstance(restart, int) or isinstance(restart, bool):
+            restart = 0
+        if restart > peer.generation:
             if relay.kind == "offer" and not peer.offerer:
                 peer = self._replace(relay.sender, restart)  # the offerer restarted
             elif relay.kind == "keepalive" and peer.offerer:
                 self._replace(relay.sender, restart)  # the answerer asks for a restart
                 return
+        elif restart < peer.generation and relay.kind in ("offer", "answer", "candidate"):
+            # Negotiation of a connection already replaced (sent before the restart crossed).
+            logger.debug("stale %s from %s (generation %d) dropped", relay.kind,
+                         relay.sender, restart)
+            return
         self._tasks.spawn(peer.handle_relay(relay.kind, relay.payload),
                           name=f"{relay.kind} from {relay.sender}")
 
