@@ -322,8 +322,13 @@ class PeerLink:
 
     async def _keepalive_loop(self) -> None:
         interval = self.config.keepalive_interval
+        steady = 0  # ticks in a row that woke on time
         while not self._closed:
+            slept_at = time.monotonic()
             await asyncio.sleep(interval)
+            # A loop stalled by a loaded machine has datagrams waiting unread: the path only
+            # looks silent. Restarts are decided on two punctual ticks in a row.
+            steady = steady + 1 if time.monotonic() - slept_at < 1.5 * interval else 0
             channel = self._channel
             if channel is not None and channel.readyState == "open":
                 with contextlib.suppress(Exception):
@@ -341,7 +346,8 @@ class PeerLink:
                 self._packets = received
                 self._heard()
                 self._path.heard(time.monotonic())
-            if self._path.check(time.monotonic()) and self._on_restart is not None:
+            if steady >= 2 and self._path.check(time.monotonic()) \
+                    and self._on_restart is not None:
                 logger.info("path to %s silent for %.1f s: restarting its media",
                             self.remote_id, self.config.restart_after)
                 self._on_restart(self.remote_id)
