@@ -12,5 +12,6 @@ BENCHES: list[str] = [
     "bench.audio_processing",
     "bench.login_churn",
     "bench.sfu",
+    "bench.relay",
 ]
 """Modules run by ``python -m bench``; each has ``main(argv)`` returning an exit status."""

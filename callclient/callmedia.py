@@ -23,12 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 from callclient.callstate import CallInfo
-from callclient.errors import CallError, ConnectionClosedError
+from callclient.errors import CallError, ConnectionClosedError, ErrorCode
 from callclient.localmedia import LocalMedia
 from callclient.media.remote import RemoteMedia
 from callclient.mesh import PeerMesh
 from callclient.monitor import CallMonitor
-from callclient.observer import Notification
+from callclient.observer import Error, Notification
 from callclient.peer import PeerConfig, PeerLink
 from callclient.sfu import SfuFeed, SfuTransport
 from callclient.signaling import SignalingClient
@@ -125,6 +125,8 @@ class CallMedia:
             on_track=self._remote.add_track,
             on_unresponsive=self._on_unresponsive,
             on_connect=self._peer_connected,
+            on_failed=self._peer_failed,
+            can_restart=lambda: (sig := self._signaling()) is not None and sig.connected,
         )
 
     def apply_relay(self, relay: Relay) -> None:
@@ -148,10 +150,22 @@ class CallMedia:
 
         self._tasks.spawn(close(), cleanup=True, name=f"close peer {user_id}")
 
+    def _peer_failed(self, user_id: str, reason: str) -> None:
+        """ICE found no path to ``user_id``: say so (on_error) and show the link DOWN."""
+        if self.monitor is not None:
+            self.monitor.peer_failed(user_id)
+        self._notify(Error(
+            int(ErrorCode.MEDIA_CONNECT_FAIL),
+            f"no media path to {user_id} ({reason}): a firewall blocks UDP and no TURN relay "
+            "is reachable; configure the signaling server's --turn (TURN over TCP for "
+            "UDP-hostile networks)",
+        ))
+
     def _peer_connected(self, user_id: str, peer: PeerLink | SfuFeed) -> None:
         # An SFU member has no connection until the subscriber's is made (then again).
         if self.monitor is not None and peer.pc is not None:
-            self.monitor.add_peer(user_id, peer.pc)
+            restart = isinstance(peer, PeerLink) and peer.generation > 0
+            self.monitor.add_peer(user_id, peer.pc, restart=restart)
 
     # ------------------------------------------------------------------ reports
 
@@ -185,6 +199,8 @@ class CallMedia:
                 for user_id, peer in self.transport.peers.items():
                     if peer.pc is not None:
                         monitor.add_peer(user_id, peer.pc)
+                    if isinstance(peer, PeerLink) and peer.failed:
+                        monitor.peer_failed(user_id)
             self._local.on_local_audio = monitor.local_audio
             self._remote.meter = monitor.remote_audio
             monitor.start()

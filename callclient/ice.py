@@ -182,8 +182,13 @@ class IceChooser:
                 )
                 code = ErrorCode.TURN_AUTH_FAILED
             else:
-                # Unreachable: its STUN side is too, and would only delay gathering by 5 s.
-                self._chosen = []
+                # Unreachable: so is the STUN side of those hosts, which would only delay
+                # gathering by 5 s; a STUN server elsewhere is kept.
+                dead = {f"{u.host}:{u.port}" for s in self._offered for u in _turn_urls(s)}
+                self._chosen = [
+                    stun for stun in stun_servers
+                    if str(stun.urls).split(":", 1)[-1].split("?", 1)[0] not in dead
+                ]
                 message = (
                     "no TURN server answered ("
                     + "; ".join(f"{p.url}: {p.reason}" for p in probes)

@@ -68,6 +68,10 @@ class _Link:
         self.rated_at: float | None = None
         """When the downlink was last rated."""
         self.rtt_ms: float | None = None
+        self.failed = False
+        """ICE found no path to this user: DOWN, whatever the counters say."""
+        self.restarting = False
+        """A fresh connection replaced a dead one: DOWN until its first packet."""
 
 
 class CallMonitor:
@@ -126,11 +130,20 @@ class CallMonitor:
         if link is not None:
             link.reported = quality
 
-    def add_peer(self, user_id: str, pc: RTCPeerConnection) -> None:
-        """Watch the connection with ``user_id``."""
-        self._links[user_id] = _Link(pc, self.down_after)
+    def add_peer(self, user_id: str, pc: RTCPeerConnection, *, restart: bool = False) -> None:
+        """Watch the connection with ``user_id``; a ``restart`` (a fresh connection in place
+        of a dead one) reads DOWN until media arrives on it."""
+        link = self._links[user_id] = _Link(pc, self.down_after)
+        link.restarting = restart
         if user_id not in self._users:
             self._users.append(user_id)
+
+    def peer_failed(self, user_id: str) -> None:
+        """No media path to ``user_id`` could be found: reported DOWN from now on (at the next
+        sample, as any link going down)."""
+        link = self._links.get(user_id)
+        if link is not None:
+            link.failed = True
 
     def remove_peer(self, user_id: str) -> None:
         """``user_id`` left: forget it."""
@@ -149,13 +162,17 @@ class CallMonitor:
     def quality_list(self) -> list[NetworkQualityInfo]:
         """The current quality of the local uplink and of every remote user."""
         now = self._clock()
-        uplinks = [link.uplink.current(now) for link in self._links.values()]
+        uplinks = [
+            NetworkQuality.DOWN if link.failed or link.restarting else link.uplink.current(now)
+            for link in self._links.values()
+        ]
         result = [NetworkQualityInfo(self.local_id, worst(*uplinks))]
         for user_id in self._users:
             link = self._links.get(user_id)
             if link is None:
                 continue
-            down = link.downlink.current(now)
+            down = (NetworkQuality.DOWN if link.failed or link.restarting
+                    else link.downlink.current(now))
             level = NetworkQuality.DOWN if down is NetworkQuality.DOWN else worst(
                 down, link.reported
             )
@@ -259,6 +276,7 @@ class CallMonitor:
             return
         if received > link.packets_seen:
             link.downlink.heard(now)
+            link.restarting = False
         link.packets_seen = received
         if link.rated_at is None or now - link.rated_at >= self.rate_interval:
             link.rated_at = now

@@ -78,6 +78,15 @@ class PeerConfig:
     video_codec: str = "VP8"
     keepalive_interval: float = 1.0
     dead_after: float = 4.0
+    restart_after: float = 2.0
+    """A connected link whose path has carried nothing for this long (media, RTCP, the
+    keepalive channel; not relays through the server) is restarted (``on_restart``): a fresh
+    peer connection, negotiated again, while signaling is up (docs/protocol.md, "Media
+    restart")."""
+    connect_timeout: float = 20.0
+    """A link not connected this long after it started is reported failed (``on_failed``):
+    aioice itself gives up on a pair only after ~31 s of STUN retransmissions, and a relayed
+    setup over a slow path takes a few seconds (TURN probe, relay checks 1.5 s later)."""
 
 
 SendRelay = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -96,8 +105,14 @@ class PeerLink:
         video_track: MediaStreamTrack | None,
         on_track: Callable[[str, MediaStreamTrack], None],
         on_unresponsive: Callable[[str], None],
+        on_failed: Callable[[str, str], None] | None = None,
+        on_restart: Callable[[str], None] | None = None,
+        generation: int = 0,
     ) -> None:
         self.local_id = local_id
+        self.generation = generation
+        """0 for the first connection with this user, +1 for each restart."""
+        self._on_restart = on_restart
         self.remote_id = remote_id
         self.config = config
         self._send_relay = send_relay
@@ -105,6 +120,9 @@ class PeerLink:
         self._video_track = video_track
         self._on_track = on_track
         self._on_unresponsive = on_unresponsive
+        self._on_failed = on_failed
+        self.failed = False
+        """Whether ICE found no path (reported once through ``on_failed``)."""
         self.pc = RTCPeerConnection(
             RTCConfiguration(
                 iceServers=[
@@ -123,6 +141,8 @@ class PeerLink:
         self._negotiating = asyncio.Lock()
         self._closed = False
         self.liveness = Liveness(config.dead_after)
+        self._path = Liveness(config.restart_after)
+        """Silence of the media path itself, for restarts (relays do not count)."""
         self._packets = 0
         self.created = time.monotonic()
         self.connected = asyncio.Event()
@@ -131,6 +151,13 @@ class PeerLink:
     def unresponsive(self) -> bool:
         """Whether the peer is silent right now (reported through ``on_unresponsive``)."""
         return self.liveness.silent
+
+    @property
+    def _prefers_direct(self) -> bool:
+        """Relay pairs wait for direct ones (:func:`~callclient.icepath.prefer_direct`) except
+        on a restart (the direct path just died: the first path that works wins) and with
+        ``relay_only`` (there is nothing else)."""
+        return not self.generation and not self.config.relay_only
 
     @property
     def offerer(self) -> bool:
@@ -180,7 +207,8 @@ class PeerLink:
                     return
                 try:
                     offer = await self.pc.createOffer()
-                    prefer_direct(self.pc)
+                    if self._prefers_direct:
+                        prefer_direct(self.pc)
                     await self.pc.setLocalDescription(offer)
                     if self._closed:
                         return  # closed while gathering: the remote must not get an offer
@@ -191,11 +219,28 @@ class PeerLink:
                     raise
         if not self._closed:
             self._spawn(self._keepalive_loop(), "keepalive")
+            self._spawn(self._connect_watch(), "connect watch")
+
+    async def _connect_watch(self) -> None:
+        try:
+            await asyncio.wait_for(self.connected.wait(), self.config.connect_timeout)
+        except TimeoutError:
+            self._fail(f"not connected within {self.config.connect_timeout:g} s")
+
+    def _fail(self, reason: str) -> None:
+        if self.failed or self._closed or self.connected.is_set():
+            return
+        self.failed = True
+        logger.warning("no media path to %s: %s", self.remote_id, reason)
+        if self._on_failed is not None:
+            self._on_failed(self.remote_id, reason)
 
     async def _send_description(self) -> None:
         description = self.pc.localDescription
-        await self._send_relay(description.type, {"sdp": description.sdp,
-                                                  "type": description.type})
+        payload: dict[str, Any] = {"sdp": description.sdp, "type": description.type}
+        if self.generation:
+            payload["restart"] = self.generation
+        await self._send_relay(description.type, payload)
 
     async def handle_relay(self, kind: str, payload: dict[str, Any]) -> None:
         """Apply an offer, answer or candidate relayed from the remote user."""
@@ -212,7 +257,8 @@ class PeerLink:
                 if not self.pc.getSenders() or all(s.track is None for s in self.pc.getSenders()):
                     self._add_local_tracks()
                 answer = await self.pc.createAnswer()
-                prefer_direct(self.pc)
+                if self._prefers_direct:
+                    prefer_direct(self.pc)
                 await self.pc.setLocalDescription(answer)
                 if self._closed:
                     return  # closed while gathering: no answer from a closed link
@@ -258,6 +304,7 @@ class PeerLink:
         @channel.on("message")
         def heard(message: Any) -> None:
             self._heard()
+            self._path.heard(time.monotonic())
 
     def _heard(self) -> None:
         if self.liveness.heard(time.monotonic()):
@@ -268,12 +315,20 @@ class PeerLink:
         logger.debug("peer %s connection state %s", self.remote_id, state)
         if state == "connected":
             self.liveness.connected(time.monotonic())
+            self._path.connected(time.monotonic())
             self.connected.set()
+        elif state == "failed":
+            self._fail("ICE failed: every candidate pair was tried")
 
     async def _keepalive_loop(self) -> None:
         interval = self.config.keepalive_interval
+        steady = 0  # ticks in a row that woke on time
         while not self._closed:
+            slept_at = time.monotonic()
             await asyncio.sleep(interval)
+            # A loop stalled by a loaded machine has datagrams waiting unread: the path only
+            # looks silent. Restarts are decided on two punctual ticks in a row.
+            steady = steady + 1 if time.monotonic() - slept_at < 1.5 * interval else 0
             channel = self._channel
             if channel is not None and channel.readyState == "open":
                 with contextlib.suppress(Exception):
@@ -290,6 +345,12 @@ class PeerLink:
             if received > self._packets:
                 self._packets = received
                 self._heard()
+                self._path.heard(time.monotonic())
+            if steady >= 2 and self._path.check(time.monotonic()) \
+                    and self._on_restart is not None:
+                logger.info("path to %s silent for %.1f s: restarting its media",
+                            self.remote_id, self.config.restart_after)
+                self._on_restart(self.remote_id)
             if self.liveness.check(time.monotonic()):
                 logger.info("peer %s silent for %.1f s", self.remote_id, self.config.dead_after)
                 self._on_unresponsive(self.remote_id)

@@ -11,8 +11,11 @@ import pytest
 
 from callclient.engine import CallEngine
 from callclient.errors import ErrorCode
+from callclient.ice import IceChooser
 from callclient.peer import IceServer
+from callclient.tasks import TaskOwner
 from callclient.types import CallMediaType, MediaPath
+from callwire.messages import IceServerEntry, IceServers
 from callwire.turn import parse_turn_url, turn_credentials
 from signaling_server.core import CoreConfig
 from tests.helpers.coturn import Coturn
@@ -185,3 +188,19 @@ async def test_relay_path_through_coturn(coturn: Coturn, transport: str) -> None
     for path in paths:
         assert path.relayed and path.local == "relay"
         assert path.transport == f"turn/{transport}"
+
+
+async def test_unreachable_turn_keeps_a_stun_server_elsewhere() -> None:
+    """Only the dead TURN host's STUN side is dropped; another STUN server stays."""
+    port = _free_port()
+    notes: list[object] = []
+    tasks = TaskOwner()
+    chooser = IceChooser([], tasks, notes.append)
+    chooser.update(IceServers((
+        IceServerEntry((f"stun:127.0.0.1:{port}", "stun:198.51.100.9:3478")),
+        IceServerEntry((f"turn:127.0.0.1:{port}?transport=tcp",), "u", "p"),
+    ), None))
+    await asyncio.wait_for(chooser.checked.wait(), T)
+    assert [s.urls for s in chooser.servers] == ["stun:198.51.100.9:3478"]
+    assert len(notes) == 1 and getattr(notes[0], "code", None) == ErrorCode.TURN_UNREACHABLE
+    await tasks.cancel_all()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -118,7 +119,7 @@ class Coturn:
         """Until a TCP connect to the TURN port succeeds (UDP opens at the same time)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        probe = [*self.prefix, "python3", "-c",
+        probe = [*self.prefix, sys.executable, "-c",
                  "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])),"
                  " 1).close()", self.address, str(self.port)]
         while time.monotonic() < deadline:

@@ -12,6 +12,8 @@ prints one JSON object per line on stdout:
   remote, transport] | null}}, "t": ...}`` every 0.25 s during a call;
 - ``{"ev": "ok", "cmd": ...}`` after each command, ``{"ev": "error", ...}`` if one failed.
 
+``--connect-timeout S`` reports a peer without a path after S seconds (default 20).
+
 Commands on stdin: ``{"cmd": "call", "users": [...], "media": "audio"|"video"}``,
 ``{"cmd": "hangup"}``, ``{"cmd": "quit"}`` (also on end of input). ``t`` is
 ``time.monotonic()`` (CLOCK_MONOTONIC, shared with the test process).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import enum
 import json
 import logging
@@ -111,11 +114,14 @@ async def command(engine: CallEngine, line: str) -> bool:
     return True
 
 
-async def main(server: str, user: str, relay_only: bool) -> None:
+async def main(server: str, user: str, relay_only: bool, connect_timeout: float | None) -> None:
     """Log in, report, obey commands until ``quit``."""
     engine = CallEngine(server, devices=DeviceSet.virtual(user, width=160, height=120, fps=10,
                                                           program=Tone(440.0, 0.5)),
                         relay_only=relay_only)
+    if connect_timeout is not None:
+        engine.peer_config = dataclasses.replace(engine.peer_config,
+                                                 connect_timeout=connect_timeout)
     tasks: list[asyncio.Task[None]] = []
     try:
         tasks.append(asyncio.create_task(forward(engine)))
@@ -150,8 +156,9 @@ if __name__ == "__main__":
     parser.add_argument("--server", required=True)
     parser.add_argument("--user", required=True)
     parser.add_argument("--relay-only", action="store_true")
+    parser.add_argument("--connect-timeout", type=float)
     args = parser.parse_args()
     if os.environ.get("NETPEER_LOG"):  # e.g. NETPEER_LOG=aioice.ice to see the ICE checks
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         logging.getLogger(os.environ["NETPEER_LOG"]).setLevel(logging.INFO)
-    asyncio.run(main(args.server, args.user, args.relay_only))
+    asyncio.run(main(args.server, args.user, args.relay_only, args.connect_timeout))

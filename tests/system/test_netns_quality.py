@@ -16,8 +16,11 @@ Where namespaces cannot be made (not root, no iproute2 or nftables) the fixture 
 What aiortc does during a total drop (checked in aioice 0.13 / aiortc 1.16): ICE consent
 freshness (RFC 7675) sends a check every 4..6 s and gives up after 6 failures in a row, so the
 connection survives about 25 s without any UDP; DTLS has no timeout and SCTP only retransmits,
-so a drop of a few seconds keeps the same connection and media resumes on it. aiortc has no
-ICE restart, so a drop longer than consent freshness would end the media for good. Video
+so a drop of a few seconds could keep the same connection. aiortc has no ICE restart; the
+engine instead replaces a connection whose path has been silent for 2 s by a fresh one
+(``PeerConfig.restart_after``, docs/protocol.md "Media restart"), which connects once UDP
+flows again: the same call, nobody leaves, and the link reads DOWN until the new one carries
+media. Video
 resumes later than audio: aiortc's video jitter buffer (512 packets) waits for the packets
 lost in the gap, which the sender can no longer retransmit (its history holds 128), until 512
 newer packets push them out (aiortc PR #1418); at this call's packet rate that is 5..10 s.
