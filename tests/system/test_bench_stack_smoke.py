@@ -3,7 +3,8 @@
 It runs ``bench.stack`` for real (server, two engine processes, two bare aiortc processes) with
 2 alternating windows per configuration (1 call each for setup, 2 s of 360p video), and checks
 that both sides were measured in every window (positive latencies, frames received) and that
-the result carries the commit, the machine and the calibration. It asserts nothing about the targets (and nothing on wall-clock figures).
+the result carries the commit, the machine and the calibration. It asserts nothing about the
+targets (and nothing on wall-clock figures).
 """
 
 from __future__ import annotations
