@@ -184,10 +184,8 @@ class EngineParticipant(Participant):
     def _counters(self) -> tuple[int, int]:
         """(frames captured by the camera, frames encoded by the shared encoder)."""
         captured = self.camera.captured if self.camera is not None else 0
-        # The engine exposes no encoder counters: read its private session (bench only).
-        session = getattr(self.engine, "_video_encoder", None)
-        encodes = session.encoder.encodes if session is not None else 0
-        return captured, encodes
+        local = self.engine.local_video_stats if self.engine is not None else None
+        return captured, local.frames_encoded if local is not None else 0
 
     async def cmd_end(self, hang_up: bool, within: float = 10.0) -> dict[str, Any]:
         """Hang up (or wait up to ``within`` s for the other side to end the call)."""

@@ -58,8 +58,10 @@ __all__ = [
 _JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
 _DECODER_QUEUE_ATTRIBUTE = "_RTCRtpReceiver__decoder_queue"
 _DECODER_ERROR_ATTRIBUTE = "_RTCRtpReceiver__decoder_error"
-DECODE_BACKLOG = 6
-"""Encoded video frames (200 ms at 30 fps) the decoder may fall behind before it skips."""
+DECODE_BACKLOG = 30
+"""Encoded video frames the decoder may fall behind before it skips (whatever their span)."""
+DECODE_SPAN = 0.25
+"""Seconds of media (RTP timestamps) the decoder may fall behind before it skips."""
 _VIDEO_CLOCK = 90000
 _HALF_SEQ = 1 << 15
 _KEYFRAME_ASK_EVERY = 10
@@ -241,15 +243,22 @@ class BoundedDecoderQueue(queue.Queue[Any]):
 
     aiortc decodes in one thread per receiver, fed by an unbounded queue: on a starved
     machine encoded frames pile up there and the video falls seconds behind. Here, when
-    ``backlog`` frames are already waiting, the queued frames are dropped, a PLI is asked
-    for (through the receiver's decode-error event, which aiortc turns into a PLI) and
-    frames are dropped until a keyframe arrives; the decoder then goes on from it. Counted
-    in :attr:`frames_dropped`. The end-of-track ``None`` always goes through.
+    ``backlog`` frames are already waiting, or the waiting frames span more than ``span``
+    seconds of media (at a low frame rate a few frames are already long), they are dropped,
+    a PLI is asked for (through the receiver's decode-error event, which aiortc turns into a
+    PLI) and frames are dropped until a keyframe arrives; the decoder then goes on from it.
+    Counted in :attr:`frames_dropped`. The end-of-track ``None`` always goes through.
     """
 
-    def __init__(self, request_keyframe: threading.Event, backlog: int = DECODE_BACKLOG) -> None:
+    def __init__(
+        self,
+        request_keyframe: threading.Event,
+        backlog: int = DECODE_BACKLOG,
+        span: float = DECODE_SPAN,
+    ) -> None:
         super().__init__()
         self.backlog = backlog
+        self._span_ticks = int(span * _VIDEO_CLOCK)
         self._request_keyframe = request_keyframe
         self._awaiting_keyframe = False
         self.frames_dropped = 0
@@ -264,16 +273,25 @@ class BoundedDecoderQueue(queue.Queue[Any]):
                     self.frames_dropped += 1
                     return
                 self._awaiting_keyframe = False
-            elif self.qsize() >= self.backlog:
+            elif self.qsize() >= self.backlog or self._behind(frame.timestamp):
                 with self.mutex:
                     dropped = [i for i in self.queue if i is not None]
                     self.queue = type(self.queue)(i for i in self.queue if i is None)
-                self.frames_dropped += len(dropped) + 1
+                self.frames_dropped += len(dropped)
                 self._request_keyframe.set()
                 if not is_keyframe(frame.data):
+                    self.frames_dropped += 1
                     self._awaiting_keyframe = True
                     return
         super().put(item, block, timeout)
+
+
+    def _behind(self, timestamp: int) -> bool:
+        with self.mutex:
+            oldest = next((i for i in self.queue if i is not None), None)
+        if oldest is None:
+            return False
+        return bool((timestamp - oldest[1].timestamp) % (1 << 32) > self._span_ticks)
 
 
 @dataclass

@@ -265,3 +265,17 @@ def test_marker_video_buffer_gives_up_on_a_gap_inside_the_oldest_frame() -> None
     assert out[first][0] and 10 <= first <= 14
     assert all(frame is not None for _pli, frame in out[first:])
     assert buffer.frames_dropped == first + 1
+
+
+def test_decoder_queue_skips_when_the_waiting_frames_span_too_long() -> None:
+    """At a low frame rate a few frames are already long: the span bounds the wait too."""
+    keyframe_wanted = threading.Event()
+    decoder_queue = BoundedDecoderQueue(keyframe_wanted, backlog=30, span=0.25)
+    for index in range(3):  # 10 fps: 0.2 s of media waiting
+        decoder_queue.put((_Codec, JitterFrame(b"\x01", 9000 * index)))
+    assert decoder_queue.qsize() == 3 and not keyframe_wanted.is_set()
+    decoder_queue.put((_Codec, JitterFrame(b"\x00key", 9000 * 3)))  # 0.3 s behind: skip
+    assert keyframe_wanted.is_set()
+    assert [decoder_queue.get_nowait()[1].data for _ in range(decoder_queue.qsize())] == [
+        b"\x00key"]
+    assert decoder_queue.frames_dropped == 3
