@@ -3,7 +3,8 @@
 :class:`JsonChild` keeps every line (in order, with a condition to wait on), sends commands and
 stops the child: ``quit`` first, a kill after ``quit_timeout``. Lines that are not JSON are
 kept as ``{"ev": "raw", "line": ...}``; the end of output as ``{"ev": "eof"}``. Used by the
-NAT tests' peers (:mod:`tests.helpers.netpeer_child`).
+NAT tests' peers (:mod:`tests.helpers.netpeer_child`) and the impairment tests' call
+(:mod:`tests.helpers.impair_child`).
 """
 
 from __future__ import annotations

@@ -28,24 +28,19 @@ newer packets push them out (aiortc PR #1418); at this call's packet rate that i
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
 from callclient.types import NetworkQuality as Q
+from tests.helpers.jsonchild import JsonChild
 from tests.helpers.netns import Namespace
 
-ROOT = Path(__file__).resolve().parents[2]
 CHILD = "tests.helpers.impair_child"
 USERS = ("alice", "bob")
 
@@ -53,79 +48,13 @@ Report = tuple[float, str, dict[str, Q]]
 """A quality report: when (monotonic), whose engine, ``{user: level}``."""
 
 
-class Child:
+class Child(JsonChild):
     """The call process inside the namespace: its JSON lines, kept in order, and commands."""
 
     def __init__(self, ns: Namespace, stderr: IO[str]) -> None:
+        super().__init__(ns.command(sys.executable, "-m", CHILD, "--host", ns.address), stderr,
+                         name="the call process")
         self.ns = ns
-        self.lines: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self._stderr = stderr
-        self.proc = subprocess.Popen(
-            ns.command(sys.executable, "-m", CHILD, "--host", ns.address),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            cwd=ROOT,
-        )
-        self._reader = threading.Thread(target=self._read, name="impair child", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                item = json.loads(line)
-            except ValueError:
-                item = {"ev": "raw", "t": time.monotonic(), "line": line.rstrip()}
-            with self._cond:
-                self.lines.append(item)
-                self._cond.notify_all()
-        with self._cond:
-            self.lines.append({"ev": "eof", "t": time.monotonic()})
-            self._cond.notify_all()
-
-    def stderr_tail(self, chars: int = 3000) -> str:
-        """The end of the child's stderr, for failure messages."""
-        self._stderr.flush()
-        self._stderr.seek(0)
-        return self._stderr.read()[-chars:]
-
-    def send(self, **cmd: Any) -> None:
-        """One command line to the child."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-
-    def wait_for(
-        self, check: Callable[[dict[str, Any]], bool], timeout: float, what: str, start: int = 0
-    ) -> dict[str, Any]:
-        """The first line from index ``start`` that passes ``check``; fails after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for item in self.lines[start:]:
-                    if item["ev"] == "eof":
-                        pytest.fail(f"the call process ended waiting for {what}:\n"
-                                    + self.stderr_tail())
-                    if check(item):
-                        return item
-                start = len(self.lines)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    pytest.fail(f"no {what} within {timeout:g} s")
-                self._cond.wait(remaining)
-
-    def mark(self) -> int:
-        """The index the next line will have."""
-        with self._cond:
-            return len(self.lines)
-
-    def since(self, start: int) -> list[dict[str, Any]]:
-        """The lines from index ``start`` on."""
-        with self._cond:
-            return list(self.lines[start:])
 
     def reports(self, start: int) -> list[Report]:
         """Quality reports from index ``start`` on."""
@@ -145,20 +74,6 @@ class Child:
             if item["ev"] == "stats":
                 latest[item["who"]] = item
         return latest
-
-    def close(self) -> None:
-        """Ask the child to quit; kill it if it does not within 20 s."""
-        with contextlib.suppress(BrokenPipeError, ValueError):
-            self.send(cmd="quit")
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._reader.join(5)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.fixture(scope="module")
