@@ -151,14 +151,19 @@ async def test_an_outsider_can_neither_publish_nor_subscribe(
         await alice.rec.wait_for("on_user_leave", "carol")
 
         async def refused_now() -> bool:
+            # A fresh handle each try: one that got in (before the revocation arrived) would
+            # answer "already joined" from then on, never "unauthorized".
+            handle = await session.attach()
             try:
-                await outsider.request({**base, "ptype": "publisher", "display": "carol",
-                                        "token": carol_token})
+                await handle.request({**base, "ptype": "publisher", "display": "carol",
+                                      "token": carol_token})
             except JanusError as exc:
                 return exc.code == 433
+            finally:
+                await handle.detach()
             return False
 
-        for _ in range(50):
+        for _ in range(100):  # up to ~10 s: the revocation is one HTTP request to Janus
             if await refused_now():
                 break
             await asyncio.sleep(0.1)
