@@ -12,7 +12,6 @@ import pytest
 from callclient.janus import JanusError, JanusSession
 from callclient.media.deviceset import DeviceSet
 from callclient.media.virtual import Tone
-from callclient.sfu import SfuTransport
 from callclient.types import CallMediaType, CallParams
 from signaling_server.core import CoreConfig
 from signaling_server.janus_proc import JanusProcess
@@ -23,6 +22,7 @@ from tests.helpers.engine import (
     eventually,
     frames_advance,
     recent_audio,
+    sfu_transport,
     tone_levels,
 )
 from tests.helpers.servers import new_server
@@ -67,12 +67,6 @@ async def group_ring(caller: Party, callees: list[Party]) -> str:
     return call_id
 
 
-def transport(party: Party) -> SfuTransport:
-    media = party.engine._media
-    assert isinstance(media.transport, SfuTransport), media.transport
-    assert media.mesh is None
-    return media.transport
-
 
 async def everyone_gets_everyone(members: list[Party]) -> None:
     """Each member's video advances in every other's view and each hears every other's tone."""
@@ -105,7 +99,7 @@ async def test_three_people_through_the_sfu_in_the_mesh_order(make_party: MakePa
     )
     await everyone_gets_everyone([alice, bob, carol])
     for party in (alice, bob, carol):
-        sfu = transport(party)
+        sfu = sfu_transport(party)
         # One upload: one publisher connection with one audio and one video sender.
         assert sfu.publisher_pc is not None
         assert sorted(s.track.kind for s in sfu.publisher_pc.getSenders() if s.track) == [
@@ -129,8 +123,8 @@ async def test_an_outsider_can_neither_publish_nor_subscribe(
     await bob.engine.accept()
     await carol.engine.accept()
     await everyone_gets_everyone([alice, bob, carol])
-    room = transport(alice).room
-    feeds = transport(alice)._feeds
+    room = sfu_transport(alice).room
+    feeds = sfu_transport(alice)._feeds
     assert set(feeds) == {"bob", "carol"}
     session = JanusSession(janus.url)
     await session.create()
@@ -146,7 +140,7 @@ async def test_an_outsider_can_neither_publish_nor_subscribe(
                 await outsider.request(body)
             assert refused.value.code == 433, body  # unauthorized
         # A member's token once it left: carol hangs up, her token is revoked.
-        carol_token = transport(carol).room.token
+        carol_token = sfu_transport(carol).room.token
         await carol.engine.hangup()
         await alice.rec.wait_for("on_user_leave", "carol")
 
@@ -195,7 +189,7 @@ async def test_four_people_with_a_mid_call_invite_and_a_leave(make_party: MakePa
         await party.rec.wait_names(["on_user_join", *AVAILABILITY], start=marks[party.user_id])
         assert party.rec.signal(marks[party.user_id])[0].args == ("dave",)
     await everyone_gets_everyone([alice, bob, carol, dave])
-    assert all(set(transport(p).peers) == {"alice", "bob", "carol", "dave"} - {p.user_id}
+    assert all(set(sfu_transport(p).peers) == {"alice", "bob", "carol", "dave"} - {p.user_id}
                for p in (alice, bob, carol, dave))
 
     marks = {p.user_id: p.rec.mark() for p in (alice, bob, dave)}
@@ -203,7 +197,7 @@ async def test_four_people_with_a_mid_call_invite_and_a_leave(make_party: MakePa
     for party in (alice, bob, dave):
         await party.rec.wait_names(["on_user_leave"], start=marks[party.user_id])
         assert party.rec.signal(marks[party.user_id])[0].args == ("carol",)
-        assert "carol" not in transport(party).peers
+        assert "carol" not in sfu_transport(party).peers
     await asyncio.gather(*(frames_advance(p.view_of(q.user_id)) for p in (alice, bob, dave)
                            for q in (alice, bob, dave) if p is not q))
     assert carol.engine.current_call is None

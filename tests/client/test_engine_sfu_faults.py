@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from callclient.sfu import SfuTransport
 from callclient.types import CallMediaType, CallParams
 from signaling_server.core import CoreConfig
 from signaling_server.janus_proc import JanusProcess
 from signaling_server.server import SignalingServer
-from tests.helpers.engine import MakeParty, Party, eventually, frames_advance
+from tests.helpers.engine import MakeParty, eventually, frames_advance, sfu_transport
 from tests.helpers.servers import APP, new_server, sig
 from tests.helpers.waits import T
 
@@ -41,11 +40,6 @@ async def server(
         yield srv
 
 
-def transport(party: Party) -> SfuTransport:
-    sfu = party.engine._media.transport
-    assert isinstance(sfu, SfuTransport)
-    return sfu
-
 
 async def test_janus_killed_mid_call_moves_the_call_without_anyone_leaving(
     make_party: MakeParty, janus_pair: tuple[JanusProcess, JanusProcess]
@@ -62,8 +56,8 @@ async def test_janus_killed_mid_call_moves_the_call_without_anyone_leaving(
         await party.engine.accept()
     views = [p.view_of(q.user_id) for p in parties for q in parties if p is not q]
     await asyncio.gather(*(frames_advance(v, frames=3) for v in views))
-    first = transport(alice).room
-    assert all(transport(p).room == first or transport(p).room.url == first.url
+    first = sfu_transport(alice).room
+    assert all(sfu_transport(p).room == first or sfu_transport(p).room.url == first.url
                for p in parties)
     hosting = next(j for j in janus_pair if j.url == first.url)
     other = next(j for j in janus_pair if j is not hosting)
@@ -72,7 +66,7 @@ async def test_janus_killed_mid_call_moves_the_call_without_anyone_leaving(
     hosting.kill()
     killed_at = time.monotonic()
     for party in parties:
-        await eventually(lambda party=party: transport(party).room.url == other.url,
+        await eventually(lambda party=party: sfu_transport(party).room.url == other.url,
                          f"{party.user_id} moves to the other Janus")
     await asyncio.gather(*(frames_advance(v, frames=3) for v in views))
     recovered = time.monotonic() - killed_at
@@ -82,7 +76,7 @@ async def test_janus_killed_mid_call_moves_the_call_without_anyone_leaving(
     for party, mark in zip(parties, marks, strict=True):
         assert not [e for e in party.rec.events[mark:] if e.name in LEAVING], party.user_id
         assert party.engine.current_call is not None
-        assert transport(party).room.epoch == first.epoch + 1
+        assert sfu_transport(party).room.epoch == first.epoch + 1
 
 
 @pytest.fixture
@@ -126,4 +120,4 @@ async def test_participant_killed_mid_call_leaves_within_5_s(
         await party.rec.wait_for("on_user_leave", "dave", start=mark, timeout=5.0)
     assert time.monotonic() - killed_at < 5.0
     await frames_advance(alice.view_of("bob"))
-    assert "dave" not in transport(alice).peers
+    assert "dave" not in sfu_transport(alice).peers

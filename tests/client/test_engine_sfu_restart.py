@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from callclient.sfu import SfuTransport
 from callclient.types import CallMediaType, CallParams
 from signaling_server.core import CoreConfig
 from signaling_server.janus_proc import JanusProcess
 from signaling_server.server import SignalingServer
-from tests.helpers.engine import MakeParty, Party, eventually, frames_advance
+from tests.helpers.engine import MakeParty, eventually, frames_advance, sfu_transport
 from tests.helpers.servers import new_server
 from tests.helpers.waits import T
 
@@ -30,11 +29,6 @@ async def server(janus: JanusProcess) -> AsyncIterator[SignalingServer]:
     async with new_server(core=CoreConfig(sfu=(janus.url,), sfu_wait_s=20.0)) as srv:
         yield srv
 
-
-def transport(party: Party) -> SfuTransport:
-    sfu = party.engine._media.transport
-    assert isinstance(sfu, SfuTransport)
-    return sfu
 
 
 async def test_the_only_janus_restarted_mid_call(
@@ -58,7 +52,7 @@ async def test_the_only_janus_restarted_mid_call(
     await asyncio.sleep(1.5)  # the server notices (two missed health checks)
     await janus.start()  # same port, same configuration
     for party in parties:
-        await eventually(lambda party=party: transport(party).room.epoch == 2,
+        await eventually(lambda party=party: sfu_transport(party).room.epoch == 2,
                          f"{party.user_id} gets the re-created room", timeout=3 * T)
     await asyncio.gather(*(frames_advance(v, frames=3) for v in views))
     print(f"media back {time.monotonic() - killed_at:.2f} s after the SIGKILL (restart included)")

@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import sys
-import time
-from typing import Any
 
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
@@ -27,14 +24,11 @@ from callclient.media.virtual import Tone
 from callclient.types import CallMediaType, Resolution, VideoEncoderParams
 from callwire.usersig import generate_user_sig
 from signaling_server.server import ServerConfig, SignalingServer
+from tests.helpers.childlines import emit
 
 APP = 1400000001
 KEY = "adaptation-tests-secret-key-0123456789"
 
-
-def emit(ev: str, **fields: Any) -> None:
-    """One JSON line on stdout."""
-    print(json.dumps({"ev": ev, "t": time.monotonic(), **fields}), flush=True)
 
 
 def local_requests(engine: CallEngine) -> int:

@@ -30,6 +30,7 @@ from callclient.media.deviceset import DeviceSet
 from callclient.media.pattern import read_stamp
 from callclient.media.virtual import VirtualSpeaker
 from callclient.observer import CallEvent, EventRecorder
+from callclient.sfu import SfuTransport
 from callclient.types import AudioPlaybackDevice, CallMediaType
 from tests.helpers.servers import APP, sig
 from tests.helpers.waits import T, eventually
@@ -44,6 +45,7 @@ __all__ = [
     "eventually",
     "frames_advance",
     "recent_audio",
+    "sfu_transport",
     "tone_levels",
 ]
 
@@ -215,3 +217,11 @@ async def connect(caller: Party, callee: Party, media: CallMediaType = CallMedia
         await me.rec.wait_for("on_user_audio_available", other.user_id, start=mark)
         await me.rec.wait_for("on_user_video_available", other.user_id, start=mark)
     return call_id
+
+
+def sfu_transport(party: Party) -> SfuTransport:
+    """The SFU transport of ``party``'s call (fails if the call is meshed instead)."""
+    media = party.engine._media
+    assert isinstance(media.transport, SfuTransport), media.transport
+    assert media.mesh is None
+    return media.transport

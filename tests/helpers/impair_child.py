@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import enum
 import json
 import sys
 import time
@@ -33,33 +32,16 @@ from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.media.virtual import Program, Sequence, Silence, Tone, VirtualMicrophone
 from callclient.observer import CallEvent
-from callclient.types import CallMediaType, NetworkQualityInfo
+from callclient.types import CallMediaType
 from callwire.usersig import generate_user_sig
 from signaling_server.server import ServerConfig, SignalingServer
+from tests.helpers.childlines import emit, plain
 
 APP = 1400000001
 KEY = "impairment-tests-secret-key-0123456789"
 TONES = {"alice": 440.0, "bob": 660.0}
 
 
-def emit(ev: str, **fields: Any) -> None:
-    """One JSON line on stdout."""
-    print(json.dumps({"ev": ev, "t": time.monotonic(), **fields}), flush=True)
-
-
-def plain(value: Any) -> Any:
-    """``value`` as JSON-friendly data."""
-    if isinstance(value, list) and value and isinstance(value[0], NetworkQualityInfo):
-        return {info.user_id: int(info.quality) for info in value}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
 
 
 def program_of(items: list[dict[str, Any]]) -> Program:

@@ -24,21 +24,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import enum
 import json
 import logging
 import os
 import sys
-import time
-from typing import Any
 
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.media.virtual import Tone
 from callclient.observer import CallEvent
-from callclient.types import CallMediaType, NetworkQualityInfo
+from callclient.types import CallMediaType
 from callwire.dev import DEV_SDK_APP_ID
 from callwire.usersig import generate_user_sig
+from tests.helpers.childlines import emit, plain
 
 NAT_TEST_KEY = "nat-tests-secret-key-0123456789"
 """The server's key in these tests: it listens off loopback, where the development key is
@@ -47,24 +45,6 @@ refused."""
 _QUIET = frozenset({"on_user_voice_volume_changed"})
 
 
-def emit(ev: str, **fields: Any) -> None:
-    """One JSON line on stdout."""
-    print(json.dumps({"ev": ev, "t": time.monotonic(), **fields}), flush=True)
-
-
-def plain(value: Any) -> Any:
-    """``value`` as JSON-friendly data."""
-    if isinstance(value, list) and value and isinstance(value[0], NetworkQualityInfo):
-        return {info.user_id: int(info.quality) for info in value}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
 
 
 async def forward(engine: CallEngine) -> None:
