@@ -105,6 +105,7 @@ _BY_CODE: dict[int, type[CallError]] = {
     ErrorCode.CALL_FULL: RequestRefusedError,
     ErrorCode.CALL_MEMBER_LIMIT: RequestRefusedError,
     ErrorCode.INVITE_RATE_LIMITED: RequestRefusedError,
+    ErrorCode.SERVER_BUSY: RequestRefusedError,
     ErrorCode.REQUEST_REPEATED: RequestRepeatedError,
     ErrorCode.PERMISSION_DENIED: PermissionDeniedError,
     ErrorCode.USER_SIG_INVALID: UserSigError,

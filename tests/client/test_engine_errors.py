@@ -15,6 +15,7 @@ from callclient.errors import (
     RequestRefusedError,
     RequestRepeatedError,
     UserSigError,
+    error_for_code,
 )
 from callclient.media.deviceset import DeviceSet
 from callclient.types import CallMediaType
@@ -149,3 +150,16 @@ async def test_malformed_server_event_is_logged_not_raised(
     assert "'callMediaType'" in caplog.text
     await bob.engine.accept()
     await alice.rec.wait_for("on_user_join", "bob")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [ErrorCode.CALL_FULL, ErrorCode.CALL_MEMBER_LIMIT, ErrorCode.INVITE_RATE_LIMITED,
+     ErrorCode.SERVER_BUSY],
+)
+def test_server_refusals_are_request_refused_errors_with_their_code(code: ErrorCode) -> None:
+    """A refusal the application can react to (retry later, fewer invitees) is typed as one,
+    whatever its reason; the code says which."""
+    error = error_for_code(int(code), "refused")
+    assert isinstance(error, RequestRefusedError)
+    assert error.code == int(code)
