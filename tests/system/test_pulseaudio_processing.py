@@ -92,15 +92,21 @@ async def test_echo_cancelled_through_pulseaudio_loopback(
     """Speech played on the speakerphone sink comes back through the loopback into the
     microphone; processed, the far-end-only stretch is >= 25 dB quieter than the
     microphone, and the near-end talker keeps >= 0.8 correlation during double talk."""
-    starved = []
+    disturbed = []
     for _ in range(ATTEMPTS):
         result = await _run(pulse, tmp_path)
-        if result["starved"] == 0:
+        # A run is disturbed when the card starved, or when the playout moved against the
+        # microphone mid-run so that the pairing had to skip reference (a standing backlog:
+        # the speaker's callbacks ran late in a burst without an underflow). Either shifts the
+        # echo path under AEC3, which then reconverges for about a second inside the measured
+        # stretch (docs/audio.md, known limits): that measures the machine, not the canceller.
+        if result["starved"] == 0 and result["reference_discarded"] == 0:
             break
-        starved.append(result["starved"])
+        disturbed.append((result["starved"], result["reference_discarded"]))
     else:
-        pytest.fail(f"the sound card starved in every run ({starved} underflows/overflows): "
-                    "the machine is too busy to measure echo cancellation in real time")
+        pytest.fail(f"every run was disturbed ((underflows/overflows, reference samples "
+                    f"skipped): {disturbed}): the machine is too busy to measure echo "
+                    "cancellation in real time")
     print(f"pulseaudio: {result}")
     assert result["unprocessed"] == 0, result
     assert result["echo_dbfs"] > -50.0, f"no echo reached the microphone: {result}"
