@@ -38,6 +38,8 @@ DOUBLE_TALK = (10.0, 16.0)
 LOOPBACK_VOLUME = "50%"
 """The loopback's volume: about -18 dB, the echo well below the far end."""
 ATTEMPTS = 3
+SETTLE_SECONDS = 1.0
+"""AEC3 reconverges within about a second after the echo path moves."""
 
 
 class RecordedSource(AudioSource):
@@ -96,13 +98,16 @@ async def test_echo_cancelled_through_pulseaudio_loopback(
     for _ in range(ATTEMPTS):
         result = await _run(pulse, tmp_path)
         # A run is disturbed when the card starved, or when the playout moved against the
-        # microphone mid-run so that the pairing had to skip reference (a standing backlog:
-        # the speaker's callbacks ran late in a burst without an underflow). Either shifts the
-        # echo path under AEC3, which then reconverges for about a second inside the measured
-        # stretch (docs/audio.md, known limits): that measures the machine, not the canceller.
-        if result["starved"] == 0 and result["reference_discarded"] == 0:
+        # microphone inside the measured stretch so that the pairing had to skip reference (a
+        # standing backlog: the speaker's callbacks ran late in a burst without an underflow).
+        # Either shifts the echo path under AEC3, which then reconverges for about a second
+        # inside the measured stretch (docs/audio.md, known limits): that measures the machine,
+        # not the canceller. A skip in the first seconds (PortAudio's start-up prefill leaves a
+        # standing lead of one block, seen on every CI run) is realigned before the measurement
+        # and converged over; it is reported, not counted.
+        if result["starved"] == 0 and result["measured_discarded"] == 0:
             break
-        disturbed.append((result["starved"], result["reference_discarded"]))
+        disturbed.append((result["starved"], result["measured_discarded"]))
     else:
         pytest.fail(f"every run was disturbed ((underflows/overflows, reference samples "
                     f"skipped): {disturbed}): the machine is too busy to measure echo "
@@ -150,7 +155,10 @@ async def _run(pulse: PulseServer, tmp_path: Path) -> dict[str, float]:
         started = len(microphone.blocks)
         talker: asyncio.subprocess.Process | None = None
         try:
-            await asyncio.sleep(DOUBLE_TALK[0])
+            # A realignment up to here is converged over before FAR_ONLY starts.
+            await asyncio.sleep(FAR_ONLY[0] - SETTLE_SECONDS)
+            settled = processor.stats.reference["discarded"]
+            await asyncio.sleep(DOUBLE_TALK[0] - (FAR_ONLY[0] - SETTLE_SECONDS))
             talker = await asyncio.create_subprocess_exec(
                 "paplay", "-d", pulse.room, str(near_wav), env=pulse.env)
             await asyncio.sleep(DOUBLE_TALK[1] - DOUBLE_TALK[0] + 0.5)
@@ -189,6 +197,7 @@ async def _run(pulse: PulseServer, tmp_path: Path) -> dict[str, float]:
         "double_talk": round(corr(near[: heard.size - lag], heard[lag:]), 3),
         "starved": speaker.underflows + device.overflows + device.dropped,
         "unprocessed": stats.unprocessed,
+        "measured_discarded": stats.reference["discarded"] - settled,
         "cpu_ms_per_block": round(stats.cpu_seconds * 1000 / max(stats.blocks, 1), 3),
         **{f"reference_{k}": v for k, v in stats.reference.items()},
     }
