@@ -144,3 +144,66 @@ async def test_browser_in_an_sfu_group_call_with_two_bots(
     finally:
         for bot in (bob, carol, dave):
             await bot.close()
+
+
+@pytest.fixture
+async def janus_pair() -> AsyncIterator[tuple[JanusProcess, JanusProcess]]:
+    async with JanusProcess() as first, JanusProcess() as second:
+        yield first, second
+
+
+async def test_two_browsers_and_a_bot_move_with_the_call_when_its_janus_dies(
+    browser: Browser, janus_pair: tuple[JanusProcess, JanusProcess], tmp_path: Path
+) -> None:
+    """alice and carol (pages) and bob (a bot) in an SFU call, media everyone to everyone;
+    SIGKILL of the call's Janus: the server moves the call to the other instance (SFU_ROOM
+    with a higher epoch), both pages publish and subscribe there and media comes back both
+    ways; nobody left (no USER_LEAVE), the call goes on."""
+    urls = tuple(j.url for j in janus_pair)
+    async with new_server(http_port=0, core=CoreConfig(sfu=urls)) as server:
+        alice = await WebUser.open(browser, server.http_url, "alice", **RAW)
+        carol = await WebUser.open(browser, server.http_url, "carol", **RAW)
+        bob, bob_heard = await start_bot(server, "bob", auto_accept=True)
+        try:
+            await alice.call("bob carol")
+            await carol.ringing()
+            await carol.click("accept-button")
+            pages = ((alice, ("bob", "carol")), (carol, ("alice", "bob")))
+            for me, others in pages:
+                snap = await me.connected_to(*others)
+                assert snap["transport"] == "sfu"
+                for other in others:
+                    await me.media_from(other)
+            for user in ("alice", "carol"):
+                await bot_got_media(bob, bob_heard, user)
+            first = sfu_of(bob).room
+            hosting = next(j for j in janus_pair if j.url == first.url)
+            other_url = next(j.url for j in janus_pair if j is not hosting)
+
+            hosting.kill()
+            for me, others in pages:
+                await me.wait(lambda s: names(s["log"]).count("SFU_ROOM") == 2,
+                              "a second SFU_ROOM (the call moved)")
+                room = await me.tab.js("callApp.client.call.transport.room")
+                assert room["url"] == other_url and room["epoch"] == first.epoch + 1, room
+                for other in others:
+                    await me.media_from(other)  # counted on the new subscriber connection
+            frames = {u: bob.engine.remote_stats[u].video_frames for u in ("alice", "carol")}
+            for user in ("alice", "carol"):
+                await eventually(
+                    lambda user=user: bob.engine.remote_stats[user].video_frames
+                    >= frames[user] + 30, f"bob decodes {user} again", timeout=3 * T)
+            await alice.screenshot(tmp_path, "alice-after-the-move")
+            for me, _ in pages:
+                log = names((await me.snapshot())["log"])
+                assert "USER_LEAVE" not in log and "CALLING_END" not in log, log
+            assert not [e for e in bob.events if e["event"] == "on_user_leave"]
+        finally:
+            await bob.close()
+            await browser.reset()
+    # The pages' requests to the killed Janus failed (Chromium logs each one); any other
+    # error fails the test (the fixture checks what is left).
+    errors = await asyncio.to_thread(browser.console_errors)
+    unexpected = [e for e in errors
+                  if not (e.startswith(hosting.url) and "ERR_CONNECTION_REFUSED" in e)]
+    assert unexpected == [], unexpected

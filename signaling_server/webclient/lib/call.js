@@ -319,7 +319,12 @@ export class CallClient {
     const member = this.call?.members.get(userId);
     if (!member) return;
     member.stream = stream;
-    if (stream.getAudioTracks().length && this.audioContext && !member.meter) {
+    const audio = stream.getAudioTracks()[0];
+    if (member.meter && member.meter.track !== audio) { // a new track (an SFU call that moved)
+      member.meter.close();
+      member.meter = null;
+    }
+    if (audio && this.audioContext && !member.meter) {
       member.meter = new LevelMeter(this.audioContext, stream);
     }
     this.emit("stream", userId, stream);

@@ -356,9 +356,6 @@ export class SfuTransport {
     this.subscribed.clear();
     this.midUser.clear();
     this.chain = Promise.resolve();
-    for (const feed of this.peers.values()) {
-      for (const track of feed.stream.getTracks()) feed.stream.removeTrack(track);
-    }
     this.onConnectionState?.();
   }
 
@@ -530,21 +527,12 @@ export class SfuTransport {
     }
     for (const [user, wanted] of tracks) {
       const feed = this.peers.get(user);
-      const stream = feed.stream;
-      let changed = false;
-      for (const track of stream.getTracks()) {
-        if (!wanted.includes(track)) {
-          stream.removeTrack(track);
-          changed = true;
-        }
-      }
-      for (const track of wanted) {
-        if (!stream.getTrackById(track.id)) {
-          stream.addTrack(track);
-          changed = true;
-        }
-      }
-      if (changed && wanted.length) this.onStream?.(user, stream);
+      const had = feed.stream.getTracks();
+      if (had.length === wanted.length && wanted.every((track) => had.includes(track))) continue;
+      // A new stream rather than the old one changed: a media element and a WebAudio source
+      // made from the old one keep its old tracks (after a move, every track is new).
+      feed.stream = new MediaStream(wanted);
+      if (wanted.length) this.onStream?.(user, feed.stream);
     }
     this.onConnectionState?.();
   }
