@@ -11,7 +11,7 @@ use the SFU (no mesh) is checked on both.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from callclient.sfu import SfuTransport
 from signaling_server.core import CoreConfig
 from signaling_server.janus_proc import JanusProcess
 from signaling_server.server import SignalingServer
-from tests.helpers.browser import Browser, CaptureFiles, make_capture_files
+from tests.helpers.browser import MIC_HZ, Browser, CaptureFiles, make_capture_files
 from tests.helpers.servers import new_server
 from tests.helpers.waits import T, eventually
 from tests.helpers.webuser import WebUser, names
@@ -207,3 +207,51 @@ async def test_two_browsers_and_a_bot_move_with_the_call_when_its_janus_dies(
     unexpected = [e for e in errors
                   if not (e.startswith(hosting.url) and "ERR_CONNECTION_REFUSED" in e)]
     assert unexpected == [], unexpected
+
+
+async def test_an_audio_sfu_call_switched_to_video_publishes_the_new_camera(
+    browser: Browser, sfu_server: SignalingServer
+) -> None:
+    """alice (the page) audio-calls bob and carol (bots) through Janus: she publishes a
+    video transceiver with no track, the bots hear her; she switches to video: the camera
+    she opens replaces the track (no new negotiation) and both bots decode it."""
+    alice = await WebUser.open(browser, sfu_server.http_url, "alice", **RAW)
+    bob, bob_heard = await start_bot(sfu_server, "bob", auto_accept=True)
+    carol, carol_heard = await start_bot(sfu_server, "carol", auto_accept=True)
+    try:
+        await alice.call("bob carol", media="audio")
+        await alice.connected_to("bob", "carol")
+        for bot, heard in ((bob, bob_heard), (carol, carol_heard)):
+            await eventually(lambda heard=heard: abs(heard.tone("alice")[0] - MIC_HZ) < 15,
+                             f"{bot.config.user_id} hears alice", timeout=3 * T)
+            stats = bot.engine.remote_stats.get("alice")
+            assert stats is None or stats.video_frames == 0, stats
+        for other in ("bob", "carol"):
+            await eventually_async(lambda other=other: audio_from(alice, other),
+                                   f"alice hears {other}")
+        offers = await alice.tab.js("callApp.client.call.transport.publisher"
+                                    ".getTransceivers().map((t) => t.sender.track?.kind ?? null)")
+        assert offers == ["audio", None], offers
+        await alice.click("switch-button")
+        await alice.wait(lambda s: s["mediaType"] == 2 and s["camera"], "switched to video")
+        for bot in (bob, carol):
+            await eventually(
+                lambda bot=bot: (stats := bot.engine.remote_stats.get("alice")) is not None
+                and stats.video_frames >= 30, f"{bot.config.user_id} decodes alice's camera",
+                timeout=3 * T)
+    finally:
+        for bot in (bob, carol):
+            await bot.close()
+
+
+async def audio_from(user: WebUser, other: str) -> bool:
+    stats = (await user.tab.js_async("callApp.mediaStats()")).get(other, {})
+    return bool(stats.get("audioPackets", 0) > 0 and stats.get("rms", 0.0) > 0.01)
+
+
+async def eventually_async(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 3 * T
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"not true within {3 * T:g} s: {what}")
+        await asyncio.sleep(0.3)
