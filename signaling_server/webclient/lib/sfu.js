@@ -397,7 +397,7 @@ export class SfuTransport {
     this.learnPublishers(data.publishers || []);
     const pc = this.publisher = new RTCPeerConnection({
       iceServers: this.iceServers, bundlePolicy: "max-bundle" });
-    pc.onconnectionstatechange = () => this.onConnectionState?.(this.localId, pc.connectionState);
+    pc.onconnectionstatechange = () => this.connectionChanged(pc, this.localId);
     for (const kind of ["audio", "video"]) {
       const track = kind === "audio" ? this.local.audioTrack : this.local.videoTrack;
       pc.addTransceiver(track || kind, { direction: "sendonly", streams: [this.local.stream] });
@@ -409,6 +409,14 @@ export class SfuTransport {
                                            { type: offer.type, sdp: offer.sdp });
     if (!jsep) throw new JanusError("configure: no answer from Janus");
     await pc.setRemoteDescription(jsep);
+  }
+
+  connectionChanged(pc, userId) {
+    if (pc.connectionState === "failed" && (pc === this.publisher || pc === this.subscriber)) {
+      // No ICE restart with Janus here: publish and subscribe again, as after a lost session.
+      this.session?.lose(`${pc === this.publisher ? "publisher" : "subscriber"} connection failed`);
+    }
+    this.onConnectionState?.(userId, pc.connectionState);
   }
 
   // ------------------------------------------------------------------ who publishes
@@ -469,7 +477,7 @@ export class SfuTransport {
       for (const feed of add) this.subscribed.add(feed);
       const pc = this.subscriber = new RTCPeerConnection({
         iceServers: this.iceServers, bundlePolicy: "max-bundle" });
-      pc.onconnectionstatechange = () => this.onConnectionState?.(null, pc.connectionState);
+      pc.onconnectionstatechange = () => this.connectionChanged(pc, null);
       await this.answer(data, jsep);
       return;
     }
