@@ -234,6 +234,7 @@ export class SfuTransport {
     this.midUser = new Map(); // subscriber mid -> userId whose track it carries
     this.chain = Promise.resolve(); // one subscriber negotiation at a time
     this.generation = 0; // a round of publish + subscribe, in one room
+    this.endRound = null; // ends the current round (it starts over unless closed)
     this.closed = false;
     this.run();
   }
@@ -311,11 +312,12 @@ export class SfuTransport {
     if (this.closed || !(room.epoch > this.room.epoch)) return;
     console.info(`call moved to room ${room.room} on ${room.url}`);
     this.room = room;
-    this.session?.lose("the call moved");
+    this.endRound?.("moved");
   }
 
   close() {
     this.closed = true;
+    this.endRound?.("closed");
     this.teardown();
     this.peers.clear();
   }
@@ -326,13 +328,18 @@ export class SfuTransport {
     while (!this.closed) {
       const room = this.room;
       const session = new JanusSession(room.url);
-      const lost = new Promise((resolve) => { session.onLost = resolve; });
+      // The round is over when the session is lost, or (endRound) the call moved, a
+      // connection failed or the transport closed: then the session is destroyed at Janus.
+      let why = null;
+      const over = new Promise((resolve) => {
+        session.onLost = () => resolve("session lost");
+        this.endRound = (reason) => resolve(reason);
+      }).then((reason) => { why = reason; });
       this.session = session;
       const generation = ++this.generation;
       try {
-        await Promise.race([this.round(session, room, generation),
-                            lost.then(() => { throw new JanusError("session lost"); })]);
-        await lost;
+        await Promise.race([this.round(session, room, generation).then(() => over), over]);
+        if (why !== "closed" && why !== "moved") console.info(`sfu ${room.url}: ${why}`);
       } catch (err) {
         if (!this.closed && this.room === room) {
           console.warn(`sfu ${room.url}: ${err.message || err}`);
@@ -341,7 +348,7 @@ export class SfuTransport {
       }
       this.teardown();
       if (this.closed) return;
-      if (this.room === room) await sleep(RESTART_DELAY_MS); // lost: again, same room
+      if (this.room === room) await sleep(RESTART_DELAY_MS); // not moved: again, same room
     }
   }
 
@@ -414,7 +421,7 @@ export class SfuTransport {
   connectionChanged(pc, userId) {
     if (pc.connectionState === "failed" && (pc === this.publisher || pc === this.subscriber)) {
       // No ICE restart with Janus here: publish and subscribe again, as after a lost session.
-      this.session?.lose(`${pc === this.publisher ? "publisher" : "subscriber"} connection failed`);
+      this.endRound?.(`${pc === this.publisher ? "publisher" : "subscriber"} connection failed`);
     }
     this.onConnectionState?.(userId, pc.connectionState);
   }
@@ -452,7 +459,7 @@ export class SfuTransport {
         if (this.session !== session || this.closed) return;
         console.warn("sfu subscription failed:", err);
         this.onError?.("sfu", err);
-        session?.lose(String(err)); // start over rather than stay half subscribed
+        this.endRound?.(`subscription failed: ${err}`); // start over, not half subscribed
       });
     return this.chain;
   }
