@@ -114,6 +114,13 @@ async def test_browser_in_an_sfu_group_call_with_two_bots(
             await bot_got_media(bot, heard, "alice")
             transport = sfu_of(bot)
             assert transport.published.is_set()
+        # The tiles: each member's quality (rated from that member's receivers), volume,
+        # camera and microphone, as in a mesh call.
+        await alice.wait(
+            lambda s: all(m["quality"] in (1, 2) and s["volumes"].get(m["userId"], 0) > 0
+                          and m["video"] is True and m["audio"] is True
+                          for m in s["members"]) and len(s["members"]) == 2,
+            "bob's and carol's tiles: quality, volume, camera and microphone on")
         await alice.screenshot(tmp_path, "alice-with-bob-and-carol")
         # One subscriber connection carries both members.
         pcs = await alice.tab.js(
