@@ -6,6 +6,12 @@ temporary folder (only the VideoRoom plugin and the HTTP transport, bound to 127
 free port, no admin API, no event handlers), runs ``janus -F <folder>`` and waits until its
 HTTP API answers ``info``. :meth:`JanusProcess.kill` (SIGKILL) and :meth:`JanusProcess.start`
 again on the same port are what the fault tests use.
+
+CORS: the browser client calls the HTTP API from the signaling server's page, another origin.
+Janus answers every request with ``Access-Control-Allow-Origin: *`` unless ``allow_origin``
+is set (``--allow-origin``): then with that origin only, so browsers refuse the API to pages
+of other origins. ``enforce_cors`` is never set: Janus would then refuse every request
+without an ``Origin`` header, which is every request of the Python engine and the server.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +40,7 @@ logger = logging.getLogger(__name__)
 _LIB_DIRS = ("/usr/lib/x86_64-linux-gnu/janus", "/usr/lib/aarch64-linux-gnu/janus",
              "/usr/lib/janus", "/opt/janus/lib/janus")
 _START_TIMEOUT = 20.0
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 
 
 class JanusNotInstalledError(RuntimeError):
@@ -70,7 +78,7 @@ def _disabled(folder: Path, keep: str) -> str:
     return ",".join(n for n in names if n != keep)
 
 
-def _write_config(folder: Path, port: int, lib: Path) -> None:
+def _write_config(folder: Path, port: int, lib: Path, allow_origin: str | None = None) -> None:
     (folder / "janus.jcfg").write_text(f"""\
 general: {{
     configs_folder = "{folder}"
@@ -117,6 +125,7 @@ admin: {{
     admin_https = false
 }}
 cors: {{
+{f'    allow_origin = "{allow_origin}"' if allow_origin else ""}
 }}
 """)
     # No static rooms: every room is created by the signaling server, with a secret.
@@ -126,14 +135,18 @@ cors: {{
 class JanusProcess:
     """One Janus gateway subprocess; ``async with JanusProcess() as janus: janus.url``."""
 
-    def __init__(self, port: int | None = None, *, log_path: str | None = None) -> None:
+    def __init__(self, port: int | None = None, *, log_path: str | None = None,
+                 allow_origin: str | None = None) -> None:
+        if allow_origin is not None and not _ORIGIN.fullmatch(allow_origin):
+            raise ValueError(f"allow_origin {allow_origin!r} is not an origin: give "
+                             "scheme://host[:port], e.g. https://calls.example.com")
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/janus"
         """The HTTP API root, what ``signaling-server --sfu`` takes."""
         self._folder = Path(tempfile.mkdtemp(prefix="janus-"))
         self._log_path = log_path or str(self._folder / "janus.log")
         self._proc: subprocess.Popen[bytes] | None = None
-        _write_config(self._folder, self.port, _lib_dir())
+        _write_config(self._folder, self.port, _lib_dir(), allow_origin)
 
     @property
     def running(self) -> bool:
@@ -208,8 +221,8 @@ class JanusProcess:
         await self.aclose()
 
 
-async def _run_with(command: list[str]) -> int:
-    async with JanusProcess() as janus:
+async def _run_with(command: list[str], allow_origin: str | None = None) -> int:
+    async with JanusProcess(allow_origin=allow_origin) as janus:
         argv = [arg.replace("{url}", janus.url) for arg in command]
         print(f"janus at {janus.url} (log {janus._log_path})", file=sys.stderr, flush=True)
         child = await asyncio.create_subprocess_exec(*argv)
@@ -220,19 +233,26 @@ async def _run_with(command: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m signaling_server.janus_proc -- COMMAND ARGS``: a Janus for ``COMMAND``.
+    """``python -m signaling_server.janus_proc [--allow-origin ORIGIN] -- COMMAND ARGS``.
 
     Starts Janus on a free loopback port, runs the command with ``{url}`` in its arguments
-    replaced by the Janus HTTP API URL, and stops Janus when the command exits.
+    replaced by the Janus HTTP API URL, and stops Janus when the command exits. With
+    ``--allow-origin`` Janus's CORS answers name that origin (the page's) instead of ``*``.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    allow_origin = None
+    if args[:1] == ["--allow-origin"] and len(args) > 1:
+        allow_origin, args = args[1], args[2:]
     if args[:1] == ["--"]:
         args = args[1:]
     if not args:
         print(main.__doc__, file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_run_with(args))
+        return asyncio.run(_run_with(args, allow_origin))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except JanusNotInstalledError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -530,6 +530,7 @@ class SignalingServer:
             root=cfg.web_root,
             public_ws_url=cfg.public_ws_url,
             dev_secret_key=cfg.secret_key if dev else None,
+            sfu_urls=tuple(cfg.core.sfu),
         )
 
     def _verify_sig(self, user_sig: str, user_id: str, now: float) -> float:

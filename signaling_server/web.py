@@ -5,7 +5,8 @@
 
 * ``GET /`` and ``GET /<file>``: the files of the web root (the package data
   ``signaling_server/webclient/``, or ``--web-root``), with a Content-Security-Policy that
-  allows only the page's own scripts and styles (no CDN, nothing inline) and websocket connections;
+  allows only the page's own scripts and styles (no CDN, nothing inline), websocket connections
+  and HTTP requests to the configured Janus instances (``--sfu``: the page talks to them itself);
 * ``GET /config.json``: what the page needs to connect: ``sdkAppId``, ``protocolVersion``,
   ``websocketUrl`` (the public one, or null: then ``ws[s]://<page host>:<websocketPort>/``),
   ``websocketPort``, ``secure`` (TLS) and ``developmentLogin``;
@@ -28,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -35,7 +37,8 @@ from callwire.dev import DEV_SECRET_KEY
 from callwire.protocol import PROTOCOL_VERSION, check_user_id
 from callwire.usersig import generate_user_sig
 
-__all__ = ["DEFAULT_WEB_ROOT", "WebClient", "dev_login_allowed", "install", "is_loopback"]
+__all__ = ["DEFAULT_WEB_ROOT", "WebClient", "dev_login_allowed", "install", "is_loopback",
+           "origin_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +61,22 @@ _CONTENT_TYPES: Final = {
 }
 _CSP: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; object-src 'none'; "
+    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:{sfu}; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
 _HEADERS: Final = {
-    "Content-Security-Policy": _CSP,
+    "Content-Security-Policy": _CSP.format(sfu=""),
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
 }
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (a CSP source), or "" when it has none."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return ""
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -97,6 +108,15 @@ class WebClient:
     public_ws_url: str | None = None
     dev_secret_key: str | None = None
     """The key development userSigs are made with; None turns the development login off."""
+    sfu_urls: tuple[str, ...] = ()
+    """The Janus HTTP API URLs of ``--sfu``: the page may connect to their origins."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of every answer: the CSP names the Janus origins the page may reach."""
+        origins = sorted({o for o in map(origin_of, self.sfu_urls) if o})
+        sfu = "".join(f" {origin}" for origin in origins)
+        return {**_HEADERS, "Content-Security-Policy": _CSP.format(sfu=sfu)}
 
     def settings(self) -> dict[str, Any]:
         """The body of ``/config.json``."""
@@ -131,7 +151,7 @@ class WebClient:
         if request.method not in ("GET", "HEAD"):
             return await handler(request)
         if path == "/config.json":
-            return web.json_response(self.settings(), headers=_HEADERS)
+            return web.json_response(self.settings(), headers=self.headers)
         found = self.file(path)
         if found is None:
             if not self.root.is_dir():
@@ -139,7 +159,7 @@ class WebClient:
                                   "directory (start the server with --web-root DIR)")
             return _text(404, f"{path[:200]} is not a file of the web client")
         content_type = _CONTENT_TYPES.get(found.suffix, "application/octet-stream")
-        return web.FileResponse(found, headers={**_HEADERS, "Content-Type": content_type})
+        return web.FileResponse(found, headers={**self.headers, "Content-Type": content_type})
 
     async def _dev_login(self, request: web.Request) -> web.StreamResponse:
         if self.dev_secret_key is None:

@@ -284,6 +284,7 @@ window.callApp = {
       callId: call?.callId ?? null,
       role: call?.role ?? null,
       mediaType: call?.mediaType ?? null,
+      transport: call?.transport?.kind ?? null,
       timer: $("timer").textContent,
       camera: client?.local.cameraOn ?? false,
       microphone: client?.local.microphoneOn ?? false,
@@ -291,7 +292,7 @@ window.callApp = {
       members: call ? [...call.members.values()].map((m) => ({
         userId: m.userId, nickname: m.nickname, video: m.video, audio: m.audio,
         quality: m.quality, connectionState: call.transport?.peers.get(m.userId)?.pc
-          .connectionState ?? null,
+          ?.connectionState ?? null,
       })) : [],
       volumes: client?.volumes() ?? {},
       log: (client?.log ?? []).map(({ source, event, data }) => ({ source, event, data })),
@@ -307,7 +308,7 @@ window.callApp = {
       const entry = { framesDecoded: 0, frameWidth: 0, frameHeight: 0, audioPackets: 0,
                       rms: call.members.get(userId)?.meter?.rms() ?? 0,
                       connectionState: pc.connectionState };
-      for (const stats of (await pc.getStats()).values()) {
+      for (const stats of (await call.transport.statsFor(userId)).values()) {
         if (stats.type !== "inbound-rtp") continue;
         if (stats.kind === "video") {
           entry.framesDecoded += stats.framesDecoded || 0;

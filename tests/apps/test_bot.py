@@ -18,10 +18,14 @@ from callclient.media.base import MemoryView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.pattern import read_stamp
 from callclient.media.virtual import Tone, VirtualSpeaker
+from callclient.sfu import SfuTransport
 from callclient.types import AudioPlaybackDevice, CallMediaType
 from callwire.dev import DEV_SDK_APP_ID
+from signaling_server.core import CoreConfig
+from signaling_server.janus_proc import JanusProcess
 from tests.helpers.apps import BotProcess
 from tests.helpers.servers import new_server, sig
+from tests.helpers.waits import T, eventually
 
 CALLER_TONE = 520.0
 
@@ -259,3 +263,46 @@ async def test_bot_log_shows_nicknames() -> None:
     assert "names" not in records[0]  # bot_ready names nobody
     assert format_human(received).endswith("[alice=Alice]")
     assert known is not None and known.nickname == "Bob the bot"
+
+
+SFU_TONES = {"bob": 400.0, "carol": 900.0, "dave": 1500.0}
+"""No sum or difference of two of these lands within 100 Hz of the third."""
+
+
+async def test_bots_in_an_sfu_call_record_every_participant(tmp_path: Path) -> None:
+    """bob group-calls carol and dave through a Janus subprocess, all three recording: each
+    bot's folder holds an MP4 of each other participant's stamped frames, in order, and a WAV
+    of their tone (``--sfu``: the call is not meshed)."""
+    async with JanusProcess() as janus, new_server(core=CoreConfig(sfu=(janus.url,))) as srv:
+        bots = {user: Bot(BotConfig(user, srv.url, auto_accept=user != "bob", fps=15.0,
+                                    tone_hz=tone, record=tmp_path / user,
+                                    call=("carol", "dave") if user == "bob" else ()))
+                for user, tone in SFU_TONES.items()}
+        try:
+            for user in ("carol", "dave", "bob"):
+                await bots[user].start()
+            for user, bot in bots.items():
+                for other in SFU_TONES:
+                    if other != user:
+                        await eventually(
+                            lambda bot=bot, other=other: (
+                                (stats := bot.engine.remote_stats.get(other)) is not None
+                                and stats.video_frames >= 15),
+                            f"{user} decoded 15 frames of {other}", timeout=3 * T)
+                assert isinstance(bot.engine._media.transport, SfuTransport), user
+            await asyncio.sleep(2.0)
+        finally:
+            for bot in bots.values():
+                await bot.close()
+    for user in SFU_TONES:
+        recorded = sorted(p.name for p in (tmp_path / user).iterdir())
+        others = [o for o in SFU_TONES if o != user]
+        assert recorded == sorted([f"{o}.mp4" for o in others] + [f"{o}.wav" for o in others])
+        for other in others:
+            counters = decoded_stamps(tmp_path / user / f"{other}.mp4")
+            assert len(counters) >= 10, (user, other, len(counters))
+            assert counters == sorted(counters) and counters[-1] > counters[0], (user, other)
+            rate, samples = wav_samples(tmp_path / user / f"{other}.wav")
+            assert samples.size >= rate, (user, other, samples.size)
+            last = samples[-rate:]
+            assert abs(dominant_frequency(last) - SFU_TONES[other]) <= 10.0, (user, other)

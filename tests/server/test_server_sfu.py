@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from callclient.janus import JanusError, JanusHandle, JanusSession
@@ -120,3 +121,27 @@ def test_janus_proc_runs_a_command_with_a_janus() -> None:
          fetch, "{url}"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Janus WebRTC Server"
+
+
+async def test_janus_cors_answers_any_origin_or_the_one_allowed() -> None:
+    """The generated Janus answers a browser's preflight and requests with CORS headers:
+    ``*`` by default, the page's origin with ``allow_origin``; requests without an Origin
+    (the Python engine's, the server's) are served either way."""
+    preflight = {"Origin": "http://127.0.0.1:8080", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    for allowed, expected in ((None, "*"), ("https://calls.example.com",
+                                            "https://calls.example.com")):
+        async with JanusProcess(allow_origin=allowed) as janus, aiohttp.ClientSession() as http:
+            async with http.options(janus.url, headers=preflight) as response:
+                assert response.status == 200
+                assert response.headers["Access-Control-Allow-Origin"] == expected
+                assert "POST" in response.headers["Access-Control-Allow-Methods"]
+            async with http.post(janus.url, json={"janus": "create", "transaction": "t"},
+                                 headers={"Origin": "http://127.0.0.1:8080"}) as response:
+                assert response.headers["Access-Control-Allow-Origin"] == expected
+                assert (await response.json())["janus"] == "success"
+            session = JanusSession(janus.url)  # no Origin header
+            await session.create()
+            await session.destroy()
+    with pytest.raises(ValueError, match="not an origin"):
+        JanusProcess(allow_origin="calls.example.com/janus")

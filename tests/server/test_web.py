@@ -15,8 +15,15 @@ from aiohttp.test_utils import make_mocked_request
 from callwire.dev import DEV_SECRET_KEY
 from callwire.protocol import PROTOCOL_VERSION
 from callwire.usersig import verify_user_sig
+from signaling_server.core import CoreConfig
 from signaling_server.server import SignalingServer
-from signaling_server.web import DEFAULT_WEB_ROOT, WebClient, dev_login_allowed, is_loopback
+from signaling_server.web import (
+    DEFAULT_WEB_ROOT,
+    WebClient,
+    dev_login_allowed,
+    is_loopback,
+    origin_of,
+)
 from tests.helpers.servers import APP, new_server
 
 
@@ -33,6 +40,19 @@ async def fetch(url: str, method: str = "GET", **kwargs: Any) -> tuple[int, dict
         return response.status, dict(response.headers), await response.read()
 
 
+async def test_the_policy_lets_the_page_reach_the_configured_janus_instances() -> None:
+    """With ``--sfu`` the page talks to Janus's HTTP API itself: connect-src names each
+    instance's origin (not its path, no credentials), and nothing else is added."""
+    urls = ("http://127.0.0.1:8088/janus", "https://user:pw@sfu.example.com/janus/",
+            "http://127.0.0.1:8088/janus")
+    async with new_server(http_port=0, core=CoreConfig(sfu=urls)) as server:
+        for path in ("", "config.json"):
+            _, headers, _ = await fetch(server.http_url + path)
+            assert ("connect-src 'self' ws: wss: http://127.0.0.1:8088 "
+                    "https://sfu.example.com; object-src") in headers["Content-Security-Policy"]
+    assert origin_of("ftp://x/y") == "" and origin_of("janus") == ""
+
+
 async def test_the_page_and_its_scripts_are_served_with_a_strict_policy(
     site: SignalingServer,
 ) -> None:
@@ -43,8 +63,8 @@ async def test_the_page_and_its_scripts_are_served_with_a_strict_policy(
     assert b'<script type="module" src="app.js">' in body
     policy = headers["Content-Security-Policy"]
     assert "script-src 'self';" in policy and "connect-src 'self' ws: wss:" in policy
-    for path in ("app.js", "lib/call.js", "lib/mesh.js", "lib/signaling.js", "style.css",
-                 "favicon.svg"):
+    for path in ("app.js", "lib/call.js", "lib/mesh.js", "lib/sfu.js", "lib/signaling.js",
+                 "style.css", "favicon.svg"):
         status, headers, body = await fetch(site.http_url + path)
         assert status == 200, path
         assert body == (DEFAULT_WEB_ROOT / path).read_bytes()

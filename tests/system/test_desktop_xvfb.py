@@ -24,9 +24,12 @@ from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.media.pattern import read_stamp
 from callclient.observer import CallEvent, EventQueueObserver
+from callclient.sfu import SfuTransport
+from signaling_server.core import CoreConfig
+from signaling_server.janus_proc import JanusProcess
 from signaling_server.server import SignalingServer
 from tests.helpers.apps import logged_process
-from tests.helpers.servers import APP, sig
+from tests.helpers.servers import APP, new_server, sig
 from tests.helpers.xvfb import close_window, find_window, run_x, screenshot
 
 Image = npt.NDArray[np.uint8]
@@ -165,3 +168,76 @@ async def test_app_quits_on_q_while_ringing(display: str, server: SignalingServe
         await bot.wait("on_call_cancelled")
         async with asyncio.timeout(15):
             assert await proc.wait() == 0, (tmp_path / "app.log").read_text()
+
+
+@pytest.fixture
+async def sfu_server() -> AsyncIterator[SignalingServer]:
+    """A signaling server carrying group calls through a Janus subprocess."""
+    async with JanusProcess() as janus, new_server(core=CoreConfig(sfu=(janus.url,))) as srv:
+        yield srv
+
+
+async def test_app_in_a_four_person_sfu_call_shows_a_live_tile_per_member(
+    display: str, sfu_server: SignalingServer, tmp_path: Path
+) -> None:
+    """The app group-calls three engines through Janus (``--group bob,carol,dave``): the
+    window has four tiles, and each of the three remote tiles shows that member's stamp
+    advancing; a member hanging up leaves three tiles, still live; 'h' leaves the call."""
+    users = ("bob", "carol", "dave")
+    bots: list[Bot] = []
+    try:
+        for user in users:
+            engine = CallEngine(sfu_server.url, devices=DeviceSet.virtual(user, fps=15.0))
+            bots.append(Bot(engine))
+            await engine.login(APP, user, sig(user))
+            await engine.open_camera()
+        async with app_process(display, sfu_server, tmp_path / "app.log",
+                               "--group", ",".join(users)) as proc:
+            for bot in bots:
+                await bot.wait("on_call_received")
+                await bot.engine.accept()
+            for bot in bots:
+                await bot.wait("on_call_begin")
+                assert isinstance(bot.engine._media.transport, SfuTransport)
+            window, *origin_list = await find_window(display, ALICE_WINDOW)
+            origin = (origin_list[0], origin_list[1])
+            await live_tiles(display, origin, 4, tmp_path, "four")
+
+            await bots[2].engine.hangup()
+            await live_tiles(display, origin, 3, tmp_path, "three")
+
+            await press(display, window, "h")  # bob and carol go on without alice
+            for bot in bots[:2]:
+                await bot.wait("on_user_leave", match=lambda e: e.args == ("alice",))
+            await asyncio.to_thread(close_window, display, window)
+            async with asyncio.timeout(15):
+                assert await proc.wait() == 0, (tmp_path / "app.log").read_text()
+    finally:
+        for bot in bots:
+            await bot.engine.close()
+
+
+async def live_tiles(display: str, origin: tuple[int, int], count: int, out: Path,
+                     name: str, within: float = 40.0) -> None:
+    """Every remote tile of a ``count``-tile window shows a stamp that advances by 5 frames."""
+    first: dict[int, int] = {}
+    advanced: set[int] = set()
+    rects = Layout(WINDOW, count).rects
+    deadline = time.monotonic() + within
+    while len(advanced) < count - 1:
+        shot = await asyncio.to_thread(screenshot, display)
+        for index in range(1, count):
+            x, y, w, h = rects[index]
+            found = read_stamp(shot[origin[1] + y : origin[1] + y + h,
+                                    origin[0] + x : origin[0] + x + w])
+            if found is None:
+                continue
+            first.setdefault(index, found[0])
+            if found[0] > first[index] + 5:
+                advanced.add(index)
+        if time.monotonic() > deadline:
+            cv2.imwrite(str(out / f"{name}-screen.png"), shot)
+            pytest.fail(f"{count} tiles: only tiles {sorted(advanced)} advanced, stamps first "
+                        f"seen {first} (screenshot {out / f'{name}-screen.png'})")
+        await asyncio.sleep(0.3)
+    cv2.imwrite(str(out / f"{name}-screen.png"), shot)

@@ -40,7 +40,7 @@ SHIPPED_ASSETS = ("callclient/assets/ringback.wav", "callclient/assets/ringtone.
 WEB_CLIENT = tuple(sorted(
     f"signaling_server/webclient/{path}" for path in (
         "app.js", "favicon.svg", "index.html", "style.css", "lib/call.js", "lib/media.js",
-        "lib/mesh.js", "lib/quality.js", "lib/signaling.js")
+        "lib/mesh.js", "lib/quality.js", "lib/sfu.js", "lib/signaling.js")
 ))
 """The browser client's files: served by the installed server from the package."""
 WINDOW = (640, 360)

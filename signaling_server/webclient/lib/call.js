@@ -6,6 +6,7 @@
 import { CallError, SignalingSession } from "./signaling.js";
 import { LevelMeter, LocalMedia } from "./media.js";
 import { MeshTransport } from "./mesh.js";
+import { SfuTransport } from "./sfu.js";
 import { LinkRater, Quality, worst } from "./quality.js";
 
 export { CallError };
@@ -280,7 +281,8 @@ export class CallClient {
   newCall(callId, role, status, mediaType, extra) {
     return {
       callId, role, status, mediaType, beginTime: null, members: new Map(), answers: new Map(),
-      roomID: null, sponsor: "", sponsorNickname: "", invitees: [], groupId: "", ...extra,
+      roomID: null, sponsor: "", sponsorNickname: "", invitees: [], groupId: "", sfuRoom: null,
+      ...extra,
     };
   }
 
@@ -291,14 +293,20 @@ export class CallClient {
   ensureTransport() {
     const call = this.call;
     if (call.transport) return call.transport;
-    // One peer connection per member. An SFU room (a server hint in the accept/calls reply)
-    // would be made here instead, with the same interface (see mesh.js).
-    const transport = new MeshTransport({
-      localId: this.userId, iceServers: this.iceServers, local: this.local,
-      trickle: this.trickle,
-      send: (to, kind, payload) =>
-        this.request("relay", { callId: call.callId, to, kind, payload }),
-    });
+    // One peer connection per member, or, in a call the server put in an SFU room
+    // (SFU_ROOM, which comes before ON_CALL_BEGIN and any USER_ENTER), a publisher and a
+    // subscriber connection with Janus; both have the same interface (see mesh.js).
+    const transport = call.sfuRoom
+      ? new SfuTransport({
+        localId: this.userId, room: call.sfuRoom, iceServers: this.iceServers,
+        local: this.local,
+      })
+      : new MeshTransport({
+        localId: this.userId, iceServers: this.iceServers, local: this.local,
+        trickle: this.trickle,
+        send: (to, kind, payload) =>
+          this.request("relay", { callId: call.callId, to, kind, payload }),
+      });
     transport.onStream = (userId, stream) => this.remoteStream(userId, stream);
     transport.onConnectionState = () => this.changed();
     transport.onError = (userId, err) =>
@@ -311,7 +319,12 @@ export class CallClient {
     const member = this.call?.members.get(userId);
     if (!member) return;
     member.stream = stream;
-    if (stream.getAudioTracks().length && this.audioContext && !member.meter) {
+    const audio = stream.getAudioTracks()[0];
+    if (member.meter && member.meter.track !== audio) { // a new track (an SFU call that moved)
+      member.meter.close();
+      member.meter = null;
+    }
+    if (audio && this.audioContext && !member.meter) {
       member.meter = new LevelMeter(this.audioContext, stream);
     }
     this.emit("stream", userId, stream);
@@ -374,6 +387,12 @@ export class CallClient {
       case "CALLING_END":
         this.endCall(`ended: ${data.reason}`);
         return;
+      case "SFU_ROOM": // the call's media goes through Janus; a higher epoch: another room
+        if (call.sfuRoom && !(data.epoch > call.sfuRoom.epoch)) return;
+        call.sfuRoom = data;
+        if (call.transport instanceof SfuTransport) call.transport.move(data);
+        else if (call.transport) console.warn("SFU room for a call already meshed: staying so");
+        break;
       case "ON_CALL_BEGIN":
         call.status = Status.CONNECTED;
         call.beginTime = Date.now();
@@ -462,11 +481,11 @@ export class CallClient {
     if (!call?.transport) return;
     const now = Date.now();
     const uplinks = [];
-    for (const [userId, pc] of call.transport.connections()) {
+    for (const userId of call.transport.connections().keys()) {
       const member = call.members.get(userId);
       if (!member) continue;
       try {
-        member.rater.update(await pc.getStats(), now);
+        member.rater.update(await call.transport.statsFor(userId), now);
       } catch {
         continue; // closed meanwhile
       }

@@ -3,6 +3,7 @@
 /** A 0..100 level of a media stream's audio, read from a WebAudio analyser. */
 export class LevelMeter {
   constructor(context, stream) {
+    this.track = stream.getAudioTracks()[0] ?? null; // the one it measures, for good
     this.source = context.createMediaStreamSource(stream);
     this.analyser = context.createAnalyser();
     this.analyser.fftSize = 1024;

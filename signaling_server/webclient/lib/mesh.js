@@ -7,7 +7,8 @@
 // A transport has this shape, so another (an SFU room) can stand beside it:
 //   add(userId), remove(userId), relay({from, kind, payload}), localTracksChanged(),
 //   streams: Map userId -> MediaStream, connections(): Map userId -> RTCPeerConnection,
-//   close(); and calls onStream(userId, stream), onConnectionState(userId, state).
+//   peers: Map userId -> {pc}, statsFor(userId): its statistics, close(); and calls
+//   onStream(userId, stream), onConnectionState(userId, state). sfu.js is the other one.
 
 const KEEPALIVE_LABEL = "keepalive";
 const KEEPALIVE_MS = 1000;
@@ -168,6 +169,7 @@ export class MeshTransport {
     this.local = local;
     this.sendRelay = send;
     this.trickle = trickle;
+    this.kind = "mesh";
     this.peers = new Map();
     this.onStream = null;
     this.onConnectionState = null;
@@ -180,6 +182,11 @@ export class MeshTransport {
 
   connections() {
     return new Map([...this.peers].map(([user, peer]) => [user, peer.pc]));
+  }
+
+  /** Statistics of the connection with `userId` (an RTCStatsReport; empty if none). */
+  async statsFor(userId) {
+    return (await this.peers.get(userId)?.pc.getStats()) ?? new Map();
   }
 
   /** `userId` joined: make its connection (once) and offer if ours is the lower id. */
