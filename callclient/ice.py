@@ -7,10 +7,21 @@ they expire (docs/protocol.md, "ICE servers"). aiortc uses only the *first* STUN
 a TURN/UDP URL to the TURN/TCP one where a firewall drops UDP. So :class:`IceChooser` tries
 each TURN URL in the server's order with a real allocation (aioice's TURN client, the one
 aiortc uses) and gives the peer connections the STUN servers plus the first TURN URL that
-allocated. A TURN server that refuses the credentials or does not answer is reported once
-(``on_error`` with :data:`~callwire.codes.ErrorCode.TURN_AUTH_FAILED` or
-:data:`~callwire.codes.ErrorCode.TURN_UNREACHABLE`, and a warning), and the calls go on
+allocated. A TURN server that refuses the credentials, does not answer, or (``turns:``)
+presents a certificate this machine does not trust is reported once (``on_error`` with
+:data:`~callwire.codes.ErrorCode.TURN_AUTH_FAILED`,
+:data:`~callwire.codes.ErrorCode.TURN_UNREACHABLE` or
+:data:`~callwire.codes.ErrorCode.TURN_TLS_FAILED`, and a warning), and the calls go on
 with direct paths only. ICE itself prefers host and server-reflexive pairs over the relay.
+
+``turns:`` is TLS over TCP with Python's default context (aioice gets ``ssl=True`` from
+aiortc and from :func:`probe_turn` alike): the certificate must be valid for the URL's host
+and signed by a CA of the system's store, or of the file ``SSL_CERT_FILE`` names (read at
+each connection, so setting it in the environment before the first call is enough). There is
+no engine option for a CA: aiortc hands aioice a bool, not a context, so an option could
+reach this probe but not the allocations of the peer connections. DTLS to the TURN server
+(``turns:`` over UDP) is not supported by aiortc; :func:`~callwire.turn.parse_turn_url`
+refuses it.
 
 Servers given to :class:`~callclient.engine.CallEngine` (``ice_servers=``) override all this:
 they are used as given, untried.
@@ -21,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +66,9 @@ class TurnProbe:
     ok: bool
     refused: bool = False
     """The server answered and refused the credentials."""
+    tls_failed: bool = False
+    """``turns:``: the TLS handshake failed (an untrusted or mismatched certificate, or no
+    TLS on that port)."""
     reason: str = ""
 
 
@@ -82,6 +97,8 @@ async def probe_turn(
     except stun.TransactionFailed as exc:
         code = exc.response.attributes.get("ERROR-CODE", (0, ""))[0]
         return TurnProbe(url.url, False, refused=code in _AUTH_ERRORS, reason=str(exc))
+    except ssl.SSLError as exc:  # before OSError, its base class
+        return TurnProbe(url.url, False, tls_failed=True, reason=f"{type(exc).__name__}: {exc}")
     except (TimeoutError, stun.TransactionTimeout):
         return TurnProbe(url.url, False, reason=f"no answer within {timeout:g} s")
     except (OSError, ValueError, ConnectionError) as exc:
@@ -172,6 +189,7 @@ class IceChooser:
             self._chosen = [*stun_servers, chosen]
         else:
             refused = [p for p in probes if p.refused]
+            untrusted = [p for p in probes if p.tls_failed]
             if refused:
                 # The server answers: its STUN side still gives server-reflexive candidates.
                 self._chosen = stun_servers
@@ -181,6 +199,16 @@ class IceChooser:
                     "static-auth-secret. Calls use direct paths only."
                 )
                 code = ErrorCode.TURN_AUTH_FAILED
+            elif untrusted:
+                # The server answers TCP: its STUN side stays, as for refused credentials.
+                self._chosen = stun_servers
+                message = (
+                    f"TLS to TURN server {untrusted[0].url} failed ({untrusted[0].reason}); "
+                    "give coturn a certificate for that host name from a CA this machine "
+                    "trusts, or point SSL_CERT_FILE at the CA file that signed it. "
+                    "Calls use direct paths only."
+                )
+                code = ErrorCode.TURN_TLS_FAILED
             else:
                 # Unreachable: so is the STUN side of those hosts, which would only delay
                 # gathering by 5 s; a STUN server elsewhere is kept.

@@ -34,6 +34,7 @@ class ErrorCode(enum.IntEnum):
     TURN_AUTH_FAILED = -1330  # the TURN server refused the credentials the server handed out
     TURN_UNREACHABLE = -1331  # no TURN URL answered
     MEDIA_CONNECT_FAIL = -1332  # ICE found no working path to a member
+    TURN_TLS_FAILED = -1333  # TLS to a turns: URL failed: its certificate is not trusted
     # REST API codes, also used at login
     REST_INVALID_PARAMETERS = 70001
     USER_SIG_INVALID = 70002

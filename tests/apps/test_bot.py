@@ -9,6 +9,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from callclient.apps.bot import Bot, BotConfig
 from callclient.apps.events import format_human
@@ -17,6 +18,7 @@ from callclient.media.analysis import dominant_frequency
 from callclient.media.base import MemoryView
 from callclient.media.deviceset import DeviceSet
 from callclient.media.pattern import read_stamp
+from callclient.media.processing import AudioProcessing
 from callclient.media.virtual import Tone, VirtualSpeaker
 from callclient.sfu import SfuTransport
 from callclient.types import AudioPlaybackDevice, CallMediaType
@@ -306,3 +308,35 @@ async def test_bots_in_an_sfu_call_record_every_participant(tmp_path: Path) -> N
             assert samples.size >= rate, (user, other, samples.size)
             last = samples[-rate:]
             assert abs(dominant_frequency(last) - SFU_TONES[other]) <= 10.0, (user, other)
+
+
+@pytest.mark.parametrize(("flags", "label"), [
+    ([], "off"),
+    (["--audio-processing"], "AEC NS AGC HPF"),
+    (["--audio-processing", "ns,agc"], "NS AGC"),
+    (["--audio-processing", "off"], "off"),
+])
+async def test_bot_passes_audio_processing_to_its_engine(flags: list[str], label: str) -> None:
+    """``callclient bot --audio-processing``: the stages the bot's engine runs, as bot_ready
+    reports them (the default: off, the bot's devices being virtual)."""
+    async with new_server() as srv:
+        bot = await BotProcess.start("--user", "bob", "--server", srv.url, *flags)
+        try:
+            ready = await bot.wait_event("bot_ready")
+            code = await bot.stop(signal.SIGTERM)
+        finally:
+            await bot.kill()
+    assert ready["args"] == [srv.url, label]
+    assert code == 0, bot.stderr
+
+
+async def test_bot_api_hands_audio_processing_to_the_engine() -> None:
+    """``BotConfig.audio_processing`` is what the engine runs; None keeps its default."""
+    chosen = AudioProcessing.off().with_changes(echo_cancellation=True, auto_gain=True)
+    async with new_server() as srv:
+        for config, expected in ((chosen, chosen), (None, AudioProcessing.off())):
+            bot = Bot(BotConfig("bob", srv.url, audio_processing=config))
+            try:
+                assert bot.engine.audio_processing == expected
+            finally:
+                await bot.close()

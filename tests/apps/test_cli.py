@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
-from callclient.cli import main, parse_resolution
+from callclient.cli import main, parse_audio_processing, parse_resolution
+from callclient.media.processing import AudioProcessing
 from callclient.types import Resolution
 from tests.helpers.apps import closed_port, run_module
 from tests.helpers.servers import new_server
@@ -22,6 +24,8 @@ BAD_USAGE = [
     (["bot", "--user", "bob", "--server", "ws://x", "--seconds", "-1"], "positive"),
     (["bot", "--user", "b", "--server", "ws://x", "--usersig", "s", "--secret-key", "k"],
      "not allowed"),
+    (["bot", "--user", "b", "--server", "ws://x", "--audio-processing", "loud"],
+     "unknown audio processing 'loud'"),
     (["loopback", "--users", "1"], "between 2 and 9"),
     (["loopback", "--seconds", "abc"], "not a number"),
     (["demo", "--seconds", "0"], "positive"),
@@ -56,6 +60,48 @@ def test_parse_resolution() -> None:
     assert parse_resolution("0") is Resolution.RESOLUTION_640_360
     with pytest.raises(Exception, match="unknown resolution"):
         parse_resolution("4k")
+
+
+OFF = AudioProcessing.off()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("all", AudioProcessing()),
+    ("on", AudioProcessing()),
+    ("off", OFF),
+    ("none", OFF),
+    ("aec", OFF.with_changes(echo_cancellation=True)),
+    ("ns", OFF.with_changes(noise_suppression=True)),
+    ("agc", OFF.with_changes(auto_gain=True)),
+    ("hpf", OFF.with_changes(high_pass_filter=True)),
+    ("aec,ns", OFF.with_changes(echo_cancellation=True, noise_suppression=True)),
+    (" NS , agc,", OFF.with_changes(noise_suppression=True, auto_gain=True)),
+    ("hpf,aec,ns,agc", AudioProcessing()),
+])
+def test_parse_audio_processing(text: str, expected: AudioProcessing) -> None:
+    """all/on, off/none, or a comma-separated set of stages in any order and case."""
+    assert parse_audio_processing(text) == expected
+
+
+@pytest.mark.parametrize("text", ["loud", "aec,echo", "", ",", "aec;ns", "all,off"])
+def test_parse_audio_processing_names_the_valid_values(text: str) -> None:
+    """A value that is not all, off or a set of known stages names what is accepted."""
+    with pytest.raises(argparse.ArgumentTypeError) as caught:
+        parse_audio_processing(text)
+    message = str(caught.value)
+    assert repr(text) in message
+    assert "all, off" in message and "aec, ns, agc, hpf" in message
+
+
+def test_bad_audio_processing_exits_2_naming_the_stages(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``bot --audio-processing aec,eq``: exit 2, one usage error naming the valid stages."""
+    assert main(["bot", "--user", "b", "--server", "ws://x", "--audio-processing",
+                 "aec,eq"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --audio-processing" in err and "aec, ns, agc, hpf" in err, err
+    assert "Traceback" not in err
 
 
 async def test_unreachable_server_exits_1() -> None:

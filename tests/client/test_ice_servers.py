@@ -1,11 +1,16 @@
 """The engine takes its STUN/TURN servers from the login reply and ICE_SERVERS, tries the TURN
-URLs against a real coturn (on loopback) and reports refused credentials clearly."""
+URLs against a real coturn (on loopback) and reports refused credentials clearly.
+
+TURN over TLS (``turns:``) runs against a coturn with a TLS listener and a self-signed
+certificate made here, trusted the way a user trusts a private CA: ``SSL_CERT_FILE``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +23,7 @@ from callclient.types import CallMediaType, MediaPath
 from callwire.messages import IceServerEntry, IceServers
 from callwire.turn import parse_turn_url, turn_credentials
 from signaling_server.core import CoreConfig
+from tests.helpers.certs import Certificate, make_self_signed
 from tests.helpers.coturn import Coturn
 from tests.helpers.engine import Recorder
 from tests.helpers.servers import APP, new_server, sig
@@ -37,6 +43,20 @@ def _free_port() -> int:
 def coturn() -> Iterator[Coturn]:
     """coturn on a free loopback port (allocations only: nothing is relayed here)."""
     with Coturn("127.0.0.1", SECRET, ["127.0.0.1"], port=_free_port()) as turn:
+        yield turn
+
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """coturn's certificate: self-signed, valid for 127.0.0.1 only (not for ``localhost``)."""
+    return make_self_signed(tmp_path_factory.mktemp("coturn-cert"), "coturn", ("127.0.0.1",))
+
+
+@pytest.fixture(scope="module")
+def coturn_tls(tls_cert: Certificate) -> Iterator[Coturn]:
+    """coturn with a TLS listener too (``turns:``), on free loopback ports."""
+    with Coturn("127.0.0.1", SECRET, ["127.0.0.1"], port=_free_port(), tls=tls_cert,
+                tls_port=_free_port()) as turn:
         yield turn
 
 
@@ -204,3 +224,66 @@ async def test_unreachable_turn_keeps_a_stun_server_elsewhere() -> None:
     assert [s.urls for s in chooser.servers] == ["stun:198.51.100.9:3478"]
     assert len(notes) == 1 and getattr(notes[0], "code", None) == ErrorCode.TURN_UNREACHABLE
     await tasks.cancel_all()
+
+
+async def test_relay_path_through_coturn_over_tls(
+    coturn_tls: Coturn, tls_cert: Certificate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relay only, through coturn's TLS listener, its certificate trusted through
+    SSL_CERT_FILE: media flows both ways and the path says turn/tls."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_cert.cert))
+    username, credential = turn_credentials(SECRET, "tester", 2_000_000_000)
+    async with new_server() as server:
+        paths = await _call_paths(
+            server.url, [IceServer(coturn_tls.tls_url, username, credential)], relay_only=True)
+    for path in paths:
+        assert path.relayed and path.local == "relay"
+        assert path.transport == "turn/tls"
+
+
+async def test_server_turns_url_allocated_with_a_trusted_certificate(
+    coturn_tls: Coturn, tls_cert: Certificate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server hands out only the turns: URL; with its CA in SSL_CERT_FILE the engine's
+    check allocates on it and keeps it."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_cert.cert))
+    core = CoreConfig(turn_urls=(parse_turn_url(coturn_tls.tls_url),), turn_secret=SECRET)
+    async with new_server(core=core) as server:
+        engine, rec = await _login(server.url, "alice")
+        try:
+            await asyncio.wait_for(engine.ice.checked.wait(), T)
+            assert [s.urls for s in engine.ice.servers] == [coturn_tls.tls_url]
+            assert [p.ok for p in engine.ice.probes] == [True]
+            assert rec.find("on_error") is None
+        finally:
+            await engine.close()
+
+
+@pytest.mark.parametrize("case", ["unknown-ca", "wrong-name"])
+async def test_untrusted_turns_certificate_reported_with_its_code(
+    coturn_tls: Coturn, tls_cert: Certificate, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, case: str,
+) -> None:
+    """A certificate signed by a CA not in SSL_CERT_FILE, or trusted but not valid for the
+    URL's host (``localhost``: it names 127.0.0.1 only): on_error(-1333) naming the URL, the
+    TLS failure and SSL_CERT_FILE; no TURN server is used."""
+    if case == "unknown-ca":
+        trusted, host = make_self_signed(tmp_path, "another CA").cert, "127.0.0.1"
+    else:
+        trusted, host = tls_cert.cert, "localhost"
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusted))
+    url = f"turns:{host}:{coturn_tls.tls_port}?transport=tcp"
+    core = CoreConfig(turn_urls=(parse_turn_url(url),), turn_secret=SECRET)
+    async with new_server(core=core) as server:
+        engine, rec = await _login(server.url, "alice")
+        try:
+            error = await rec.wait_for("on_error")
+            assert error.args[0] == ErrorCode.TURN_TLS_FAILED
+            message = error.args[1]
+            assert url in message and "SSL_CERT_FILE" in message
+            assert "certificate verify failed" in message
+            assert [(p.ok, p.tls_failed, p.refused) for p in engine.ice.probes] == [
+                (False, True, False)]
+            assert engine.ice.servers == []
+        finally:
+            await engine.close()

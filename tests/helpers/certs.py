@@ -28,8 +28,12 @@ class Certificate:
         return self.cert.read_bytes()
 
 
-def make_self_signed(directory: Path, common_name: str = "callclient test") -> Certificate:
-    """An EC P-256 certificate for ``localhost`` and ``127.0.0.1``, valid for a day."""
+def make_self_signed(
+    directory: Path,
+    common_name: str = "callclient test",
+    hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+) -> Certificate:
+    """An EC P-256 certificate for ``hosts`` (names and IP addresses), valid for a day."""
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -42,9 +46,8 @@ def make_self_signed(directory: Path, common_name: str = "callclient test") -> C
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_san(host) for host in hosts]),
+                       critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -54,3 +57,10 @@ def make_self_signed(directory: Path, common_name: str = "callclient test") -> C
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     return Certificate(cert_path, key_path, common_name)
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)

@@ -8,6 +8,9 @@ relay only to the test's own addresses: ``denied-peer-ip`` covers every IPv4 add
 ``allowed-peer-ip`` re-opens only ``peers`` (coturn applies the allow list first). Its SQLite
 user database, pid file and log live in the temporary directory. Stopped (SIGTERM, then
 SIGKILL) on exit.
+
+With ``tls`` (a certificate of :mod:`tests.helpers.certs`) it also serves TURN over TLS on
+``tls_port`` (``turns:``); DTLS stays off (``no-dtls``: aiortc cannot use it).
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["TURN_PORT", "Coturn", "CoturnUnavailable"]
+from tests.helpers.certs import Certificate
+
+__all__ = ["TURN_PORT", "TURN_TLS_PORT", "Coturn", "CoturnUnavailable"]
 
 TURN_PORT = 3478
 """Inside a test's own namespace nothing else listens, so the standard port is free."""
+TURN_TLS_PORT = 5349
+"""The standard port of TURN over TLS (``turns:``)."""
 
 
 class CoturnUnavailable(RuntimeError):
@@ -43,6 +50,8 @@ class Coturn:
         *,
         port: int = TURN_PORT,
         realm: str = "callclient.test",
+        tls: Certificate | None = None,
+        tls_port: int = TURN_TLS_PORT,
     ) -> None:
         self.address = address
         self.secret = secret
@@ -50,14 +59,22 @@ class Coturn:
         self.prefix = prefix or []
         self.port = port
         self.realm = realm
+        self.tls = tls
+        self.tls_port = tls_port
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.proc: subprocess.Popen[str] | None = None
 
     @property
     def urls(self) -> list[str]:
-        """TURN over UDP, then over TCP, on the same port."""
+        """TURN over UDP, then over TCP, on the same port; then over TLS when it has one."""
         base = f"turn:{self.address}:{self.port}"
-        return [f"{base}?transport=udp", f"{base}?transport=tcp"]
+        return [f"{base}?transport=udp", f"{base}?transport=tcp",
+                *([self.tls_url] if self.tls is not None else [])]
+
+    @property
+    def tls_url(self) -> str:
+        """The ``turns:`` URL of the TLS listener (only listening with ``tls``)."""
+        return f"turns:{self.address}:{self.tls_port}?transport=tcp"
 
     def config(self, workdir: Path) -> str:
         """The configuration file's text."""
@@ -72,7 +89,8 @@ class Coturn:
             f"realm={self.realm}",
             "fingerprint",
             "no-cli",
-            "no-tls",
+            *([f"tls-listening-port={self.tls_port}", f"cert={self.tls.cert}",
+               f"pkey={self.tls.key}"] if self.tls is not None else ["no-tls"]),
             "no-dtls",
             "no-multicast-peers",
             "no-software-attribute",
@@ -116,19 +134,23 @@ class Coturn:
         return self
 
     def _wait_listening(self, timeout: float = 15.0) -> None:
-        """Until a TCP connect to the TURN port succeeds (UDP opens at the same time)."""
+        """Until a TCP connect to the TURN port (and the TLS one) succeeds (UDP opens at the
+        same time)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
+        ports = [self.port, *([self.tls_port] if self.tls is not None else [])]
         probe = [*self.prefix, sys.executable, "-c",
-                 "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])),"
-                 " 1).close()", self.address, str(self.port)]
+                 "import socket,sys\nfor p in sys.argv[2:]:"
+                 " socket.create_connection((sys.argv[1], int(p)), 1).close()",
+                 self.address, *map(str, ports)]
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise CoturnUnavailable(f"turnserver exited {self.proc.returncode}: "
                                         f"{self.log()[-2000:]}")
             if not self.prefix:
                 try:
-                    socket.create_connection((self.address, self.port), 1).close()
+                    for port in ports:
+                        socket.create_connection((self.address, port), 1).close()
                     return
                 except OSError:
                     pass
