@@ -1,4 +1,5 @@
-"""CallStore: call records in SQLite."""
+"""CallStore: call records, in SQLite and in PostgreSQL (the ``store`` fixture runs each
+test on both back ends; the file and kill tests are SQLite's)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from callclient.types import CallMediaType, CallResultType, CallRole, CallScene
 from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
-from signaling_server.store import SCHEMA_VERSION, CallStore
+from signaling_server.store import SCHEMA_VERSION, CallStore, open_store
 
 APP = 1400000001
 CALLER = ParticipantOutcome(CallRole.CALLER, CallResultType.OUTGOING)
@@ -57,11 +59,11 @@ def make_call(
 
 
 @pytest.fixture
-def store() -> Iterator[CallStore]:
-    """An in-memory store."""
-    db = CallStore(":memory:")
-    yield db
-    db.close()
+def store(db: str) -> Iterator[CallStore]:
+    """An empty store: in-memory SQLite, then a fresh PostgreSQL database."""
+    opened = open_store(db)
+    yield opened
+    opened.close()
 
 
 def test_save_and_get_round_trip(store: CallStore) -> None:
@@ -274,7 +276,8 @@ def test_save_writes_records_outbox_rows_and_profiles_together(store: CallStore)
     assert commands == ["caller_start_call", "caller_call_end"]
     assert tuple(profile) == ("Alice", "b.png")
     bad_row = OutboxRow(APP, None, "caller_call_end", "{}", "{}", 2.0)  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):  # the record was written first: rolled back
+    # the record was written first: rolled back
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
         store.save([make_call("c2", 2.0)], [rows[0], bad_row])
     assert store.get_call(APP, "c2") is None
     with store.locked() as conn:
