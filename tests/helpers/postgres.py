@@ -6,8 +6,9 @@ run as root (PostgreSQL refuses root): the ``postgres`` user of the Debian packa
 ``nobody``. :meth:`PostgresServer.new_database` makes an empty database per test.
 
 Fixtures (re-exported by ``tests/conftest.py``): ``postgres`` (one server per test session)
-and ``db`` (parametrized: ``":memory:"`` SQLite, then a fresh PostgreSQL database URL), so a
-test taking ``db`` runs against both back ends.
+and ``db`` (parametrized: an SQLite file in the test's temporary directory, then a fresh
+PostgreSQL database URL), so a test taking ``db`` runs against both back ends;
+:func:`db_rows` reads either with the store's own read connection.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-__all__ = ["PG_BIN", "PostgresServer", "db", "postgres"]
+__all__ = ["PG_BIN", "PostgresServer", "db", "db_rows", "postgres"]
 
 PG_BIN = Path(os.environ.get("CALLSERVER_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 """Where initdb and postgres are (Debian's postgresql-15)."""
@@ -144,9 +145,21 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest) -> str:
-    """``--db`` of each back end in turn: in-memory SQLite, then a fresh PostgreSQL database."""
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``--db`` of each back end in turn: an SQLite file, then a fresh PostgreSQL database."""
     if request.param == "sqlite":
-        return ":memory:"
+        return str(tmp_path / "records.db")
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.new_database()
+
+
+def db_rows(db: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """The rows of one query (``?`` placeholders) on database ``db``, either back end."""
+    from signaling_server.store import open_store
+
+    store = open_store(db)
+    try:
+        with store.locked() as conn:
+            return [tuple(row) for row in conn.execute(sql, params).fetchall()]
+    finally:
+        store.close()
