@@ -550,7 +550,7 @@ class WebhookService:
         self._writer = writer
         self._shared = bool(getattr(store, "shared", False))
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._held: set[int] = set()  # ids of the rows in memory
+        self._held: set[int] = set()  # ids of rows in memory or whose outcome is not written
         self.delivered = 0  # rows delivered by this process
         self.failed_attempts = 0  # POSTs that failed and will be retried
         self.skipped = 0  # notices not enqueued: no configuration or event disabled
@@ -828,7 +828,10 @@ class WebhookService:
         return batch
 
     async def _write(self, batch: _Batch) -> list[_Row]:
-        return await self._run_db(_write_batch, self.store, batch)
+        rows = await self._run_db(_write_batch, self.store, batch)
+        for done in batch.done:  # a claim can no longer return them as pending
+            self._held.discard(done[4])
+        return rows
 
     async def _db_loop(self) -> None:
         while True:
@@ -959,7 +962,7 @@ class WebhookService:
                     logger.exception("webhook %d failed unexpectedly", queue[0].id)
                     await asyncio.sleep(self.settings.backoff_max_s)
                     continue
-                self._held.discard(queue.popleft().id)
+                queue.popleft()  # held until its outcome is written (see _write)
                 self._loaded -= 1
                 if self._backlog and self._loaded <= self.settings.max_loaded // 2:
                     self._db_wake.set()  # room for the next page
