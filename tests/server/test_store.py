@@ -3,6 +3,7 @@ test on both back ends; the file and kill tests are SQLite's)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -17,7 +18,8 @@ import pytest
 
 from callclient.types import CallMediaType, CallResultType, CallRole, CallScene
 from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
-from signaling_server.store import SCHEMA_VERSION, CallStore, open_store
+from signaling_server.store import SCHEMA_VERSION, CallStore, RecordWriter, open_store
+from tests.helpers.postgres import PostgresServer
 
 APP = 1400000001
 CALLER = ParticipantOutcome(CallRole.CALLER, CallResultType.OUTGOING)
@@ -376,3 +378,46 @@ def test_committed_records_survive_sigkill(tmp_path: Path) -> None:
             assert call.room_id == i and call.participants["bob"].result_type == 1
     finally:
         store.close()
+
+
+def test_postgresql_newer_schema_is_refused(postgres: PostgresServer) -> None:
+    """A PostgreSQL database of a newer server is refused with the reason."""
+    url = postgres.new_database()
+    store = open_store(url)
+    with store.transaction() as conn:
+        conn.execute("UPDATE callserver_schema SET version = 99")
+    store.close()
+    with pytest.raises(RuntimeError, match="schema version 99; this server knows up to"):
+        open_store(url)
+
+
+async def test_writer_reconnects_when_postgresql_drops_the_connection(
+    postgres: PostgresServer,
+) -> None:
+    """PostgreSQL ends the store's connections (a restart, a failover): the next write fails
+    as transient, is retried on a new connection and committed. A query on the lost read
+    connection fails once; the next one reconnects."""
+    url = postgres.new_database()
+    store = open_store(url)
+    writer = RecordWriter(store, retry_initial_s=0.01)
+    try:
+        writer.submit(make_call("before"))
+        await writer.flush()
+        assert writer.stats().committed == 1
+        assert await writer.run_read(store.get_call, APP, "before") is not None
+        with psycopg.connect(postgres.url("postgres"), autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (url.split("/")[3].split("?")[0],),
+            ).fetchall()
+        assert ended and all(row[0] for row in ended)
+        unit = writer.submit_unit([make_call("after")])
+        await asyncio.wrap_future(unit.committed)
+        stats = writer.stats()
+        assert stats.failed_attempts >= 1 and stats.lost == 0 and stats.committed == 2
+        with pytest.raises(psycopg.OperationalError):
+            await writer.run_read(store.get_call, APP, "after")
+        assert await writer.run_read(store.get_call, APP, "after") is not None
+    finally:
+        await writer.close()
