@@ -400,16 +400,20 @@ def _load_page(store: CallStore, kind: str, after_id: int, limit: int) -> list[_
         ]
 
 
+_DB_NOW: Final = "SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8"
+
+
 def _claim_page(
     store: CallStore, kind: str, owner: str, limit: int, lease_s: float
 ) -> tuple[list[_Row], bool]:
     """Shared store: lease to ``owner`` the pending rows of calls that have free rows (never
     leased, or their lease expired) and no row leased to another live process; about
     ``limit`` rows, by call in the order of their first row, each call's rows by id. Also
-    whether more calls may wait."""
-    now = time.time()
+    whether more calls may wait. Lease times are the database server's clock, one clock for
+    every process whatever their machines' clocks say."""
     rows: list[_Row] = []
     with store.transaction() as conn:
+        now = float(conn.execute(_DB_NOW).fetchone()[0])
         calls = conn.execute(
             "SELECT sdk_app_id, call_id, MIN(id) AS first_id FROM webhook_outbox "
             "WHERE outcome = '' AND kind = ? AND (lease_owner = '' OR lease_until < ?) "
@@ -441,12 +445,12 @@ def _claim_page(
     return rows, len(calls) >= limit
 
 
-def _renew_leases(store: CallStore, kind: str, owner: str, until: float) -> None:
+def _renew_leases(store: CallStore, kind: str, owner: str, lease_s: float) -> None:
     with store.transaction() as conn:
         conn.execute(
-            "UPDATE webhook_outbox SET lease_until = ? WHERE lease_owner = ? AND kind = ? "
-            "AND outcome = ''",
-            (until, owner, kind),
+            f"UPDATE webhook_outbox SET lease_until = ({_DB_NOW}) + ? WHERE lease_owner = ? "
+            "AND kind = ? AND outcome = ''",
+            (lease_s, owner, kind),
         )
 
 
@@ -834,11 +838,15 @@ class WebhookService:
         return rows
 
     async def _db_loop(self) -> None:
+        next_tick = time.monotonic() + self.settings.claim_interval_s
         while True:
             if self._shared:
-                try:
-                    await asyncio.wait_for(self._db_wake.wait(), self.settings.claim_interval_s)
-                except TimeoutError:
+                # On a deadline, not on idleness: a busy outbox renews its leases too.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._db_wake.wait(),
+                                           max(0.0, next_tick - time.monotonic()))
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.settings.claim_interval_s
                     try:
                         await self._shared_tick()
                     except Exception:
@@ -875,7 +883,7 @@ class WebhookService:
         process may have changed it), and look for free rows."""
         if self._held:
             await self._run_db(_renew_leases, self.store, self.channel.kind, self._owner,
-                               time.time() + self.settings.lease_s)
+                               self.settings.lease_s)
         before = self._config
         self._config = await self._run_db(
             _load_config_only, self.store, self.sdk_app_id, self.channel.config_table

@@ -20,6 +20,7 @@ from signaling_server.webhooks import EVENTS, WebhookService, WebhookSettings
 from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.serverproc import ServerProcess
 from tests.helpers.servers import APP
+from tests.helpers.waits import eventually
 from tests.helpers.webhook_receiver import Receiver
 from tests.helpers.wsclient import WsClient
 
@@ -149,3 +150,30 @@ async def test_a_call_another_process_holds_waits_for_its_lease(postgres: Postgr
     assert [r.body["Step"] for r in receiver.received if r.body["CallId"] == "backlog-0"] == list(
         range(ROWS_PER_CALL))
     assert len(receiver.received) == BACKLOG_CALLS * ROWS_PER_CALL
+
+
+async def test_leases_are_renewed_while_held_and_freed_at_close(postgres: PostgresServer) -> None:
+    """Rows waiting for a retry stay leased to their process (the lease is pushed forward at
+    each claim interval); closing frees them for the others at once."""
+    db = postgres.new_database()
+    receiver = Receiver()
+    await receiver.start()
+    prepare(db, receiver.url)
+    await receiver.stop()  # every attempt fails: the rows stay held
+    store = open_store(db)
+    settings = WebhookSettings(claim_interval_s=0.05, lease_s=5.0, backoff_initial_s=0.05,
+                               backoff_max_s=0.1, close_grace_s=0.0, allow_private_targets=True)
+    service = WebhookService(store, APP, settings)
+    query = "SELECT DISTINCT lease_owner, lease_until FROM webhook_outbox"
+    try:
+        await service.start()
+        await service.flush()
+        first = db_rows(db, query)
+        assert len(first) == 1 and first[0][0] != ""  # one claim took every row
+        await eventually(lambda: service.failed_attempts >= 20, "attempts failed for a while")
+        later = db_rows(db, query)
+        assert len(later) == 1 and later[0][0] == first[0][0] and later[0][1] > first[0][1]
+    finally:
+        await service.close()
+        store.close()
+    assert db_rows(db, query) == [("", 0.0)]
