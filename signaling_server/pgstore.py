@@ -401,19 +401,29 @@ class PgCallStore(CallStore):
                     for user, p in call.participants.items()
                 ],
             )
-            for call in calls:
+            if calls:  # participants no longer in their call, for every call at once
+                kept = [(c.sdk_app_id, c.call_id, u) for c in calls for u in c.participants]
                 conn.execute(
-                    "DELETE FROM call_participants WHERE sdk_app_id = ? AND call_id = ? "
-                    "AND NOT (user_id = ANY(?))",
-                    (call.sdk_app_id, call.call_id, list(call.participants)),
+                    "DELETE FROM call_participants p WHERE (p.sdk_app_id, p.call_id) IN "
+                    "(SELECT * FROM unnest(?::bigint[], ?::text[])) AND NOT EXISTS "
+                    "(SELECT 1 FROM unnest(?::bigint[], ?::text[], ?::text[]) AS k(a, c, u) "
+                    "WHERE k.a = p.sdk_app_id AND k.c = p.call_id AND k.u = p.user_id)",
+                    ([c.sdk_app_id for c in calls], [c.call_id for c in calls],
+                     [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]),
                 )
-            for new in outbox:
-                cursor = conn.execute(
-                    _INSERT_OUTBOX_RETURNING,
-                    (new.sdk_app_id, new.call_id, new.command, new.query, new.body,
-                     new.created_at, new.created_at, new.kind, new.expires_at),
+            if outbox:  # one round trip (a pipeline) for all rows, their ids in order
+                cursor = conn.raw.cursor()
+                cursor.executemany(
+                    _translate(_INSERT_OUTBOX_RETURNING),
+                    [(new.sdk_app_id, new.call_id, new.command, new.query, new.body,
+                      new.created_at, new.created_at, new.kind, new.expires_at)
+                     for new in outbox],
+                    returning=True,
                 )
-                ids.append(int(cursor.fetchone()[0]))
+                while True:
+                    ids.append(int(cursor.fetchone()[0]))
+                    if not cursor.nextset():
+                        break
             conn.executemany(
                 _UPSERT_PROFILE,
                 [
