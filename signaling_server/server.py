@@ -68,7 +68,8 @@ from signaling_server.janus import SfuService
 from signaling_server.push import PUSHES, push_commands, push_row
 from signaling_server.records import OutboxRow, ProfileUpdate, StoredCall
 from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom
-from signaling_server.store import CallStore, PendingWrite, RecordWriter, StoreBusy, open_store
+from signaling_server.storage import open_store
+from signaling_server.store import CallStore, PendingWrite, RecordWriter, StoreBusy
 from signaling_server.tls import ServerTls, TlsFiles
 from signaling_server.webhooks import WebhookService, WebhookSettings
 

@@ -8,7 +8,7 @@ string room ``"123"`` are different rooms, stored in two columns ``room_int`` / 
 :class:`RecordStore` is what the writer and the server need from a store (records, their
 outbox rows and profiles written in one transaction; record queries); :class:`CallStore` is
 the SQLite implementation, and :class:`signaling_server.pgstore.PgCallStore` the same
-interface on PostgreSQL (:func:`open_store` picks one from ``--db``).
+interface on PostgreSQL (:func:`signaling_server.storage.open_store` picks one from ``--db``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ __all__ = [
     "RecordWriter",
     "StoreBusy",
     "WriterStats",
-    "open_store",
 ]
 
 logger = logging.getLogger(__name__)
@@ -673,15 +672,6 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.errors.LockNotAvailable
                       | psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected)
 
-
-def open_store(db: str) -> CallStore:
-    """The store ``--db`` names: a PostgreSQL database for a ``postgresql://`` URL (needs the
-    ``postgres`` extra), else an SQLite file (or ``:memory:``). Blocking: call it in a thread."""
-    from signaling_server.pgstore import PgCallStore, is_postgres_url
-
-    if is_postgres_url(db):
-        return PgCallStore(db)
-    return CallStore(db)
 
 
 @dataclass

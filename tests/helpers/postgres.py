@@ -155,7 +155,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def db_rows(db: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """The rows of one query (``?`` placeholders) on database ``db``, either back end."""
-    from signaling_server.store import open_store
+    from signaling_server.storage import open_store
 
     store = open_store(db)
     try:

@@ -19,7 +19,7 @@ import pytest
 from callwire.usersig import generate_user_sig
 from signaling_server.http_api import HttpApi, HttpApiConfig
 from signaling_server.records import ParticipantOutcome, StoredCall
-from signaling_server.store import open_store
+from signaling_server.storage import open_store
 from signaling_server.webhooks import EVENTS, WebhookService, WebhookSettings
 from tests.helpers.core import APP_ID, START, CoreHarness
 

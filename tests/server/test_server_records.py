@@ -20,7 +20,7 @@ from callwire import protocol
 from callwire.codes import ErrorCode
 from signaling_server.pgstore import is_postgres_url
 from signaling_server.records import ParticipantOutcome, StoredCall
-from signaling_server.store import open_store
+from signaling_server.storage import open_store
 from signaling_server.webhooks import EVENTS
 from tests.helpers.rest import rest
 from tests.helpers.servers import APP, new_server

@@ -98,7 +98,7 @@ async def test_calls_left_open_by_a_crash_are_reported_interrupted_at_start(
     """A call a killed server left open becomes interrupt at the next start, and its caller
     and the invitee who had answered get call_interrupted; an invitee still ringing does not."""
     from signaling_server.records import ParticipantOutcome, StoredCall
-    from signaling_server.store import open_store
+    from signaling_server.storage import open_store
 
     receiver = Receiver()
     await receiver.start()

@@ -15,7 +15,7 @@ import json
 import time
 
 from signaling_server.records import OutboxRow
-from signaling_server.store import open_store
+from signaling_server.storage import open_store
 from signaling_server.webhooks import EVENTS, WebhookService, WebhookSettings
 from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.serverproc import ServerProcess

@@ -18,7 +18,8 @@ import pytest
 
 from callclient.types import CallMediaType, CallResultType, CallRole, CallScene
 from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
-from signaling_server.store import SCHEMA_VERSION, CallStore, RecordWriter, open_store
+from signaling_server.storage import open_store
+from signaling_server.store import SCHEMA_VERSION, CallStore, RecordWriter
 from tests.helpers.postgres import PostgresServer
 
 APP = 1400000001

@@ -17,7 +17,8 @@ import pytest
 
 from signaling_server.pgstore import PgCallStore
 from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
-from signaling_server.store import CallStore, RecordWriter, StoreBusy, open_store
+from signaling_server.storage import open_store
+from signaling_server.store import CallStore, RecordWriter, StoreBusy
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.waits import eventually
 

@@ -17,7 +17,7 @@ import pytest
 from callclient.types import CallScene
 from signaling_server.core import Notice
 from signaling_server.records import users_in_call
-from signaling_server.store import open_store
+from signaling_server.storage import open_store
 from signaling_server.webhooks import EVENTS, WebhookService, WebhookSettings
 from tests.helpers.core import APP_ID, START, CoreHarness
 from tests.helpers.postgres import db_rows
