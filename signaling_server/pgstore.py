@@ -232,6 +232,20 @@ def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], _Row]:
     return make
 
 
+def _text(value: Any) -> Any:
+    """``value`` as PostgreSQL can store it: its text cannot hold U+0000, which SQLite's can;
+    a string with one (a client's userData, say) gets U+FFFD instead of losing its record."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_text(item) for item in value]
+    return value
+
+
+def _params(params: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(_text(value) for value in params)
+
+
 class _Connection:
     """The part of ``sqlite3.Connection`` the shared queries use, over a psycopg connection."""
 
@@ -241,13 +255,13 @@ class _Connection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; the cursor (``fetchone``, ``fetchall``, iteration, ``rowcount``)."""
         cursor = self.raw.cursor()
-        cursor.execute(_translate(sql), tuple(params))
+        cursor.execute(_translate(sql), _params(params))
         return cursor
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         """Run one statement for each parameter row."""
         cursor = self.raw.cursor()
-        rows = [tuple(row) for row in rows]
+        rows = [_params(row) for row in rows]
         if rows:
             cursor.executemany(_translate(sql), rows)
         return cursor
@@ -415,8 +429,8 @@ class PgCallStore(CallStore):
                 cursor = conn.raw.cursor()
                 cursor.executemany(
                     _translate(_INSERT_OUTBOX_RETURNING),
-                    [(new.sdk_app_id, new.call_id, new.command, new.query, new.body,
-                      new.created_at, new.created_at, new.kind, new.expires_at)
+                    [_params((new.sdk_app_id, new.call_id, new.command, new.query, new.body,
+                              new.created_at, new.created_at, new.kind, new.expires_at))
                      for new in outbox],
                     returning=True,
                 )

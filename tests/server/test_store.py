@@ -422,3 +422,19 @@ async def test_writer_reconnects_when_postgresql_drops_the_connection(
         assert await writer.run_read(store.get_call, APP, "after") is not None
     finally:
         await writer.close()
+
+
+def test_text_with_nul_is_stored(store: CallStore) -> None:
+    """A client's text with U+0000 (userData, a nickname) does not lose its record: SQLite
+    keeps it as is, PostgreSQL (whose text cannot hold it) with U+FFFD in its place."""
+    call = make_call("c\x00", room="r\x00")
+    call.user_data = "a\x00b"
+    store.save([call], [OutboxRow(APP, "c\x00", "caller_call_end", "{}", "{}", 1.0)],
+               [ProfileUpdate(APP, "alice", "Al\x00ice", None, 1.0)])
+    store.save([call])  # again: the participants of the stored call are matched
+    nul = "\x00" if store.dialect == "sqlite" else "\ufffd"
+    stored = store.get_call(APP, f"c{nul}")
+    assert stored is not None and stored.user_data == f"a{nul}b"
+    assert stored.room_id == f"r{nul}" and set(stored.participants) == {"alice", "bob"}
+    with store.locked() as conn:
+        assert conn.execute("SELECT nickname FROM user_profiles").fetchone()[0] == f"Al{nul}ice"
