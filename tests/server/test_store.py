@@ -438,3 +438,21 @@ def test_text_with_nul_is_stored(store: CallStore) -> None:
     assert stored.room_id == f"r{nul}" and set(stored.participants) == {"alice", "bob"}
     with store.locked() as conn:
         assert conn.execute("SELECT nickname FROM user_profiles").fetchone()[0] == f"Al{nul}ice"
+
+
+def test_stores_on_one_postgresql_see_each_others_records(postgres: PostgresServer) -> None:
+    """Two stores on one PostgreSQL database (two server processes): each reads what the other
+    committed, and a user's deletion on one hides the record from that user on both."""
+    url = postgres.new_database()
+    first, second = open_store(url), open_store(url)
+    try:
+        first.save([make_call("from-first", 1.0)])
+        second.save([make_call("from-second", 2.0)])
+        for store in (first, second):
+            assert [c.call_id for c in store.find_calls(APP)] == ["from-first", "from-second"]
+        assert second.delete_calls(APP, "bob", ["from-first"]) == ["from-first"]
+        assert [r["callId"] for r in first.recent_calls(APP, "bob", None, None, None)] == [
+            "from-second"]
+    finally:
+        first.close()
+        second.close()
