@@ -325,9 +325,11 @@ class PgCallStore(CallStore):
             logger.debug("call store %s opened", self.path)
 
     def _connect(self) -> Any:
+        options: dict[str, Any] = {}
+        if "connect_timeout" not in self._psycopg.conninfo.conninfo_to_dict(self._url):
+            options["connect_timeout"] = max(1, int(self.busy_timeout))  # the URL's wins
         conn = self._psycopg.connect(
-            self._url, autocommit=True, connect_timeout=max(1, int(self.busy_timeout)),
-            row_factory=_row_factory,
+            self._url, autocommit=True, row_factory=_row_factory, **options
         )
         conn.execute("SET synchronous_commit TO on")
         conn.execute(f"SET lock_timeout TO {int(self.busy_timeout * 1000)}")
