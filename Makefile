@@ -7,14 +7,16 @@ STAMP   := .venv/.installed
 # nftables for the packet-loss tests in a network namespace, Chromium and its WebDriver for the
 # browser-client tests; espeak-ng speaks the audio-processing tests' speech; coturn is the TURN
 # relay of the NAT tests. Janus (VideoRoom) is the SFU of group calls; the tests and `make demo`
-# start their own.
+# start their own. PostgreSQL is the shared record store (`--db postgresql://`) and Redis the
+# cluster's bus; the tests start their own servers from these packages' binaries.
 APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
 	espeak-ng \
 	pulseaudio pulseaudio-utils libasound2-plugins \
 	xvfb xdotool x11-apps \
 	iproute2 nftables coturn \
 	chromium chromium-driver \
-	janus
+	janus \
+	postgresql redis-server
 
 .PHONY: demo demo-group test bench bench-quick lint setup sysdeps clean
 

@@ -1,6 +1,6 @@
 """``signaling-server``: run the signaling server, or print a userSig for a user.
 
-``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH]
+``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH|URL]
 [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
 [--public-ws-url URL] [--login-timeout S] [--max-connections N] [--max-connections-per-ip N]
 [--webhook-allow-private] [--turn URL[,URL...] --turn-secret S [--turn-ttl S]]
@@ -46,6 +46,7 @@ from callwire.turn import DEFAULT_TTL_S, TurnUrl, parse_turn_url
 from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from callwire.version import __version__
 from signaling_server.core import CoreConfig
+from signaling_server.pgstore import redact_url
 from signaling_server.server import (
     DEFAULT_DB_PATH,
     DEFAULT_PORT,
@@ -122,8 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--db",
         default=_env("CALLSERVER_DB", DEFAULT_DB_PATH),
-        help="SQLite file of call records, or :memory: (env CALLSERVER_DB; "
-        "default %(default)s, relative to the working directory)",
+        help="SQLite file of call records, or :memory:, or a PostgreSQL URL "
+        "postgresql://user:password@host:5432/dbname shared by several servers (needs the "
+        "'postgres' extra) (env CALLSERVER_DB; default %(default)s, relative to the "
+        "working directory)",
     )
     serve.add_argument(
         "--http-port",
@@ -347,9 +350,9 @@ async def _serve(config: ServerConfig) -> int:
     except TlsError as exc:
         print(f"{PROG}: error: TLS: {exc}", file=sys.stderr)
         return 1
-    except (sqlite3.Error, RuntimeError) as exc:
-        print(f"{PROG}: error: cannot open the record database {config.db}: {exc}",
-              file=sys.stderr)
+    except (sqlite3.Error, RuntimeError, ImportError) as exc:
+        print(f"{PROG}: error: cannot open the record database {redact_url(config.db)}: "
+              f"{exc}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -363,7 +366,8 @@ async def _serve(config: ServerConfig) -> int:
             installed.append(signum)
     # Printed once the handlers are in place: whoever reads the line may signal at once.
     print(
-        f"{PROG} listening on {server.url} (sdkappid {config.sdk_app_id}, db {config.db})",
+        f"{PROG} listening on {server.url} (sdkappid {config.sdk_app_id}, "
+        f"db {redact_url(config.db)})",
         flush=True,
     )
     if server.http_api is not None:

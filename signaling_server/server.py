@@ -68,6 +68,7 @@ from signaling_server.janus import SfuService
 from signaling_server.push import PUSHES, push_commands, push_row
 from signaling_server.records import OutboxRow, ProfileUpdate, StoredCall
 from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom
+from signaling_server.storage import open_store
 from signaling_server.store import CallStore, PendingWrite, RecordWriter, StoreBusy
 from signaling_server.tls import ServerTls, TlsFiles
 from signaling_server.webhooks import WebhookService, WebhookSettings
@@ -414,7 +415,7 @@ class SignalingServer:
                 raise
         context = self.tls.context if self.tls is not None else None
         self._loop = asyncio.get_running_loop()
-        store = await asyncio.to_thread(CallStore, self.config.db)
+        store = await asyncio.to_thread(open_store, self.config.db)
         self._store = store
         self._writer = RecordWriter(store, on_attempted=self._units_attempted)
         try:

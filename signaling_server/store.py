@@ -7,7 +7,8 @@ string room ``"123"`` are different rooms, stored in two columns ``room_int`` / 
 
 :class:`RecordStore` is what the writer and the server need from a store (records, their
 outbox rows and profiles written in one transaction; record queries); :class:`CallStore` is
-the SQLite implementation, so another database can stand behind the same interface.
+the SQLite implementation, and :class:`signaling_server.pgstore.PgCallStore` the same
+interface on PostgreSQL (:func:`signaling_server.storage.open_store` picks one from ``--db``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -286,6 +288,12 @@ class CallStore:
     ``busy_timeout`` is how long a write waits for another process's lock before failing
     (the writer then retries it).
     """
+
+    dialect: str = "sqlite"
+    """Which SQL the connections speak: ``"sqlite"`` here, ``"postgresql"`` in the subclass."""
+    shared: bool = False
+    """Whether other server processes may use the same database at once (PostgreSQL): the
+    webhook outbox then leases rows to the process sending them."""
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
@@ -650,11 +658,20 @@ class StoreBusy(RuntimeError):
 
 
 def _transient(exc: BaseException) -> bool:
-    """Whether a failed write may succeed when tried again (busy, locked, disk full, I/O).
+    """Whether a failed write may succeed when tried again (busy, locked, disk full, I/O;
+    with PostgreSQL a lost connection, a lock timeout, a serialization failure).
 
-    Anything else (a constraint, a value SQLite cannot store) fails the same way every time.
+    Anything else (a constraint, a value the database cannot store) fails the same way
+    every time.
     """
-    return isinstance(exc, sqlite3.OperationalError)
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.errors.LockNotAvailable
+                      | psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected)
+
 
 
 @dataclass

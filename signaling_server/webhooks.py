@@ -14,6 +14,15 @@ crash between the two (or a receiver that processes a request but answers after 
 sends it again. Each request carries the row id in the ``X-Callback-Seq`` header for
 de-duplication.
 
+On a store that several server processes share (PostgreSQL: ``CallStore.shared``), rows are
+stored free and each process claims whole calls' pending rows with a lease
+(``lease_owner``/``lease_until``, taken under a per-call advisory lock with ``FOR UPDATE
+SKIP LOCKED``): a call's rows are claimed only while no other live process holds any of them,
+so each row is sent by one process, in order per call. A process renews its leases and claims
+free rows (its own new ones, and those of a process that died once their lease expired) every
+:attr:`WebhookSettings.claim_interval_s`, re-reading the configuration at the same time, and
+frees its leases at :meth:`WebhookService.close`.
+
 The same machinery carries more than one kind of outbox row: a :class:`Channel` names the
 rows' ``kind`` and the table of the endpoint's configuration. :data:`CALLBACKS` are the
 call-event webhooks; :mod:`signaling_server.push` runs a second service on the
@@ -29,9 +38,10 @@ import errno
 import ipaddress
 import json
 import logging
+import os
 import random
+import secrets
 import socket
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,6 +172,10 @@ class WebhookSettings:
     max_loaded: int = 2000
     """Pending rows held in memory (and per-call sender tasks) at most; the rest wait in the
     outbox table and are read in pages of this size as the loaded ones finish."""
+    lease_s: float = 30.0
+    claim_interval_s: float = 2.0
+    """Shared store only: how long a claim of a call's rows lasts unless renewed, and how often
+    leases are renewed, free rows claimed and the configuration re-read."""
     allow_private_targets: bool = False
     """Whether endpoints may be on loopback, private, link-local or other non-public addresses
     (``--webhook-allow-private``). Off, such URLs are refused when configured and every
@@ -329,16 +343,15 @@ def _write_batch(store: CallStore, batch: _Batch) -> list[_Row]:
     rows: list[_Row] = []
     with store.transaction() as conn:
         for new in batch.inserts:
-            cursor = conn.execute(
+            row_id = int(conn.execute(
                 "INSERT INTO webhook_outbox (sdk_app_id, call_id, command, query, body, "
                 "created_at, next_attempt_at, kind, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (new.sdk_app_id, new.call_id, new.command, new.query, new.body,
                  new.created_at, new.created_at, new.kind, new.expires_at),
-            )
-            assert cursor.lastrowid is not None
+            ).fetchone()[0])
             rows.append(
-                _Row(cursor.lastrowid, new.sdk_app_id, new.call_id, new.command,
+                _Row(row_id, new.sdk_app_id, new.call_id, new.command,
                      json.loads(new.query), new.body.encode("utf-8"), 0, new.created_at,
                      new.expires_at, new.created_at)
             )
@@ -360,7 +373,7 @@ def _write_batch(store: CallStore, batch: _Batch) -> list[_Row]:
     return rows
 
 
-def _config_from_row(row: sqlite3.Row | None) -> CallbackConfig | None:
+def _config_from_row(row: Any) -> CallbackConfig | None:
     if row is None:
         return None
     return CallbackConfig(
@@ -368,19 +381,86 @@ def _config_from_row(row: sqlite3.Row | None) -> CallbackConfig | None:
     )
 
 
+def _row_of(r: Any) -> _Row:
+    return _Row(r["id"], r["sdk_app_id"], r["call_id"], r["command"], json.loads(r["query"]),
+                r["body"].encode("utf-8"), r["attempts"], r["next_attempt_at"],
+                r["expires_at"], r["created_at"])
+
+
 def _load_page(store: CallStore, kind: str, after_id: int, limit: int) -> list[_Row]:
     """Up to ``limit`` undelivered rows of ``kind`` with an id above ``after_id``, by id."""
     with store.locked() as conn:
         return [
-            _Row(r["id"], r["sdk_app_id"], r["call_id"], r["command"], json.loads(r["query"]),
-                 r["body"].encode("utf-8"), r["attempts"], r["next_attempt_at"],
-                 r["expires_at"], r["created_at"])
+            _row_of(r)
             for r in conn.execute(
                 "SELECT * FROM webhook_outbox WHERE outcome = '' AND kind = ? AND id > ? "
                 "ORDER BY id LIMIT ?",
                 (kind, after_id, limit),
             ).fetchall()
         ]
+
+
+_DB_NOW: Final = "SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8"
+
+
+def _claim_page(
+    store: CallStore, kind: str, owner: str, limit: int, lease_s: float
+) -> tuple[list[_Row], bool]:
+    """Shared store: lease to ``owner`` the pending rows of calls that have free rows (never
+    leased, or their lease expired) and no row leased to another live process; about
+    ``limit`` rows, by call in the order of their first row, each call's rows by id. Also
+    whether more calls may wait. Lease times are the database server's clock, one clock for
+    every process whatever their machines' clocks say."""
+    rows: list[_Row] = []
+    with store.transaction() as conn:
+        now = float(conn.execute(_DB_NOW).fetchone()[0])
+        calls = conn.execute(
+            "SELECT sdk_app_id, call_id, MIN(id) AS first_id FROM webhook_outbox "
+            "WHERE outcome = '' AND kind = ? AND (lease_owner = '' OR lease_until < ?) "
+            "GROUP BY sdk_app_id, call_id ORDER BY first_id LIMIT ?",
+            (kind, now, limit),
+        ).fetchall()
+        for call in calls:
+            if len(rows) >= limit:
+                return rows, True
+            app, call_id = call["sdk_app_id"], call["call_id"]
+            # One claimer per call at a time (try: never waits, so never deadlocks); its
+            # rows locked by another transaction are skipped, not waited for.
+            if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(?, 0))",
+                                (f"webhook_outbox:{kind}:{app}:{call_id}",)).fetchone()[0]:
+                continue
+            if conn.execute(
+                "SELECT 1 FROM webhook_outbox WHERE sdk_app_id = ? AND call_id = ? AND kind = ? "
+                "AND outcome = '' AND lease_owner NOT IN ('', ?) AND lease_until >= ? LIMIT 1",
+                (app, call_id, kind, owner, now),
+            ).fetchone() is not None:
+                continue  # another process sends this call's rows: they stay in its order
+            claimed = conn.execute(
+                "UPDATE webhook_outbox SET lease_owner = ?, lease_until = ? WHERE id IN ("
+                "SELECT id FROM webhook_outbox WHERE sdk_app_id = ? AND call_id = ? AND kind = ? "
+                "AND outcome = '' ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING *",
+                (owner, now + lease_s, app, call_id, kind),
+            ).fetchall()
+            rows += sorted((_row_of(r) for r in claimed), key=lambda r: r.id)
+    return rows, len(calls) >= limit
+
+
+def _renew_leases(store: CallStore, kind: str, owner: str, lease_s: float) -> None:
+    with store.transaction() as conn:
+        conn.execute(
+            f"UPDATE webhook_outbox SET lease_until = ({_DB_NOW}) + ? WHERE lease_owner = ? "
+            "AND kind = ? AND outcome = ''",
+            (lease_s, owner, kind),
+        )
+
+
+def _release_leases(store: CallStore, kind: str, owner: str) -> None:
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE webhook_outbox SET lease_owner = '', lease_until = 0 WHERE lease_owner = ? "
+            "AND kind = ? AND outcome = ''",
+            (owner, kind),
+        )
 
 
 def _stats(store: CallStore, kind: str) -> dict[str, Any]:
@@ -472,6 +552,9 @@ class WebhookService:
         if self.settings.max_loaded < 1 or self.settings.max_attempts < 1:
             raise ValueError("max_loaded and max_attempts must be at least 1")
         self._writer = writer
+        self._shared = bool(getattr(store, "shared", False))
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._held: set[int] = set()  # ids of rows in memory or whose outcome is not written
         self.delivered = 0  # rows delivered by this process
         self.failed_attempts = 0  # POSTs that failed and will be retried
         self.skipped = 0  # notices not enqueued: no configuration or event disabled
@@ -666,6 +749,13 @@ class WebhookService:
                 if self._db_task is not None:
                     self._db_task.cancel()
                     await asyncio.gather(self._db_task, return_exceptions=True)
+                if self._shared:
+                    try:  # the rows left are free at once for the other processes
+                        await self._run_db(_release_leases, self.store, self.channel.kind,
+                                           self._owner)
+                    except Exception:
+                        logger.exception("could not free the %s outbox leases; they expire "
+                                         "in %g s", self.channel.kind, self.settings.lease_s)
                 if self._session is not None:
                     await self._session.close()
             elif self._batch.inserts:
@@ -742,11 +832,27 @@ class WebhookService:
         return batch
 
     async def _write(self, batch: _Batch) -> list[_Row]:
-        return await self._run_db(_write_batch, self.store, batch)
+        rows = await self._run_db(_write_batch, self.store, batch)
+        for done in batch.done:  # a claim can no longer return them as pending
+            self._held.discard(done[4])
+        return rows
 
     async def _db_loop(self) -> None:
+        next_tick = time.monotonic() + self.settings.claim_interval_s
         while True:
-            await self._db_wake.wait()
+            if self._shared:
+                # On a deadline, not on idleness: a busy outbox renews its leases too.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._db_wake.wait(),
+                                           max(0.0, next_tick - time.monotonic()))
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.settings.claim_interval_s
+                    try:
+                        await self._shared_tick()
+                    except Exception:
+                        logger.exception("webhook outbox lease renewal failed; retrying")
+            else:
+                await self._db_wake.wait()
             self._db_wake.clear()
             waiters, self._flush_waiters = self._flush_waiters, []
             batch = self._take_batch()
@@ -772,9 +878,29 @@ class WebhookService:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    async def _shared_tick(self) -> None:
+        """Shared store: renew this process's leases, re-read the configuration (another
+        process may have changed it), and look for free rows."""
+        if self._held:
+            await self._run_db(_renew_leases, self.store, self.channel.kind, self._owner,
+                               self.settings.lease_s)
+        before = self._config
+        self._config = await self._run_db(
+            _load_config_only, self.store, self.sdk_app_id, self.channel.config_table
+        )
+        if self._config != before:
+            self._wake_retries()
+        self._backlog = True
+
     def _take_new_rows(self, rows: list[_Row]) -> None:
         """Dispatch rows just stored, unless older ones wait in the table (then they are read
-        in order with those) or memory holds ``max_loaded`` already."""
+        in order with those) or memory holds ``max_loaded`` already. On a shared store, rows
+        are only sent once claimed: the outbox task claims them next."""
+        if self._shared:
+            if rows:
+                self._backlog = True
+                self._db_wake.set()
+            return
         for row in rows:
             if self._backlog or self._loaded >= self.settings.max_loaded:
                 self._backlog = True
@@ -789,6 +915,16 @@ class WebhookService:
             room = cap - self._loaded
             if room < max(1, cap // 2) and self._loaded > 0:
                 return  # read again once half the loaded rows are done
+            if self._shared:
+                claimed, more = await self._run_db(
+                    _claim_page, self.store, self.channel.kind, self._owner, room,
+                    self.settings.lease_s,
+                )
+                for row in claimed:
+                    if row.id not in self._held:  # held already when our lease had lapsed
+                        self._dispatch(row)
+                self._backlog = more
+                continue
             page = await self._run_db(
                 _load_page, self.store, self.channel.kind, self._loaded_through, room
             )
@@ -814,6 +950,7 @@ class WebhookService:
 
     def _dispatch(self, row: _Row) -> None:
         key = (row.sdk_app_id, row.call_id)
+        self._held.add(row.id)
         self._loaded += 1
         self._queues.setdefault(key, collections.deque()).append(row)
         if key not in self._workers and self._sending:
@@ -833,7 +970,7 @@ class WebhookService:
                     logger.exception("webhook %d failed unexpectedly", queue[0].id)
                     await asyncio.sleep(self.settings.backoff_max_s)
                     continue
-                queue.popleft()
+                queue.popleft()  # held until its outcome is written (see _write)
                 self._loaded -= 1
                 if self._backlog and self._loaded <= self.settings.max_loaded // 2:
                     self._db_wake.set()  # room for the next page

@@ -1,7 +1,9 @@
 """Fixtures every test folder shares: a real signaling server, and engines closed at the end.
 
 Helpers live in :mod:`tests.helpers`: credentials and servers (:mod:`~tests.helpers.servers`),
-engine parties and waits (:mod:`~tests.helpers.engine`), a raw protocol client
+engine parties and waits (:mod:`~tests.helpers.engine`), a real PostgreSQL and the ``db``
+fixture that runs a test on both record back ends (:mod:`~tests.helpers.postgres`), a raw
+protocol client
 (:mod:`~tests.helpers.wsclient`), the server core harness (:mod:`~tests.helpers.core`).
 Fixtures that need the system (PulseAudio) are in ``tests/system/conftest.py``.
 
@@ -21,9 +23,10 @@ from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from signaling_server.server import SignalingServer
 from tests.helpers.engine import MakeParty, Party, Recorder
+from tests.helpers.postgres import db, postgres
 from tests.helpers.servers import new_server
 
-__all__ = ["make_party", "server"]
+__all__ = ["db", "make_party", "postgres", "server"]
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A real ``python -m signaling_server`` subprocess on a file database, to SIGKILL and restart.
+"""A real ``python -m signaling_server`` subprocess on a database (an SQLite file or a
+PostgreSQL URL), to SIGKILL and restart.
 
 The crash tests kill the process itself (no shutdown frames, no final flush), then start a
 new one on the same port and database, as an operator's supervisor would.
@@ -21,7 +22,7 @@ _LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
 class ServerProcess:
     """``python -m signaling_server`` on ``db``; :meth:`start` returns once it listens."""
 
-    def __init__(self, db: Path, *extra_args: str) -> None:
+    def __init__(self, db: Path | str, *extra_args: str) -> None:
         self.db = db
         self.extra_args = extra_args
         self.port = 0

@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 
 from callwire.dev import DEV_SDK_APP_ID
+from signaling_server.pgstore import PG_SCHEMA_VERSION, redact_url
+from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.wsclient import WsClient
 
 
@@ -172,3 +174,62 @@ async def test_development_key_refused_off_loopback(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_postgresql_database_from_the_environment(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """CALLSERVER_DB may be a PostgreSQL URL: the server serves on it and stops cleanly, and
+    its schema is there afterwards."""
+    url = postgres.new_database()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling_server", "--port", "0",
+        cwd=tmp_path, env=clean_env(CALLSERVER_DB=url),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        async with asyncio.timeout(20):
+            line = (await proc.stdout.readline()).decode()
+        assert line.endswith(f", db {url})\n"), line
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await proc.wait() == 0
+        assert "Traceback" not in (await proc.stderr.read()).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert db_rows(url, "SELECT version FROM callserver_schema") == [(PG_SCHEMA_VERSION,)]
+
+
+async def test_unreachable_postgresql_exits_1_with_the_reason(tmp_path: Path) -> None:
+    """No PostgreSQL at the URL: one error line naming it (password hidden), exit 1."""
+    url = f"postgresql://calls:s3cret@/records?host={tmp_path}/none&connect_timeout=2"
+    code, out, err = await run("--port", "0", "--db", url, cwd=tmp_path)
+    assert code == 1 and out == ""
+    assert "Traceback" not in err and "s3cret" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1, err
+    assert errors[0].startswith(
+        f"signaling-server: error: cannot open the record database {redact_url(url)}: "
+        f"cannot connect to PostgreSQL at {redact_url(url)}: ")
+    assert "calls:***@" in errors[0]
+
+
+async def test_postgresql_without_the_driver_names_the_extra(tmp_path: Path) -> None:
+    """Without psycopg installed, --db postgresql:// says which extra to install."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c",
+        "import sys; sys.modules['psycopg'] = None\n"  # as if not installed
+        "from signaling_server.cli import main\n"
+        "sys.exit(main(['--port', '0', '--db', 'postgresql://u@/d']))",
+        cwd=tmp_path, env=clean_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, err_bytes = await proc.communicate()
+    err = err_bytes.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "pip install 'callclient[postgres]'" in err

@@ -1,9 +1,7 @@
 """The group REST API over real HTTP, against a real server: changes, error codes, durability,
-and what the call core sees of them."""
+and what the call core sees of them; on both record back ends (the ``db`` fixture)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from callwire.codes import ErrorCode
 from signaling_server.groups import MAX_GROUP_MEMBERS
@@ -12,10 +10,10 @@ from tests.helpers.servers import new_server
 from tests.helpers.wsclient import WsClient
 
 
-async def test_create_add_remove_list_destroy(tmp_path: Path) -> None:
+async def test_create_add_remove_list_destroy(db: str) -> None:
     """A group's life through the API; every answer has the documented fields, the member
     list keeps the order of addition, and the core's directory follows every change."""
-    async with new_server(db=str(tmp_path / "db"), http_port=0) as server:
+    async with new_server(db=db, http_port=0) as server:
         created = await rest(server, "group/create_group",
                              {"groupId": "team", "name": "Team", "memberList": ["alice", "bob"]})
         assert created["groupId"] == "team" and created["name"] == "Team"
@@ -45,10 +43,10 @@ async def test_create_add_remove_list_destroy(tmp_path: Path) -> None:
                    expect=ErrorCode.GROUP_NOT_FOUND)
 
 
-async def test_error_codes(tmp_path: Path) -> None:
+async def test_error_codes(db: str) -> None:
     """10021 for a used id, 10010 for a group that does not exist, 10014 past the member cap,
     70001 for invalid fields; a refused change changes nothing."""
-    async with new_server(db=str(tmp_path / "db"), http_port=0) as server:
+    async with new_server(db=db, http_port=0) as server:
         await rest(server, "group/create_group", {"groupId": "team"})
         await rest(server, "group/create_group", {"groupId": "team"},
                    expect=ErrorCode.GROUP_ID_USED)
@@ -78,10 +76,9 @@ async def test_error_codes(tmp_path: Path) -> None:
         assert not server.groups.exists("x")
 
 
-async def test_groups_survive_a_restart(tmp_path: Path) -> None:
+async def test_groups_survive_a_restart(db: str) -> None:
     """Groups and members are in the records database: a restarted server has them, and its
     core lets a member see the group's calls while refusing others."""
-    db = str(tmp_path / "db")
     async with new_server(db=db, http_port=0) as server:
         await rest(server, "group/create_group", {"groupId": "team", "memberList": ["alice"]})
         await rest(server, "group/add_group_member", {"groupId": "team", "memberList": ["bob"]})

@@ -1,4 +1,5 @@
-"""The REST API over real HTTP on 127.0.0.1: records, callback configuration, error codes."""
+"""The REST API over real HTTP on 127.0.0.1: records, callback configuration, error codes;
+each test on both record back ends (the ``db`` fixture: SQLite, then PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,7 +19,7 @@ import pytest
 from callwire.usersig import generate_user_sig
 from signaling_server.http_api import HttpApi, HttpApiConfig
 from signaling_server.records import ParticipantOutcome, StoredCall
-from signaling_server.store import CallStore
+from signaling_server.storage import open_store
 from signaling_server.webhooks import EVENTS, WebhookService, WebhookSettings
 from tests.helpers.core import APP_ID, START, CoreHarness
 
@@ -98,10 +98,10 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def running_api(
-    db: Path, *, app: int = APP_ID, admin: str = ADMIN, rate: float = 1000.0
+    db: str, *, app: int = APP_ID, admin: str = ADMIN, rate: float = 1000.0
 ) -> AsyncIterator[Client]:
     """An API (with its webhook service) on a free port; a client for it."""
-    store = CallStore(str(db))
+    store = open_store(db)
     webhooks = WebhookService(
         store, app, WebhookSettings(close_grace_s=0, allow_private_targets=True)
     )
@@ -135,9 +135,9 @@ def stored_call(
 # ---------------------------------------------------------------------- records
 
 
-async def test_reference_sample_request(tmp_path: Path) -> None:
+async def test_reference_sample_request(db: str) -> None:
     """The reference's sample request, byte for byte, gets the reference's sample data."""
-    async with running_api(tmp_path / "db", app=88888888, admin="admin") as client:
+    async with running_api(db, app=88888888, admin="admin") as client:
         client.api.store.save_calls([StoredCall(
             call_id=SAMPLE_CALL_ID, sdk_app_id=88888888, caller="alice",
             callees=["bob1", "bob2"], scene=2, media_type=2, room_id="123456", group_id="",
@@ -154,7 +154,7 @@ async def test_reference_sample_request(tmp_path: Path) -> None:
             assert list(result["data"]) == list(SAMPLE_DATA)
 
 
-async def test_record_of_a_real_call(tmp_path: Path) -> None:
+async def test_record_of_a_real_call(db: str) -> None:
     """A call made through the call core, stored as the server stores it, reads back in the
     reference's shape; an unknown callId is 70001."""
     h = CoreHarness()
@@ -166,7 +166,7 @@ async def test_record_of_a_real_call(tmp_path: Path) -> None:
     h.request("bob", "accept", callId=call_id)
     h.advance(30)
     h.request("alice", "hangup", callId=call_id)
-    async with running_api(tmp_path / "db") as client:
+    async with running_api(db) as client:
         client.api.store.save_calls(h.saves)
         data = await client.ok("/v1/records/get_record_by_callId", {"callId": call_id})
         assert data == {
@@ -179,7 +179,7 @@ async def test_record_of_a_real_call(tmp_path: Path) -> None:
         assert await client.error("/v1/records/get_record_by_callId", missing) == 70001
 
 
-async def test_records_by_condition_page_stably(tmp_path: Path) -> None:
+async def test_records_by_condition_page_stably(db: str) -> None:
     """250 records page by 100 in (start time, callId) order with no gap or repeat, even when
     a record is added before the cursor between pages; filters combine."""
     calls = [
@@ -192,7 +192,7 @@ async def test_records_by_condition_page_stably(tmp_path: Path) -> None:
     ]
     expected = [c.call_id for c in sorted(calls, key=lambda c: (c.start_ts, c.call_id))]
     path = "/v1/records/get_records"
-    async with running_api(tmp_path / "db") as client:
+    async with running_api(db) as client:
         client.api.store.save_calls(calls)
         seen: list[str] = []
         cursor = ""
@@ -256,10 +256,10 @@ async def test_records_by_condition_page_stably(tmp_path: Path) -> None:
     ],
 )
 async def test_invalid_query_parameters_are_70001(
-    tmp_path: Path, query: dict[str, str | None]
+    db: str, query: dict[str, str | None]
 ) -> None:
     """A missing or invalid query parameter, or another sdkappid, is 70001."""
-    async with running_api(tmp_path / "db") as client:
+    async with running_api(db) as client:
         assert await client.error("/v1/callback/get_config", **query) == 70001
 
 
@@ -286,17 +286,17 @@ async def test_invalid_query_parameters_are_70001(
     ],
 )
 async def test_invalid_body_fields_are_70001(
-    tmp_path: Path, path: str, body: dict[str, Any]
+    db: str, path: str, body: dict[str, Any]
 ) -> None:
     """A missing, unknown or wrongly typed body field, or an unknown API, is 70001."""
-    async with running_api(tmp_path / "db") as client:
+    async with running_api(db) as client:
         assert await client.error(path, body) == 70001
 
 
-async def test_usersig_errors_are_70002_and_70003(tmp_path: Path) -> None:
+async def test_usersig_errors_are_70002_and_70003(db: str) -> None:
     """A forged, foreign or garbled userSig is 70002; an expired one 70003."""
     path = "/v1/callback/get_config"
-    async with running_api(tmp_path / "db") as client:
+    async with running_api(db) as client:
         other_key = generate_user_sig(APP_ID, "another-key", ADMIN, 3600)
         other_user = generate_user_sig(APP_ID, KEY, "bob", 3600)
         other_app = generate_user_sig(APP_ID + 1, KEY, ADMIN, 3600)
@@ -306,9 +306,9 @@ async def test_usersig_errors_are_70002_and_70003(tmp_path: Path) -> None:
         assert await client.error(path, usersig=expired) == 70003
 
 
-async def test_non_administrator_is_70004(tmp_path: Path) -> None:
+async def test_non_administrator_is_70004(db: str) -> None:
     """A valid userSig of a user who is not the configured administrator is 70004."""
-    async with running_api(tmp_path / "db", admin="ops") as client:
+    async with running_api(db, admin="ops") as client:
         sig = generate_user_sig(APP_ID, KEY, "administrator", 3600)
         code = await client.error("/v1/callback/get_config", identifier="administrator",
                                   usersig=sig)
@@ -316,10 +316,10 @@ async def test_non_administrator_is_70004(tmp_path: Path) -> None:
         assert await client.ok("/v1/callback/get_config", {}) == {}
 
 
-async def test_rate_limit_is_70005(tmp_path: Path) -> None:
+async def test_rate_limit_is_70005(db: str) -> None:
     """By default about 20 requests/s per sdkappid pass and the rest are 70005; after a
     second the budget is back. The rate is configurable."""
-    async with running_api(tmp_path / "db", rate=20.0) as client:
+    async with running_api(db, rate=20.0) as client:
         results = await asyncio.gather(
             *(client.post("/v1/callback/get_config") for _ in range(40))
         )
@@ -327,22 +327,22 @@ async def test_rate_limit_is_70005(tmp_path: Path) -> None:
         assert 20 <= codes.count(0) <= 25 and codes.count(70005) == 40 - codes.count(0)
         await asyncio.sleep(1.1)
         assert (await client.post("/v1/callback/get_config"))["errorCode"] == 0
-    async with running_api(tmp_path / "db2", rate=2.0) as client:
+    async with running_api(db, rate=2.0) as client:
         codes = [(await client.post("/v1/callback/get_config"))["errorCode"] for _ in range(3)]
         assert codes == [0, 0, 70005]
 
 
 @pytest.mark.parametrize("body", [b"", b"  \n", b"{", b"[1, 2]", b'"callId"', b"\xff\xfe"])
-async def test_unparseable_body_is_70009(tmp_path: Path, body: bytes) -> None:
+async def test_unparseable_body_is_70009(db: str, body: bytes) -> None:
     """An empty body, invalid JSON or JSON that is not an object is 70009; `{}` is valid."""
-    async with running_api(tmp_path / "db") as client:
+    async with running_api(db) as client:
         assert await client.error("/v1/callback/get_config", body) == 70009
         assert await client.ok("/v1/callback/get_config", {}) == {}
 
 
-async def test_only_post_is_served(tmp_path: Path) -> None:
+async def test_only_post_is_served(db: str) -> None:
     """Another method still gets HTTP 200 with 70001, as the reference describes."""
-    async with running_api(tmp_path / "db") as client:
+    async with running_api(db) as client:
         result = await client.post("/v1/callback/get_config", b"{}", method="PUT")
         assert result["errorCode"] == 70001
 
@@ -350,10 +350,9 @@ async def test_only_post_is_served(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- callback configuration
 
 
-async def test_callback_config_crud_persists_across_restart(tmp_path: Path) -> None:
+async def test_callback_config_crud_persists_across_restart(db: str) -> None:
     """Create, read, update and delete the callback configuration; it is in the database,
     so a restarted server reads the same configuration."""
-    db = tmp_path / "db"
     base = "/v1/callback/"
     async with running_api(db) as client:
         assert await client.ok(base + "get_config", {}) == {}

@@ -1,15 +1,14 @@
 """Offline call push from a real server to a real HTTP receiver: what is sent, when, in what
-order, despite a receiver that is down, across a restart; what is not sent."""
+order, despite a receiver that is down, across a restart; what is not sent. On both record
+back ends (the ``db`` fixture: SQLite, then PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
-from pathlib import Path
 
 from callwire.protocol import PUSH_INFO_DEFAULTS
 from signaling_server.webhooks import WebhookSettings
+from tests.helpers.postgres import db_rows
 from tests.helpers.rest import rest
 from tests.helpers.servers import new_server
 from tests.helpers.waits import eventually
@@ -22,7 +21,7 @@ FAST = WebhookSettings(backoff_initial_s=0.05, backoff_max_s=0.2, close_grace_s=
 PUSH_FIELDS = ["UserId", "CallId", "EventTime", "ExpireTs", "OfflinePushInfo", "Invitation"]
 
 
-async def test_an_offline_invitee_is_pushed_with_the_invitation(tmp_path: Path) -> None:
+async def test_an_offline_invitee_is_pushed_with_the_invitation(db: str) -> None:
     """An invitee with no connection: one push per offline invitee with the invitation (as
     ON_CALL_RECEIVED has it), every push info field (defaults filled) and the invitee; none
     for an invitee online, none when the push is disabled. The invitee who then logs in while
@@ -31,7 +30,7 @@ async def test_an_offline_invitee_is_pushed_with_the_invitation(tmp_path: Path) 
     await receiver.start()
     try:
         async with (
-            new_server(db=str(tmp_path / "db"), http_port=0, webhooks=FAST) as server,
+            new_server(db=db, http_port=0, webhooks=FAST) as server,
             await WsClient.connect(server.url) as alice,
             await WsClient.connect(server.url) as carol,
         ):
@@ -81,12 +80,11 @@ async def test_an_offline_invitee_is_pushed_with_the_invitation(tmp_path: Path) 
 
 
 async def test_pushes_wait_for_the_receiver_in_order_and_survive_a_restart(
-    tmp_path: Path,
+    db: str,
 ) -> None:
     """The push endpoint is down: pushes stay in the outbox (kind push), are retried, and are
     delivered in the order of the invitations after a restart, each once; the call-event
     webhooks have their own endpoint and are not held back by it."""
-    db = str(tmp_path / "db")
     pushes, hooks = Receiver(), Receiver()
     await hooks.start()
     await pushes.start()
@@ -105,10 +103,8 @@ async def test_pushes_wait_for_the_receiver_in_order_and_survive_a_restart(
                 await eventually(lambda: server.pushes is not None
                                  and server.pushes.failed_attempts >= 3,
                                  "the push sender retried")
-        with contextlib.closing(sqlite3.connect(db)) as conn:
-            rows = list(conn.execute(
-                "SELECT kind, command, attempts > 0 FROM webhook_outbox "
-                "WHERE outcome = '' ORDER BY id"))
+        rows = db_rows(db, "SELECT kind, command, attempts > 0 FROM webhook_outbox "
+                       "WHERE outcome = '' ORDER BY id")
         # The call's first push is retried; the next ones wait behind it (one call, in order).
         assert rows == [("push", "offline_push", 1)] + [("push", "offline_push", 0)] * 2
         await pushes.start()
@@ -123,9 +119,8 @@ async def test_pushes_wait_for_the_receiver_in_order_and_survive_a_restart(
     assert [r.seq for r in got] == sorted(r.seq for r in got)
 
 
-async def test_a_push_for_an_invitation_that_no_longer_rings_is_dropped(tmp_path: Path) -> None:
+async def test_a_push_for_an_invitation_that_no_longer_rings_is_dropped(db: str) -> None:
     """A push not delivered before the invitation's timeout is discarded, not sent late."""
-    db = str(tmp_path / "db")
     receiver = Receiver()
     await receiver.start()
     await receiver.stop()
@@ -147,15 +142,13 @@ async def test_a_push_for_an_invitation_that_no_longer_rings_is_dropped(tmp_path
     finally:
         await receiver.stop()
     assert receiver.received == []
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        outcome = list(conn.execute("SELECT outcome, last_error FROM webhook_outbox "
-                                    "WHERE kind = 'push'"))
+    outcome = db_rows(db, "SELECT outcome, last_error FROM webhook_outbox WHERE kind = 'push'")
     assert outcome == [("discarded", "expired before it could be delivered")]
 
 
-async def test_no_push_endpoint_no_push(tmp_path: Path) -> None:
+async def test_no_push_endpoint_no_push(db: str) -> None:
     """Without a push configuration nothing is stored; deleting it stops pushes."""
-    async with new_server(db=str(tmp_path / "db"), http_port=0, webhooks=FAST) as server:
+    async with new_server(db=db, http_port=0, webhooks=FAST) as server:
         assert await rest(server, "push/get_config", {}) == {}
         async with await WsClient.connect(server.url) as alice:
             await alice.login("alice")

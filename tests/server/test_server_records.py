@@ -1,4 +1,5 @@
-"""The server and its record store (issue 12 items 5 to 8), in process on a file database.
+"""The server and its record store (issue 12 items 5 to 8), in process, on each back end (the
+``db`` fixture: an SQLite file, then a PostgreSQL database).
 
 * a step's frames go out only after its records are committed (item 6, in process; the
   SIGKILL version is tests/system/test_server_kill_records.py);
@@ -14,26 +15,42 @@ import asyncio
 import json
 import threading
 import time
-from pathlib import Path
 
 from callwire import protocol
 from callwire.codes import ErrorCode
+from signaling_server.pgstore import is_postgres_url
 from signaling_server.records import ParticipantOutcome, StoredCall
-from signaling_server.store import CallStore
+from signaling_server.storage import open_store
 from signaling_server.webhooks import EVENTS
 from tests.helpers.rest import rest
 from tests.helpers.servers import APP, new_server
 from tests.helpers.wsclient import WsClient
 
 UNREACHABLE_URL = "http://127.0.0.1:9/callbacks"
-REFUSE_OUTBOX = ("CREATE TRIGGER refuse_outbox BEFORE INSERT ON webhook_outbox "
-                 "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END")
 
 
-def prepare(db: Path, *statements: str, open_call: bool = False) -> None:
+def refuse_outbox(db: str) -> list[str]:
+    """Statements installing a trigger that makes every outbox insert fail."""
+    if is_postgres_url(db):
+        return ["CREATE FUNCTION refuse_outbox() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'outbox refused'; END $$",
+                "CREATE TRIGGER refuse_outbox BEFORE INSERT ON webhook_outbox "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_outbox()"]
+    return ["CREATE TRIGGER refuse_outbox BEFORE INSERT ON webhook_outbox "
+            "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END"]
+
+
+def drop_refuse_outbox(db: str) -> str:
+    """The statement removing that trigger."""
+    if is_postgres_url(db):
+        return "DROP TRIGGER refuse_outbox ON webhook_outbox"
+    return "DROP TRIGGER refuse_outbox"
+
+
+def prepare(db: str, *statements: str, open_call: bool = False) -> None:
     """Callbacks configured (every event, unreachable URL), optionally a call left open by a
     crash, then ``statements``."""
-    store = CallStore(str(db))
+    store = open_store(db)
     try:
         with store.transaction() as conn:
             conn.execute(
@@ -55,9 +72,9 @@ def prepare(db: Path, *statements: str, open_call: bool = False) -> None:
         store.close()
 
 
-def stored(db: Path) -> tuple[dict[str, str], list[str]]:
-    """``{call_id: result}`` and the outbox rows' ``call_id:command``, read from the file."""
-    store = CallStore(str(db))
+def stored(db: str) -> tuple[dict[str, str], list[str]]:
+    """``{call_id: result}`` and the outbox rows' ``call_id:command``, read from the database."""
+    store = open_store(db)
     try:
         calls = {c.call_id: c.result for c in store.find_calls(APP)}
         with store.locked() as conn:
@@ -69,31 +86,29 @@ def stored(db: Path) -> tuple[dict[str, str], list[str]]:
 
 
 async def test_interrupting_open_calls_at_start_stores_record_and_notices_together(
-    tmp_path: Path,
+    db: str,
 ) -> None:
     """A call a crash left open becomes ``interrupt`` in the same transaction as its
     call_interrupted notices: when the notices cannot be stored, neither is the record."""
-    db = tmp_path / "records.db"
-    prepare(db, REFUSE_OUTBOX, open_call=True)
-    async with new_server(db=str(db)) as server:
+    prepare(db, *refuse_outbox(db), open_call=True)
+    async with new_server(db=db) as server:
         assert server.records.stats().lost == 1
         assert stored(db) == ({"crashed": ""}, [])  # both or neither: neither
-    prepare_drop = CallStore(str(db))
+    prepare_drop = open_store(db)
     with prepare_drop.transaction() as conn:
-        conn.execute("DROP TRIGGER refuse_outbox")
+        conn.execute(drop_refuse_outbox(db))
     prepare_drop.close()
-    async with new_server(db=str(db)):
+    async with new_server(db=db):
         calls, rows = stored(db)
     assert calls == {"crashed": "interrupt"}
     assert rows == ["crashed:caller_call_interrupted", "crashed:callee_call_interrupted"]
 
 
-async def test_a_call_and_its_notices_are_stored_together(tmp_path: Path) -> None:
+async def test_a_call_and_its_notices_are_stored_together(db: str) -> None:
     """During a call too: a record is never committed without its notices."""
-    db = tmp_path / "records.db"
-    prepare(db, REFUSE_OUTBOX)
+    prepare(db, *refuse_outbox(db))
     async with (
-        new_server(db=str(db)) as server,
+        new_server(db=db) as server,
         await WsClient.connect(server.url) as alice,
         await WsClient.connect(server.url) as bob,
     ):
@@ -109,12 +124,11 @@ async def test_a_call_and_its_notices_are_stored_together(tmp_path: Path) -> Non
     assert lost == 3  # the call's three steps: calls, accept, hangup
 
 
-async def test_frames_of_a_step_wait_for_its_commit(tmp_path: Path) -> None:
+async def test_frames_of_a_step_wait_for_its_commit(db: str) -> None:
     """While the writer thread is busy, the hangup reply and CALLING_END are held; they go
     out once the final record is committed, and the record is on disk by then."""
-    db = tmp_path / "records.db"
     async with (
-        new_server(db=str(db)) as server,
+        new_server(db=db) as server,
         await WsClient.connect(server.url) as alice,
         await WsClient.connect(server.url) as bob,
     ):
@@ -142,11 +156,11 @@ async def test_frames_of_a_step_wait_for_its_commit(tmp_path: Path) -> None:
         assert await held
 
 
-async def test_record_queries_are_limited_per_connection(tmp_path: Path) -> None:
+async def test_record_queries_are_limited_per_connection(db: str) -> None:
     """With the query thread stuck, 4 queries of one connection are in flight and the other 6
     get 4290 at once; another connection still gets its own 4; every request one reply."""
     async with (
-        new_server(db=str(tmp_path / "records.db")) as server,
+        new_server(db=db) as server,
         await WsClient.connect(server.url) as alice,
         await WsClient.connect(server.url) as bob,
     ):
@@ -183,10 +197,10 @@ async def test_record_queries_are_limited_per_connection(tmp_path: Path) -> None
         assert len(replies) == 8
 
 
-async def test_writer_counters_are_in_the_rest_api(tmp_path: Path) -> None:
+async def test_writer_counters_are_in_the_rest_api(db: str) -> None:
     """``server/get_stats`` reports the writer's counters (failed attempts, retrying, lost)."""
     async with (
-        new_server(db=str(tmp_path / "records.db"), http_port=0) as server,
+        new_server(db=db, http_port=0) as server,
         await WsClient.connect(server.url) as alice,
     ):
         await alice.login("alice")

@@ -1,13 +1,12 @@
-"""The real server end to end: REST API and call-event webhooks next to the websocket layer."""
+"""The real server end to end: REST API and call-event webhooks next to the websocket layer,
+on each record back end (the ``db`` fixture: SQLite, then PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
-from pathlib import Path
 
 from signaling_server.webhooks import WebhookSettings
+from tests.helpers.postgres import db_rows
 from tests.helpers.rest import rest
 from tests.helpers.servers import APP, new_server
 from tests.helpers.webhook_receiver import Receiver
@@ -18,14 +17,14 @@ FAST = WebhookSettings(backoff_initial_s=0.05, backoff_max_s=0.2, close_grace_s=
                        allow_private_targets=True)
 
 
-async def test_call_through_server_reaches_receiver_and_records(tmp_path: Path) -> None:
+async def test_call_through_server_reaches_receiver_and_records(db: str) -> None:
     """With a callback configured over REST, a real 1v1 call over websockets produces the
     documented callbacks (client IP and platform of each user) and a record readable by REST."""
     receiver = Receiver()
     await receiver.start()
     try:
         async with (
-            new_server(db=str(tmp_path / "db"), http_port=0, webhooks=FAST) as server,
+            new_server(db=db, http_port=0, webhooks=FAST) as server,
             await WsClient.connect(server.url) as alice,
             await WsClient.connect(server.url) as bob,
         ):
@@ -58,10 +57,9 @@ async def test_call_through_server_reaches_receiver_and_records(tmp_path: Path) 
     assert record["callResult"] == "normal_end" and record["callees"] == ["bob"]
 
 
-async def test_callbacks_pending_at_stop_are_sent_after_restart(tmp_path: Path) -> None:
+async def test_callbacks_pending_at_stop_are_sent_after_restart(db: str) -> None:
     """The receiver is down while a call is interrupted by the server stopping: the final
     call_interrupted callbacks are stored at stop and delivered, in order, after a restart."""
-    db = str(tmp_path / "db")
     receiver = Receiver()
     await receiver.start()
     await receiver.stop()
@@ -78,9 +76,8 @@ async def test_callbacks_pending_at_stop_are_sent_after_restart(tmp_path: Path) 
         await server.stop()
         await alice.close()
         await bob.close()
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        pending = [row[0] for row in conn.execute(
-            "SELECT command FROM webhook_outbox WHERE outcome = '' ORDER BY id")]
+    pending = [row[0] for row in db_rows(
+        db, "SELECT command FROM webhook_outbox WHERE outcome = '' ORDER BY id")]
     assert pending == [
         "caller_start_call", "callee_receive_call", "callee_accept_call",
         "caller_call_accepted", "caller_call_interrupted", "callee_call_interrupted",
@@ -96,21 +93,20 @@ async def test_callbacks_pending_at_stop_are_sent_after_restart(tmp_path: Path) 
 
 
 async def test_calls_left_open_by_a_crash_are_reported_interrupted_at_start(
-    tmp_path: Path,
+    db: str,
 ) -> None:
     """A call a killed server left open becomes interrupt at the next start, and its caller
     and the invitee who had answered get call_interrupted; an invitee still ringing does not."""
     from signaling_server.records import ParticipantOutcome, StoredCall
-    from signaling_server.store import CallStore
+    from signaling_server.storage import open_store
 
-    db = str(tmp_path / "db")
     receiver = Receiver()
     await receiver.start()
     try:
         async with new_server(db=db, http_port=0, webhooks=FAST) as server:
             await rest(server, "callback/create_config", {"url": receiver.url})
         # What a SIGKILL leaves behind: a connected call with no result.
-        store = CallStore(db)
+        store = open_store(db)
         store.save_calls([StoredCall(
             call_id="crashed", sdk_app_id=APP, caller="alice", callees=["bob", "carol"],
             scene=0, media_type=2, room_id=42, group_id="", start_ts=1000.0,
@@ -132,7 +128,7 @@ async def test_calls_left_open_by_a_crash_are_reported_interrupted_at_start(
     # A group call: the reference's webhooks give group calls only normal_end; the record
     # keeps the detail.
     assert {r.body["CallResult"] for r in got} == {"normal_end"}
-    store = CallStore(db)
+    store = open_store(db)
     try:
         crashed = store.get_call(APP, "crashed")
     finally:

@@ -1,7 +1,9 @@
-"""CallStore: call records in SQLite."""
+"""CallStore: call records, in SQLite and in PostgreSQL (the ``store`` fixture runs each
+test on both back ends; the file and kill tests are SQLite's)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -11,11 +13,14 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from callclient.types import CallMediaType, CallResultType, CallRole, CallScene
 from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
-from signaling_server.store import SCHEMA_VERSION, CallStore
+from signaling_server.storage import open_store
+from signaling_server.store import SCHEMA_VERSION, CallStore, RecordWriter
+from tests.helpers.postgres import PostgresServer
 
 APP = 1400000001
 CALLER = ParticipantOutcome(CallRole.CALLER, CallResultType.OUTGOING)
@@ -57,11 +62,11 @@ def make_call(
 
 
 @pytest.fixture
-def store() -> Iterator[CallStore]:
-    """An in-memory store."""
-    db = CallStore(":memory:")
-    yield db
-    db.close()
+def store(db: str) -> Iterator[CallStore]:
+    """An empty store: in-memory SQLite, then a fresh PostgreSQL database."""
+    opened = open_store(db)
+    yield opened
+    opened.close()
 
 
 def test_save_and_get_round_trip(store: CallStore) -> None:
@@ -274,7 +279,8 @@ def test_save_writes_records_outbox_rows_and_profiles_together(store: CallStore)
     assert commands == ["caller_start_call", "caller_call_end"]
     assert tuple(profile) == ("Alice", "b.png")
     bad_row = OutboxRow(APP, None, "caller_call_end", "{}", "{}", 2.0)  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):  # the record was written first: rolled back
+    # the record was written first: rolled back
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
         store.save([make_call("c2", 2.0)], [rows[0], bad_row])
     assert store.get_call(APP, "c2") is None
     with store.locked() as conn:
@@ -373,3 +379,80 @@ def test_committed_records_survive_sigkill(tmp_path: Path) -> None:
             assert call.room_id == i and call.participants["bob"].result_type == 1
     finally:
         store.close()
+
+
+def test_postgresql_newer_schema_is_refused(postgres: PostgresServer) -> None:
+    """A PostgreSQL database of a newer server is refused with the reason."""
+    url = postgres.new_database()
+    store = open_store(url)
+    with store.transaction() as conn:
+        conn.execute("UPDATE callserver_schema SET version = 99")
+    store.close()
+    with pytest.raises(RuntimeError, match="schema version 99; this server knows up to"):
+        open_store(url)
+
+
+async def test_writer_reconnects_when_postgresql_drops_the_connection(
+    postgres: PostgresServer,
+) -> None:
+    """PostgreSQL ends the store's connections (a restart, a failover): the next write fails
+    as transient, is retried on a new connection and committed. A query on the lost read
+    connection fails once; the next one reconnects."""
+    url = postgres.new_database()
+    store = open_store(url)
+    writer = RecordWriter(store, retry_initial_s=0.01)
+    try:
+        writer.submit(make_call("before"))
+        await writer.flush()
+        assert writer.stats().committed == 1
+        assert await writer.run_read(store.get_call, APP, "before") is not None
+        with psycopg.connect(postgres.url("postgres"), autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (url.split("/")[3].split("?")[0],),
+            ).fetchall()
+        assert ended and all(row[0] for row in ended)
+        unit = writer.submit_unit([make_call("after")])
+        await asyncio.wrap_future(unit.committed)
+        stats = writer.stats()
+        assert stats.failed_attempts >= 1 and stats.lost == 0 and stats.committed == 2
+        with pytest.raises(psycopg.OperationalError):
+            await writer.run_read(store.get_call, APP, "after")
+        assert await writer.run_read(store.get_call, APP, "after") is not None
+    finally:
+        await writer.close()
+
+
+def test_text_with_nul_is_stored(store: CallStore) -> None:
+    """A client's text with U+0000 (userData, a nickname) does not lose its record: SQLite
+    keeps it as is, PostgreSQL (whose text cannot hold it) with U+FFFD in its place."""
+    call = make_call("c\x00", room="r\x00")
+    call.user_data = "a\x00b"
+    store.save([call], [OutboxRow(APP, "c\x00", "caller_call_end", "{}", "{}", 1.0)],
+               [ProfileUpdate(APP, "alice", "Al\x00ice", None, 1.0)])
+    store.save([call])  # again: the participants of the stored call are matched
+    nul = "\x00" if store.dialect == "sqlite" else "\ufffd"
+    stored = store.get_call(APP, f"c{nul}")
+    assert stored is not None and stored.user_data == f"a{nul}b"
+    assert stored.room_id == f"r{nul}" and set(stored.participants) == {"alice", "bob"}
+    with store.locked() as conn:
+        assert conn.execute("SELECT nickname FROM user_profiles").fetchone()[0] == f"Al{nul}ice"
+
+
+def test_stores_on_one_postgresql_see_each_others_records(postgres: PostgresServer) -> None:
+    """Two stores on one PostgreSQL database (two server processes): each reads what the other
+    committed, and a user's deletion on one hides the record from that user on both."""
+    url = postgres.new_database()
+    first, second = open_store(url), open_store(url)
+    try:
+        first.save([make_call("from-first", 1.0)])
+        second.save([make_call("from-second", 2.0)])
+        for store in (first, second):
+            assert [c.call_id for c in store.find_calls(APP)] == ["from-first", "from-second"]
+        assert second.delete_calls(APP, "bob", ["from-first"]) == ["from-first"]
+        assert [r["callId"] for r in first.recent_calls(APP, "bob", None, None, None)] == [
+            "from-second"]
+    finally:
+        first.close()
+        second.close()

@@ -1,4 +1,5 @@
-"""RecordWriter: batched, ordered call-record writes from asyncio on one worker thread."""
+"""RecordWriter: batched, ordered call-record writes from asyncio on one worker thread (the
+tests taking ``db`` or ``postgres`` also on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from signaling_server.pgstore import PgCallStore
 from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
+from signaling_server.storage import open_store
 from signaling_server.store import CallStore, RecordWriter, StoreBusy
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.waits import eventually
 
 APP = 1400000001
 
@@ -186,10 +192,10 @@ async def test_failed_record_does_not_lose_the_batch() -> None:
     await writer.close()
 
 
-async def test_close_writes_the_queue_and_is_idempotent(tmp_path: Path) -> None:
-    """close commits what was queued, closes the store and can be called again or concurrently."""
-    path = str(tmp_path / "calls.db")
-    store = CallStore(path)
+async def test_close_writes_the_queue_and_is_idempotent(db: str) -> None:
+    """close commits what was queued, closes the store and can be called again or concurrently
+    (each back end)."""
+    store = open_store(db)
     writer = RecordWriter(store)
     for i in range(300):
         writer.submit(make_call(f"c{i:03d}", float(i)))
@@ -201,7 +207,7 @@ async def test_close_writes_the_queue_and_is_idempotent(tmp_path: Path) -> None:
         writer.submit(make_call("late"))
     with pytest.raises(RuntimeError):
         await writer.run_query(store.open_calls)
-    reopened = CallStore(path)
+    reopened = open_store(db)
     assert len(reopened.find_calls(APP, limit=1000)) == 300
     reopened.close()
 
@@ -242,9 +248,10 @@ def test_unclosed_writer_finishes_at_exit(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- issue 12 items 5 and 8
 
 
-async def test_a_stuck_query_does_not_hold_up_commits(tmp_path: Path) -> None:
-    """Queries run on their own thread and connection: records commit while one is stuck."""
-    store = CallStore(str(tmp_path / "calls.db"))
+async def test_a_stuck_query_does_not_hold_up_commits(db: str) -> None:
+    """Queries run on their own thread and connection: records commit while one is stuck
+    (each back end)."""
+    store = open_store(db)
     writer = RecordWriter(store)
     release, busy = threading.Event(), threading.Event()
 
@@ -257,7 +264,7 @@ async def test_a_stuck_query_does_not_hold_up_commits(tmp_path: Path) -> None:
     unit = writer.submit_unit([make_call("c1", result="normal_end")])
     assert await asyncio.wait_for(asyncio.wrap_future(unit.attempted), 10) is True
     assert not query.done()
-    other = CallStore(str(tmp_path / "calls.db"))
+    other = open_store(db)
     stored = other.get_call(APP, "c1")
     other.close()
     assert stored is not None and stored.result == "normal_end"
@@ -351,6 +358,32 @@ async def test_a_write_failing_transiently_is_kept_and_retried(
     store = CallStore(path)
     assert [c.call_id for c in store.find_calls(APP)] == ["c1", "c2"]
     store.close()
+
+
+async def test_a_postgresql_write_waiting_for_a_lock_is_kept_and_retried(
+    postgres: PostgresServer,
+) -> None:
+    """Another session holds a lock on the calls table: each attempt gives up after the
+    store's lock timeout (transient), the records are kept and committed once it is gone."""
+    url = postgres.new_database()
+    writer = RecordWriter(PgCallStore(url, busy_timeout=0.05), retry_initial_s=0.02,
+                          retry_max_s=0.2)
+    blocker = psycopg.connect(url)
+    blocker.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+    try:
+        unit = writer.submit_unit([make_call("c1", result="normal_end")])
+        assert await asyncio.wait_for(asyncio.wrap_future(unit.attempted), 10) is False
+        later = writer.submit_unit([make_call("c2")])
+        await eventually(lambda: writer.stats().failed_attempts >= 3, "three failed attempts")
+        stats = writer.stats()
+        assert stats.retrying == 2 and stats.lost == 0 and not unit.committed.done()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    await asyncio.wait_for(asyncio.wrap_future(later.committed), 10)
+    assert writer.stats().retrying == 0 and writer.lost == 0
+    assert [c.call_id for c in await writer.run_read(writer.store.open_calls)] == ["c2"]
+    await writer.close()
 
 
 async def test_later_versions_wait_behind_a_failing_one(tmp_path: Path) -> None:

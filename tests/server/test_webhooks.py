@@ -1,26 +1,26 @@
 """Call-event webhooks: what a real HTTP receiver on loopback gets, in order, despite failures.
 
 Calls are driven through the real call state machine (:class:`CoreHarness`); its notices go to
-a real :class:`WebhookService` with a SQLite outbox, which POSTs to a real aiohttp receiver.
+a real :class:`WebhookService` with an outbox in SQLite or PostgreSQL (the ``db`` fixture: each
+test runs on both), which POSTs to a real aiohttp receiver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from callclient.types import CallScene
 from signaling_server.core import Notice
 from signaling_server.records import users_in_call
-from signaling_server.store import CallStore
+from signaling_server.storage import open_store
 from signaling_server.webhooks import EVENTS, WebhookService, WebhookSettings
 from tests.helpers.core import APP_ID, START, CoreHarness
+from tests.helpers.postgres import db_rows
 from tests.helpers.waits import eventually
 from tests.helpers.webhook_receiver import Received, Receiver
 
@@ -46,11 +46,11 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @contextlib.asynccontextmanager
 async def running_service(
-    db: Path, url: str | None, events: list[str] | None = None,
+    db: str, url: str | None, events: list[str] | None = None,
     settings: WebhookSettings = FAST,
 ) -> AsyncIterator[WebhookService]:
-    """A started service on a file database, configured for ``url`` unless it is None."""
-    store = CallStore(str(db))
+    """A started service on database ``db``, configured for ``url`` unless it is None."""
+    store = open_store(db)
     service = WebhookService(store, APP_ID, settings)
     try:
         await service.start()
@@ -126,21 +126,20 @@ def call(h: CoreHarness, caller: str, *callees: str) -> str:
     return str(reply["callId"])
 
 
-def pending_rows(db: Path) -> list[tuple[int, str]]:
+def pending_rows(db: str) -> list[tuple[int, str]]:
     """(id, command) of undelivered outbox rows, read with a separate connection."""
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return list(conn.execute(
-            "SELECT id, command FROM webhook_outbox WHERE outcome = '' ORDER BY id"))
+    return [(int(r[0]), str(r[1])) for r in db_rows(
+        db, "SELECT id, command FROM webhook_outbox WHERE outcome = '' ORDER BY id")]
 
 
 # ---------------------------------------------------------------------- the flows
 
 
-async def test_one_to_one_accept_and_hangup(tmp_path: Path, receiver: Receiver) -> None:
+async def test_one_to_one_accept_and_hangup(db: str, receiver: Receiver) -> None:
     """Accepted then hung up: start/receive/accept/accepted/end for both, in order; the two
     call_end callbacks carry normal_end and all three timestamps, earlier ones 0 for unset."""
     h = harness("alice", "bob")
-    async with running_service(tmp_path / "db", receiver.url) as service:
+    async with running_service(db, receiver.url) as service:
         call_id = call(h, "alice", "bob")
         h.advance(2)
         h.request("bob", "accept", callId=call_id)
@@ -171,12 +170,12 @@ async def test_one_to_one_accept_and_hangup(tmp_path: Path, receiver: Receiver) 
     ],
 )
 async def test_one_to_one_not_connected(
-    tmp_path: Path, receiver: Receiver, action: str, commands: list[str], result: str
+    db: str, receiver: Receiver, action: str, commands: list[str], result: str
 ) -> None:
     """Reject, ignore, cancel and timeout: the reference's events for each side, the final
     ones with the call's result and end time."""
     h = harness("alice", "bob")
-    async with running_service(tmp_path / "db", receiver.url) as service:
+    async with running_service(db, receiver.url) as service:
         call_id = call(h, "alice", "bob")
         if action == "cancel":
             h.request("alice", "hangup", callId=call_id)
@@ -193,10 +192,10 @@ async def test_one_to_one_not_connected(
     assert all(r.body["AcceptTs"] == 0 for r in got)
 
 
-async def test_busy_callee(tmp_path: Path, receiver: Receiver) -> None:
+async def test_busy_callee(db: str, receiver: Receiver) -> None:
     """Calling a user who is in another call: the caller's start_call then call_busy."""
     h = harness("alice", "carol", "dave")
-    async with running_service(tmp_path / "db", receiver.url) as service:
+    async with running_service(db, receiver.url) as service:
         other = call(h, "carol", "dave")
         h.request("dave", "accept", callId=other)
         h.clear_notices()
@@ -209,11 +208,11 @@ async def test_busy_callee(tmp_path: Path, receiver: Receiver) -> None:
     assert got[-1].body["CallResult"] == "call_busy"
 
 
-async def test_group_call_with_invite_and_join(tmp_path: Path, receiver: Receiver) -> None:
+async def test_group_call_with_invite_and_join(db: str, receiver: Receiver) -> None:
     """A group call: receive for each invitee, reject, invite_user for a mid-call invitee,
     join_in_group_call for a rejecter who joins later, call_end for everyone."""
     h = harness("alice", "bob", "carol", "dave")
-    async with running_service(tmp_path / "db", receiver.url) as service:
+    async with running_service(db, receiver.url) as service:
         call_id = call(h, "alice", "bob", "carol")
         h.request("bob", "accept", callId=call_id)
         h.request("carol", "reject", callId=call_id)
@@ -249,11 +248,11 @@ async def test_group_call_with_invite_and_join(tmp_path: Path, receiver: Receive
 # ---------------------------------------------------------------------- configuration
 
 
-async def test_disabled_events_are_not_sent(tmp_path: Path, receiver: Receiver) -> None:
+async def test_disabled_events_are_not_sent(db: str, receiver: Receiver) -> None:
     """Only enabled events are enqueued: an event name enables both roles, a command one."""
     h = harness("alice", "bob")
     events = ["start_call", "accept_call", "caller_call_end"]
-    async with running_service(tmp_path / "db", receiver.url, events) as service:
+    async with running_service(db, receiver.url, events) as service:
         call_id = call(h, "alice", "bob")
         h.request("bob", "accept", callId=call_id)
         h.request("bob", "hangup", callId=call_id)
@@ -262,17 +261,16 @@ async def test_disabled_events_are_not_sent(tmp_path: Path, receiver: Receiver) 
         await service.flush()
         assert service.skipped == 3
     assert receiver.commands() == ["caller_start_call", "callee_accept_call", "caller_call_end"]
-    with contextlib.closing(sqlite3.connect(tmp_path / "db")) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM webhook_outbox").fetchone()[0] == 3
+    assert db_rows(db, "SELECT COUNT(*) FROM webhook_outbox") == [(3,)]
 
 
 async def test_nothing_is_enqueued_without_configuration(
-    tmp_path: Path, receiver: Receiver
+    db: str, receiver: Receiver
 ) -> None:
     """With no callback URL configured nothing is stored or sent; a deleted configuration
     stops the callbacks again."""
     h = harness("alice", "bob")
-    async with running_service(tmp_path / "db", None) as service:
+    async with running_service(db, None) as service:
         call(h, "alice", "bob")
         feed(h, service)
         await service.flush()
@@ -284,21 +282,20 @@ async def test_nothing_is_enqueued_without_configuration(
         await service.flush()
         assert service.skipped == 4
     assert receiver.received == []
-    with contextlib.closing(sqlite3.connect(tmp_path / "db")) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM webhook_outbox").fetchone()[0] == 0
+    assert db_rows(db, "SELECT COUNT(*) FROM webhook_outbox") == [(0,)]
 
 
 # ---------------------------------------------------------------------- delivery
 
 
 async def test_receiver_down_then_up_gets_everything_once_in_order(
-    tmp_path: Path, receiver: Receiver
+    db: str, receiver: Receiver
 ) -> None:
     """While the receiver is down the sender retries with backoff; once it is back, every
     callback arrives exactly once and each call's callbacks in their order."""
     await receiver.stop()
     h = harness("alice", "bob", "carol", "dave")
-    async with running_service(tmp_path / "db", receiver.url) as service:
+    async with running_service(db, receiver.url) as service:
         first = call(h, "alice", "bob")
         h.request("bob", "accept", callId=first)
         second = call(h, "carol", "dave")
@@ -308,12 +305,12 @@ async def test_receiver_down_then_up_gets_everything_once_in_order(
         await service.flush()
         await asyncio.sleep(0.6)  # several attempts, 0.05 s to 0.2 s apart
         assert service.failed_attempts >= 4
-        assert len(pending_rows(tmp_path / "db")) == len(notices)
+        assert len(pending_rows(db)) == len(notices)
         await receiver.start()
         got = await receiver.wait_for(len(notices))
         # The receiver has the last request before the sender has its response and marks
         # the row delivered: wait for the mark rather than assume it.
-        await eventually(lambda: pending_rows(tmp_path / "db") == [], "every row marked delivered")
+        await eventually(lambda: pending_rows(db) == [], "every row marked delivered")
     assert len(got) == len(notices) == 10
     assert len({r.seq for r in got}) == len(got)
     for call_id in (first, second):
@@ -322,11 +319,10 @@ async def test_receiver_down_then_up_gets_everything_once_in_order(
 
 
 async def test_pending_callbacks_are_sent_after_restart(
-    tmp_path: Path, receiver: Receiver
+    db: str, receiver: Receiver
 ) -> None:
     """Callbacks still undelivered when the service stops stay in the database and are sent,
     in order, by the next run."""
-    db = tmp_path / "db"
     await receiver.stop()
     h = harness("alice", "bob")
     async with running_service(db, receiver.url) as service:
@@ -338,7 +334,7 @@ async def test_pending_callbacks_are_sent_after_restart(
         "caller_start_call", "callee_receive_call", "callee_reject_call", "caller_call_rejected"
     ]
     await receiver.start()
-    store = CallStore(str(db))
+    store = open_store(db)
     service = WebhookService(store, APP_ID, FAST)
     try:
         await service.start()
@@ -353,12 +349,12 @@ async def test_pending_callbacks_are_sent_after_restart(
     assert [r.seq for r in got] == [row_id for row_id, _ in rows]
 
 
-async def test_close_does_not_wait_for_retries(tmp_path: Path, receiver: Receiver) -> None:
+async def test_close_does_not_wait_for_retries(db: str, receiver: Receiver) -> None:
     """Closing while callbacks wait for a retry is quick and leaves them pending on disk."""
     await receiver.stop()
     h = harness("alice", "bob")
     settings = WebhookSettings(allow_private_targets=True)
-    async with running_service(tmp_path / "db", receiver.url, settings=settings) as svc:
+    async with running_service(db, receiver.url, settings=settings) as svc:
         call(h, "alice", "bob")
         feed(h, svc)
         await svc.flush()
@@ -367,17 +363,17 @@ async def test_close_does_not_wait_for_retries(tmp_path: Path, receiver: Receive
         began = time.monotonic()
         await svc.close()
         assert time.monotonic() - began < 0.5
-    assert len(pending_rows(tmp_path / "db")) == 2
+    assert len(pending_rows(db)) == 2
 
 
 async def test_hanging_receiver_is_retried_after_3_s(
-    tmp_path: Path, receiver: Receiver
+    db: str, receiver: Receiver
 ) -> None:
     """A receiver that does not answer within 3 s: the callback is sent again, and the call's
     next callback only after it was delivered."""
     receiver.hang_count, receiver.hang_s = 1, 4.0
     h = harness("alice", "bob")
-    async with running_service(tmp_path / "db", receiver.url) as service:
+    async with running_service(db, receiver.url) as service:
         call_id = call(h, "alice", "bob")
         h.request("bob", "reject", callId=call_id)
         notices = feed(h, service)
