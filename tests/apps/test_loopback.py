@@ -51,7 +51,12 @@ async def test_three_users_group_call() -> None:
     assert report.processes and not report.sfu
     check_full_mesh(report, 3, min_fps=10)
     assert all(s.frames_dropped >= 0 for s in report.streams)
+    assert all(s.jitter_drops >= 0 and s.decode_drops >= 0 for s in report.streams)
+    # Each process's kernel drops are read over the window (udpstats has the behaviour test).
+    assert set(report.udp_drops) == {"user0", "user1", "user2"}
+    assert all(count >= 0 for count in report.udp_drops.values())
     assert report.to_dict()["processes"] is True
+    assert set(report.to_dict()["udp_drops"]) == {"user0", "user1", "user2"}
 
 
 async def test_three_users_in_one_process_through_janus() -> None:
