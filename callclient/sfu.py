@@ -400,6 +400,8 @@ class SfuTransport:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CONNECT_WAIT):
                     await self._subscriber_settled.wait()
+        if pc is not self.subscriber_pc or pc.signalingState == "closed":
+            return  # torn down (call left or moved) while waiting: nothing to answer
         streams = data.get("streams")
         await pc.setRemoteDescription(RTCSessionDescription(jsep["sdp"], jsep["type"]))
         if isinstance(streams, list):
