@@ -348,7 +348,14 @@ class SfuTransport:
 
             async def answer() -> None:
                 async with self._lock:
-                    await self._answer(data, jsep)
+                    handle = self._subscriber
+                    try:
+                        await self._answer(data, jsep)
+                    except JanusError as exc:
+                        if handle is self._subscriber and not self._closed:
+                            raise
+                        # The session or handle went away meanwhile (left, moved, replaced).
+                        logger.info("%s: re-offer not answered: %s", self.local_id, exc)
 
             self._tasks.spawn(answer(), name="sfu re-offer")
 
