@@ -385,7 +385,8 @@ async def _measure(
     udp = (udp_receive_drops() or 0) - udp
     sent = await _bytes_sent(person.engine) - sent
     dropped = {user: count - skipped.get(user, 0) for user, count in person.skipped().items()}
-    stage_drops = {user: (jitter - drops.get(user, (0, 0))[0], decode - drops.get(user, (0, 0))[1])
+    stage_drops = {user: (_since(jitter, drops.get(user, (0, 0))[0]),
+                          _since(decode, drops.get(user, (0, 0))[1]))
                    for user, (jitter, decode) in person.receive_drops().items()}
     # Let the analysers catch up on the frames of the window.
     await asyncio.gather(*(asyncio.to_thread(view.close) for view in person.views.values()))
@@ -398,6 +399,12 @@ async def _measure(
     window = max(until - since, 1e-6)
     return _Measured(since, until, streams, sent * 8 / 1000 / window, 100.0 * cpu / window,
                      udp)
+
+
+def _since(now: int, before: int) -> int:
+    """A counter's growth over the window; one that went down restarted with a new track
+    (a replaced connection), so what it counts now is all from within the window."""
+    return now - before if now >= before else now
 
 
 def _combine(settings: _Settings, measured: Sequence[_Measured], dial_ms: float,
