@@ -13,6 +13,9 @@ Liveness works as in the mesh: each member's feed is counted by the packets its 
 one silent for ``dead_after`` is reported through ``on_unresponsive`` (once per silence). A
 new room (:meth:`SfuTransport.move`, a higher epoch) or a lost Janus session starts over:
 close both connections, publish and subscribe again; members stay connected for the call.
+A subscriber connection that fails on its own (aioice closes it when six consent checks in a
+row go unanswered: a receiver too starved to read its socket loses their replies with its
+media) is replaced: a new subscriber handle joins with every wanted feed, the publisher stays.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ _RESTART_DELAY = 0.5
 """Pause before publishing again after the Janus session was lost."""
 _CONNECT_WAIT = 10.0
 """How long a re-offer waits for the subscriber connection's first negotiation to connect."""
+_RESUBSCRIBE_DELAY = 0.5
+"""Pause before replacing a subscriber connection that failed."""
 _NO_ROOM = 426
 _UNAUTHORIZED = 433
 
@@ -131,6 +136,10 @@ class SfuTransport:
         self._moved = asyncio.Event()
         self._subscriber_settled = asyncio.Event()
         """Set once the subscriber connection left "connecting" (a re-offer waits for it)."""
+        self._subscriber_failed = asyncio.Event()
+        """Set when the current subscriber connection failed or closed by itself."""
+        self.resubscribes = 0
+        """Subscriber connections replaced after they failed (in every room)."""
         self._lock = asyncio.Lock()
         """One negotiation of the subscriber connection at a time."""
         self._closed = False
@@ -223,6 +232,7 @@ class SfuTransport:
 
     async def _session_round(self, session: JanusSession, lost: asyncio.Event) -> None:
         await session.create()
+        self._subscriber_failed.clear()
         publisher = await session.attach()
         publisher.on_event = self._publisher_event
         await self._publish(publisher)
@@ -231,7 +241,8 @@ class SfuTransport:
         self._dirty.set()
         waits = [asyncio.ensure_future(lost.wait()),
                  asyncio.ensure_future(self._subscribe_loop()),
-                 asyncio.ensure_future(self._liveness_loop())]
+                 asyncio.ensure_future(self._liveness_loop()),
+                 asyncio.ensure_future(self._resubscribe_loop(session))]
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -248,6 +259,9 @@ class SfuTransport:
         self.publisher_pc = self.subscriber_pc = None
         self._subscriber = None
         self._private_id = None
+        for feed in self.peers.values():
+            feed.packets = 0  # the counters were the closed connection's
+            feed.mids.clear()
         self._feeds.clear()
         self._subscribed.clear()
         self._mid_user.clear()
@@ -334,7 +348,14 @@ class SfuTransport:
 
             async def answer() -> None:
                 async with self._lock:
-                    await self._answer(data, jsep)
+                    handle = self._subscriber
+                    try:
+                        await self._answer(data, jsep)
+                    except JanusError as exc:
+                        if handle is self._subscriber and not self._closed:
+                            raise
+                        # The session or handle went away meanwhile (left, moved, replaced).
+                        logger.info("%s: re-offer not answered: %s", self.local_id, exc)
 
             self._tasks.spawn(answer(), name="sfu re-offer")
 
@@ -372,6 +393,10 @@ class SfuTransport:
             def state_changed() -> None:
                 if pc.connectionState not in ("new", "connecting"):
                     settled.set()
+                if pc.connectionState in ("failed", "closed") and pc is self.subscriber_pc:
+                    logger.info("%s: subscriber connection %s", self.local_id,
+                                pc.connectionState)
+                    self._subscriber_failed.set()
 
             for user_id, feed in self.peers.items():
                 if self._on_connect is not None:
@@ -400,6 +425,8 @@ class SfuTransport:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CONNECT_WAIT):
                     await self._subscriber_settled.wait()
+        if pc is not self.subscriber_pc or pc.signalingState == "closed":
+            return  # torn down (call left or moved) while waiting: nothing to answer
         streams = data.get("streams")
         await pc.setRemoteDescription(RTCSessionDescription(jsep["sdp"], jsep["type"]))
         if isinstance(streams, list):
@@ -439,6 +466,36 @@ class SfuTransport:
             track = transceiver.receiver.track
             install_low_latency_buffers(transceiver.receiver, track.kind, wait_keyframe=True)
             self._on_track(user, track)
+
+    async def _resubscribe_loop(self, session: JanusSession) -> None:
+        while True:
+            await self._subscriber_failed.wait()
+            await asyncio.sleep(_RESUBSCRIBE_DELAY)
+            self._subscriber_failed.clear()
+            await self._resubscribe(session)
+
+    async def _resubscribe(self, session: JanusSession) -> None:
+        """Replace the failed subscriber connection: a new handle joins with every feed."""
+        async with self._lock:
+            pc, handle = self.subscriber_pc, self._subscriber
+            if pc is None or pc.connectionState not in ("failed", "closed"):
+                return
+            self.resubscribes += 1
+            logger.info("%s: subscribing again (the connection %s)", self.local_id,
+                        pc.connectionState)
+            self.subscriber_pc = None
+            self._subscribed.clear()
+            self._mid_user.clear()
+            for feed in self.peers.values():
+                feed.packets = 0
+                feed.mids.clear()
+            self._subscriber = await session.attach()
+            self._subscriber.on_event = self._subscriber_event
+        with contextlib.suppress(Exception):
+            await pc.close()
+        if handle is not None:
+            await handle.detach()  # Janus drops the old subscriber with its handle
+        self._dirty.set()
 
     # ------------------------------------------------------------------ liveness
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from callclient.apps.events import CallbackObserver, event_record, jsonable
 from callclient.apps.measure import AudioMeter, StampView
+from callclient.apps.udpstats import udp_receive_drops
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.media.virtual import Tone
@@ -69,6 +70,10 @@ class StreamReport:
     """From the (later) accept of the two users to the first frame (audio block if audio)."""
     frames_dropped: int = 0
     """Decoded frames of the sender that the receiver dropped in the window (newest wins)."""
+    jitter_drops: int = 0
+    """Incomplete frames given up on in the window (a packet lost for good)."""
+    decode_drops: int = 0
+    """Encoded frames skipped in the window: the decoder fell behind, or waited for a keyframe."""
 
     @property
     def heard(self) -> bool:
@@ -102,6 +107,9 @@ class LoopbackReport:
     """Per user, the RTP payload+header bytes it sent in the window (every connection)."""
     cpu_percent: dict[str, float] = dataclasses.field(default_factory=dict)
     """Per user, its process's CPU in the window (% of one core; one process: the same)."""
+    udp_drops: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Per user, UDP datagrams the kernel dropped in the window because its process read its
+    sockets too slowly (receive buffer full; one process: the whole process's)."""
 
     def stream(self, receiver: str, sender: str) -> StreamReport:
         """The report of ``receiver`` <- ``sender``."""
@@ -130,6 +138,7 @@ class LoopbackReport:
             "sfu": self.sfu,
             "uplink_kbps": {u: round(v, 1) for u, v in self.uplink_kbps.items()},
             "cpu_percent": {u: round(v, 1) for u, v in self.cpu_percent.items()},
+            "udp_drops": dict(self.udp_drops),
             "users": per_user,
         }
 
@@ -159,6 +168,10 @@ class LoopbackReport:
                 f"{latency:>19} {setup:>8} {s.audio_seconds:>7.2f} {heard:>8} "
                 f"{s.expected_hz:>7.0f} {s.frames_dropped:>7}{'' if s.heard else '  NOT HEARD'}"
             )
+        if any(self.udp_drops.values()):
+            lines.append("UDP datagrams the kernel dropped (receive buffer full, the process "
+                         "too slow to read): " + ", ".join(
+                             f"{user} {count}" for user, count in self.udp_drops.items()))
         return "\n".join(lines)
 
 
@@ -199,6 +212,11 @@ class _Participant:
     def skipped(self) -> dict[str, int]:
         """Frames dropped so far per sender (the receive pipeline keeps the newest)."""
         return {user: s.video_frames_skipped for user, s in self.engine.remote_stats.items()}
+
+    def receive_drops(self) -> dict[str, tuple[int, int]]:
+        """Per sender, frames given up so far in the jitter buffer and before the decoder."""
+        return {user: (s.video_frames_dropped_jitter, s.video_frames_dropped_decode)
+                for user, s in self.engine.remote_stats.items()}
 
     def first_time(self, sender: str, video: bool) -> float | None:
         if video:
@@ -349,29 +367,44 @@ class _Measured:
     streams: list[StreamReport]
     uplink_kbps: float
     cpu_percent: float
+    udp_drops: int
 
 
 async def _measure(
     person: _Participant, settings: _Settings, accept_times: dict[str, float | None]
 ) -> _Measured:
     skipped = person.skipped()
+    drops = person.receive_drops()
     sent = await _bytes_sent(person.engine)
+    udp = udp_receive_drops() or 0
     cpu = time.process_time()
     since = time.time()
     await asyncio.sleep(settings.seconds)
     until = time.time()
     cpu = time.process_time() - cpu
+    udp = (udp_receive_drops() or 0) - udp
     sent = await _bytes_sent(person.engine) - sent
     dropped = {user: count - skipped.get(user, 0) for user, count in person.skipped().items()}
+    stage_drops = {user: (_since(jitter, drops.get(user, (0, 0))[0]),
+                          _since(decode, drops.get(user, (0, 0))[1]))
+                   for user, (jitter, decode) in person.receive_drops().items()}
     # Let the analysers catch up on the frames of the window.
     await asyncio.gather(*(asyncio.to_thread(view.close) for view in person.views.values()))
     streams = [
         _stream_report(person, sender, since, until, accept_times, settings.video,
-                       tone_for(settings.names.index(sender)), dropped.get(sender, 0))
+                       tone_for(settings.names.index(sender)), dropped.get(sender, 0),
+                       stage_drops.get(sender, (0, 0)))
         for sender in person.views
     ]
     window = max(until - since, 1e-6)
-    return _Measured(since, until, streams, sent * 8 / 1000 / window, 100.0 * cpu / window)
+    return _Measured(since, until, streams, sent * 8 / 1000 / window, 100.0 * cpu / window,
+                     udp)
+
+
+def _since(now: int, before: int) -> int:
+    """A counter's growth over the window; one that went down restarted with a new track
+    (a replaced connection), so what it counts now is all from within the window."""
+    return now - before if now >= before else now
 
 
 def _combine(settings: _Settings, measured: Sequence[_Measured], dial_ms: float,
@@ -383,6 +416,7 @@ def _combine(settings: _Settings, measured: Sequence[_Measured], dial_ms: float,
         report,
         uplink_kbps={n: m.uplink_kbps for n, m in zip(names, measured, strict=True)},
         cpu_percent={n: m.cpu_percent for n, m in zip(names, measured, strict=True)},
+        udp_drops={n: m.udp_drops for n, m in zip(names, measured, strict=True)},
     )
 
 
@@ -544,6 +578,7 @@ def _stream_report(
     video: bool,
     expected_hz: float,
     dropped: int = 0,
+    stage_drops: tuple[int, int] = (0, 0),
 ) -> StreamReport:
     summary = person.views[sender].summary(since, until)
     audio = person.meters[sender].summary(since, until)
@@ -564,6 +599,8 @@ def _stream_report(
         expected_hz=expected_hz,
         setup_ms=setup_ms,
         frames_dropped=dropped,
+        jitter_drops=stage_drops[0],
+        decode_drops=stage_drops[1],
     )
 
 

@@ -121,3 +121,44 @@ async def test_participant_killed_mid_call_leaves_within_5_s(
     assert time.monotonic() - killed_at < 5.0
     await frames_advance(alice.view_of("bob"))
     assert "dave" not in sfu_transport(alice).peers
+
+
+async def test_a_failed_subscriber_connection_is_replaced_without_anyone_leaving(
+    make_party: MakeParty,
+) -> None:
+    """aioice closes a connection whose consent checks go unanswered six times in a row (a
+    receiver too starved to read its socket loses the replies with its media: the 9-person
+    call lost every subscriber connection ~35 s in). carol's subscriber connection closed
+    that way is replaced by a new one: the others' media comes back, her publisher is kept,
+    nobody leaves."""
+    parties = [await make_party(u) for u in ("alice", "bob", "carol")]
+    for party in parties:
+        await party.engine.open_camera()
+    alice, bob, carol = parties
+    await alice.engine.calls(["bob", "carol"], CallMediaType.VIDEO, CallParams(timeout=30))
+    for party in (bob, carol):
+        await party.rec.wait_for("on_call_received")
+        await party.engine.accept()
+    views = [p.view_of(q.user_id) for p in parties for q in parties if p is not q]
+    await asyncio.gather(*(frames_advance(v, frames=3) for v in views))
+    sfu = sfu_transport(carol)
+    failed, publisher = sfu.subscriber_pc, sfu.publisher_pc
+    assert failed is not None and publisher is not None
+
+    marks = [p.rec.mark() for p in parties]
+    # What an expired consent does (aioice's query_consent): close the ICE connection.
+    ice = failed.getTransceivers()[0].receiver.transport.transport
+    await ice._connection.close()
+    await eventually(lambda: failed.connectionState in ("failed", "closed"),
+                     "the subscriber connection fails")
+    await eventually(
+        lambda: sfu.subscriber_pc not in (None, failed)
+        and sfu.subscriber_pc.connectionState == "connected",
+        "carol subscribes again", timeout=2 * T)
+    await asyncio.gather(frames_advance(carol.view_of("alice"), frames=3),
+                         frames_advance(carol.view_of("bob"), frames=3),
+                         frames_advance(alice.view_of("carol"), frames=3))
+    assert sfu.resubscribes == 1
+    assert sfu.publisher_pc is publisher  # only the broken connection was replaced
+    for party, mark in zip(parties, marks, strict=True):
+        assert not [e for e in party.rec.events[mark:] if e.name in LEAVING], party.user_id
