@@ -18,7 +18,7 @@ calibration), not here:
 * the frame rate alice sends never goes below the ladder's floor
   (:data:`~callclient.media.adaptation.MIN_FPS`) at any point of the call;
 * once adapted, what bob receives tracks the step alice chose: the smaller frames, at no
-  more than that step's frame rate (the rate limiter works) and at least half of it (the
+  more than that step's frame rate (the rate limiter works) and at least a third of it (the
   stream moves; how close it gets to the step's rate depends on the machine's load, which
   is the benchmark's business);
 * within 45 s of lifting the limit (the issue asks 15; the benchmark measures it) alice
@@ -56,8 +56,11 @@ SETTLE = 3.0
 """Seconds of received video in one measured window after the sender adapted."""
 SETTLE_WITHIN = 20.0
 """Seconds after adapting within which a window must show the step's rate received."""
-TRACK_SHARE = 0.5
-"""The least share of the chosen step's frame rate bob must receive in one window."""
+TRACK_SHARE = 1 / 3
+"""The least share of the chosen step's frame rate bob must receive in one window: the
+stream moves (with adaptation off, 300 kbit/s delivers 0.4-2.5 fps of the 30 sent). At
+300 kbit/s the link itself holds the adapted stream at about half its step (bench.constrained:
+7.5-9.7 fps of 15.36), so half would fail on the path, not on the adapter."""
 TRACK_ABOVE = 1.2
 """Bob receives at most this much of the step's frame rate (plus one frame a second)."""
 
