@@ -9,6 +9,7 @@ BENCHES: list[str] = [
     "bench.server_load",
     "bench.render",
     "bench.stack",
+    "bench.constrained",
     "bench.audio_processing",
     "bench.login_churn",
     "bench.sfu",

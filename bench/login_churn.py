@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 from websockets.asyncio.client import connect
 
+from bench.machine import stamp
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.protocol import PROTOCOL_VERSION
 from callwire.usersig import generate_user_sig
@@ -132,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conns", type=int, default=40)
     args = parser.parse_args(argv)
     result = run(args.cycles, args.warmup, args.conns)
-    result["commit"] = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    stamp(result)  # commit, date, machine and this run's calibration figure
     print(json.dumps(result), flush=True)
     RESULTS_PATH.parent.mkdir(exist_ok=True)
     RESULTS_PATH.write_text(json.dumps(result, indent=2) + "\n")

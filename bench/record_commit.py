@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from bench.bare_relay import raise_fd_limit
+from bench.machine import stamp
 from bench.server_load import (
     _LISTENING,
     ROOT,
@@ -143,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{TARGET_CYCLES_PER_S:.0f}: {met}); "
           f"every completed cycle recorded: {results['records_ok']}; "
           f"{time.perf_counter() - started:.0f} s")
+    stamp(results)  # commit, date, machine and this run's calibration figure
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.machine import stamp
 from callclient.apps.measure import StampView
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode:9s} / direct: " + ", ".join(
             f"{k} x{v:.2f}" if v is not None else f"{k} -" for k, v in row.items()))
     print(f"calibration {calibration:.1f} ms, commit {results['commit']}")
+    stamp(results)  # commit, date, machine and the VP8 calibration (besides the numpy one)
     RESULTS_PATH.parent.mkdir(exist_ok=True)
     RESULTS_PATH.write_text(json.dumps(results, indent=1) + "\n")
     return 0

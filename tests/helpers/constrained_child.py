@@ -7,8 +7,13 @@ calls ``bob``, who sends audio only (his camera stays closed), so the link carri
 stream. Every 0.25 s it prints ``{"ev": "stats", "t": ..., "sending": {...alice's send
 state...}, "steps": N, "received": {"frames": ..., "fps": ..., "width": ..., "height": ...,
 "last": ...}}`` (bob's counters of alice's video; ``t`` and ``last`` are ``time.monotonic()``
-and ``time.time()``). ``--no-adaptation`` switches alice's adaptation off. It runs until its
-stdin closes (or a ``{"cmd": "quit"}`` line).
+and ``time.time()``). ``--no-adaptation`` switches alice's adaptation off. With
+``--latency`` bob renders alice's video into a :class:`~callclient.apps.measure.StampView`
+and every stats line also has ``"g2g": {"frames": ..., "latency_ms": [...]}``: the frames
+rendered in the 0.25 s that ended :data:`G2G_LAG` s before the line and their glass-to-glass
+latencies (render - capture, read from the virtual camera's stamp in the view's thread: the
+lag lets it read the newest frames first; ``bench.constrained`` uses them). It runs until its stdin
+closes (or a ``{"cmd": "quit"}`` line).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import argparse
 import asyncio
 import dataclasses
 import sys
+import time
 
+from callclient.apps.measure import StampView
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from callclient.media.virtual import Tone
@@ -28,7 +35,8 @@ from tests.helpers.childlines import emit
 
 APP = 1400000001
 KEY = "adaptation-tests-secret-key-0123456789"
-
+G2G_LAG = 0.5
+"""Seconds the ``g2g`` window of a stats line lags behind it."""
 
 
 def local_requests(engine: CallEngine) -> int:
@@ -37,10 +45,16 @@ def local_requests(engine: CallEngine) -> int:
     return int(getattr(session, "keyframe_requests", 0))
 
 
-def report(alice: CallEngine, bob: CallEngine) -> None:
-    """Alice's send state and bob's counters of her video."""
+def report(alice: CallEngine, bob: CallEngine, view: StampView | None = None,
+           since: float = 0.0, until: float = 0.0) -> None:
+    """Alice's send state and bob's counters of her video (and, with ``view``, what it
+    rendered from ``since`` to ``until``, ``time.time()``)."""
     local = alice.local_video_stats
     remote = bob.remote_stats.get("alice")
+    extra = {}
+    if view is not None:
+        rendered = view.window(since, until)
+        extra["g2g"] = {"frames": rendered["frames"], "latency_ms": rendered["latency_ms"]}
     emit(
         "stats",
         sending=None if local is None else dataclasses.asdict(local.sending),
@@ -56,10 +70,11 @@ def report(alice: CallEngine, bob: CallEngine) -> None:
             "dropped_jitter": remote.video_frames_dropped_jitter,
             "dropped_decode": remote.video_frames_dropped_decode,
         },
+        **extra,
     )
 
 
-async def main(host: str, adaptation: bool) -> None:
+async def main(host: str, adaptation: bool, latency: bool = False) -> None:
     """Server, two engines, one call; stats until stdin closes."""
     config = ServerConfig(host=host, port=0, sdk_app_id=APP, secret_key=KEY, db=":memory:")
     async with SignalingServer(config) as server:
@@ -87,12 +102,18 @@ async def main(host: str, adaptation: bool) -> None:
             await alice.call("bob", CallMediaType.VIDEO)
             await asyncio.wait_for(ringing.wait(), 15.0)
             await waiter
+            view = StampView() if latency else None
+            if view is not None:
+                bob.start_remote_view("alice", view)
             await bob.accept()
             emit("ready")
 
             async def reports() -> None:
+                since = time.time() - G2G_LAG
                 while True:
-                    report(alice, bob)
+                    until = time.time() - G2G_LAG
+                    report(alice, bob, view, since, until)
+                    since = until
                     await asyncio.sleep(0.25)
 
             reporter = asyncio.create_task(reports())
@@ -104,6 +125,8 @@ async def main(host: str, adaptation: bool) -> None:
             finally:
                 reporter.cancel()
                 await asyncio.gather(reporter, return_exceptions=True)
+                if view is not None:
+                    view.close()
         finally:
             await asyncio.gather(alice.close(), bob.close())
     emit("exit")
@@ -113,5 +136,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", required=True, help="address to listen and gather on")
     parser.add_argument("--no-adaptation", action="store_true")
+    parser.add_argument("--latency", action="store_true",
+                        help="render into a stamp reader and report glass-to-glass latency")
     args = parser.parse_args()
-    asyncio.run(main(args.host, not args.no_adaptation))
+    asyncio.run(main(args.host, not args.no_adaptation, args.latency))
