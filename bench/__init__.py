@@ -14,5 +14,6 @@ BENCHES: list[str] = [
     "bench.login_churn",
     "bench.sfu",
     "bench.relay",
+    "bench.overload",
 ]
 """Modules run by ``python -m bench``; each has ``main(argv)`` returning an exit status."""
