@@ -38,8 +38,10 @@ DOUBLE_TALK = (10.0, 16.0)
 LOOPBACK_VOLUME = "50%"
 """The loopback's volume: about -18 dB, the echo well below the far end."""
 ATTEMPTS = 3
-SETTLE_SECONDS = 1.0
-"""AEC3 reconverges within about a second after the echo path moves."""
+SETTLE_SECONDS = 1.5
+"""AEC3 reconverges within about a second after the echo path moves (with a margin)."""
+MIN_MEASURED = 4.0
+"""Seconds of far-end-only speech measured at least, after the last realignment."""
 
 
 class RecordedSource(AudioSource):
@@ -97,17 +99,15 @@ async def test_echo_cancelled_through_pulseaudio_loopback(
     disturbed = []
     for _ in range(ATTEMPTS):
         result = await _run(pulse, tmp_path)
-        # A run is disturbed when the card starved, or when the playout moved against the
-        # microphone inside the measured stretch so that the pairing had to skip reference (a
-        # standing backlog: the speaker's callbacks ran late in a burst without an underflow).
-        # Either shifts the echo path under AEC3, which then reconverges for about a second
-        # inside the measured stretch (docs/audio.md, known limits): that measures the machine,
-        # not the canceller. A skip in the first seconds (PortAudio's start-up prefill leaves a
-        # standing lead of one block, seen on every CI run) is realigned before the measurement
-        # and converged over; it is reported, not counted.
-        if result["starved"] == 0 and result["measured_discarded"] == 0:
+        # A run is disturbed when the card starved, or when the pairing skipped reference (a
+        # standing backlog: PortAudio's prefill, or the speaker's callbacks late in a burst)
+        # too late to leave MIN_MEASURED s of far-end-only speech after SETTLE_SECONDS of
+        # reconvergence. A skip shifts the echo path under AEC3, which reconverges for about a
+        # second (docs/audio.md, known limits); the ERLE is measured from then on. One skip of
+        # one block (960 samples) in every attempt was seen on CI and on a loaded machine.
+        if result["starved"] == 0 and result["late_skips"] == 0:
             break
-        disturbed.append((result["starved"], result["measured_discarded"]))
+        disturbed.append((result["starved"], result["late_skips"]))
     else:
         pytest.fail(f"every run was disturbed ((underflows/overflows, reference samples "
                     f"skipped): {disturbed}): the machine is too busy to measure echo "
@@ -154,11 +154,20 @@ async def _run(pulse: PulseServer, tmp_path: Path) -> dict[str, float]:
         await speaker.start(processor.tap(mixer.pull))
         started = len(microphone.blocks)
         talker: asyncio.subprocess.Process | None = None
+        skips: list[float] = []  # seconds after the speaker started, when reference was skipped
+
+        async def watch_skips() -> None:
+            seen, begun = 0, time.monotonic()
+            while True:
+                await asyncio.sleep(0.05)
+                now = processor.stats.reference["discarded"]
+                if now > seen:
+                    skips.append(time.monotonic() - begun)
+                    seen = now
+
+        watcher = asyncio.create_task(watch_skips())
         try:
-            # A realignment up to here is converged over before FAR_ONLY starts.
-            await asyncio.sleep(FAR_ONLY[0] - SETTLE_SECONDS)
-            settled = processor.stats.reference["discarded"]
-            await asyncio.sleep(DOUBLE_TALK[0] - (FAR_ONLY[0] - SETTLE_SECONDS))
+            await asyncio.sleep(DOUBLE_TALK[0])
             talker = await asyncio.create_subprocess_exec(
                 "paplay", "-d", pulse.room, str(near_wav), env=pulse.env)
             await asyncio.sleep(DOUBLE_TALK[1] - DOUBLE_TALK[0] + 0.5)
@@ -168,7 +177,8 @@ async def _run(pulse: PulseServer, tmp_path: Path) -> dict[str, float]:
                     await talker.wait()
             feeder.cancel()
             reader.cancel()
-            await asyncio.gather(feeder, reader, return_exceptions=True)
+            watcher.cancel()
+            await asyncio.gather(feeder, reader, watcher, return_exceptions=True)
             await speaker.stop()
             track.stop()
             await microphone.stop()
@@ -184,7 +194,9 @@ async def _run(pulse: PulseServer, tmp_path: Path) -> dict[str, float]:
     ]:
         return x[round(span[0] * FS) : round(span[1] * FS)]
 
-    echo_db = db(power(window(raw, FAR_ONLY)))
+    measured = (max([FAR_ONLY[0], *(t + SETTLE_SECONDS for t in skips)]), FAR_ONLY[1])
+    late = [t for t in skips if t + SETTLE_SECONDS > FAR_ONLY[1] - MIN_MEASURED]
+    echo_db = db(power(window(raw, measured)))
     # Where the near-end talker starts in the microphone (paplay's start is not exact).
     start = find_lag(near, window(raw, (DOUBLE_TALK[0] - 1.0, DOUBLE_TALK[1] + 1.0)),
                      max_ms=2000.0, min_ms=0.0) + round((DOUBLE_TALK[0] - 1.0) * FS)
@@ -193,11 +205,13 @@ async def _run(pulse: PulseServer, tmp_path: Path) -> dict[str, float]:
     stats = processor.stats
     return {
         "echo_dbfs": round(echo_db, 1),
-        "erle": round(echo_db - db(power(window(out, FAR_ONLY))), 1),
+        "erle": round(echo_db - db(power(window(out, measured))), 1),
+        "measured_from_s": round(measured[0], 2),
+        "skips_at_s": [round(t, 2) for t in skips],
+        "late_skips": len(late),
         "double_talk": round(corr(near[: heard.size - lag], heard[lag:]), 3),
         "starved": speaker.underflows + device.overflows + device.dropped,
         "unprocessed": stats.unprocessed,
-        "measured_discarded": stats.reference["discarded"] - settled,
         "cpu_ms_per_block": round(stats.cpu_seconds * 1000 / max(stats.blocks, 1), 3),
         **{f"reference_{k}": v for k, v in stats.reference.items()},
     }
