@@ -61,6 +61,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
     SFU_UNAVAILABLE = 4504
+    CLUSTER_UNAVAILABLE = 4505  # cluster mode: Redis or the call owner unreachable; retry
 
 
 class CloseCode(enum.IntEnum):
@@ -68,6 +69,9 @@ class CloseCode(enum.IntEnum):
 
     GOING_AWAY = 1001
     """The server is shutting down; reconnect later."""
+    SERVICE_RESTART = 1012
+    """Cluster mode: the node's call owner changed, or the node lost its coordination
+    service, or the node is stopping; reconnect at once (to any node) and log in again."""
     POLICY_VIOLATION = 1008
     """Too many invalid frames."""
     KICKED = 4001

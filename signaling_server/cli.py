@@ -45,6 +45,7 @@ from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.turn import DEFAULT_TTL_S, TurnUrl, parse_turn_url
 from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from callwire.version import __version__
+from signaling_server.cluster import ClusterError
 from signaling_server.core import CoreConfig
 from signaling_server.pgstore import redact_url
 from signaling_server.server import (
@@ -248,6 +249,21 @@ def _parser() -> argparse.ArgumentParser:
         "CALLSERVER_SFU_MIN_USERS; default %(default)s: every group call)",
     )
     serve.add_argument(
+        "--cluster",
+        default=os.environ.get("CALLSERVER_CLUSTER") or None,
+        metavar="REDIS_URL",
+        help="join the cluster of nodes on this Redis, e.g. redis://10.0.0.5:6379/0; needs a "
+        "postgresql:// --db shared by the nodes and the 'cluster' extra (env "
+        "CALLSERVER_CLUSTER; default: a single server)",
+    )
+    serve.add_argument(
+        "--node-name",
+        default=_env("CALLSERVER_NODE_NAME", ""),
+        metavar="NAME",
+        help="this node's name in cluster logs and stats (env CALLSERVER_NODE_NAME; "
+        "default: HOST:PORT)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -290,6 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve" and args.turn and not args.turn_secret:
         parser.error("--turn needs --turn-secret (or CALLSERVER_TURN_SECRET): the "
                      "static-auth-secret of coturn's configuration")
+    if args.command == "serve" and args.cluster:
+        if not args.cluster.startswith(("redis://", "rediss://", "unix://")):
+            parser.error(f"--cluster {args.cluster!r}: give a redis:// (or rediss://, "
+                         "unix://) URL, e.g. redis://127.0.0.1:6379/0")
+        if not args.db.startswith(("postgresql://", "postgres://")):
+            parser.error("--cluster needs the nodes to share their records: give --db (or "
+                         "CALLSERVER_DB) a postgresql:// URL (see docs/cluster.md)")
     if args.command == "usersig":
         print(generate_user_sig(args.sdkappid, args.secret_key, args.user, args.expire))
         return 0
@@ -326,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sfu=args.sfu,
             sfu_min_users=args.sfu_min_users,
         ),
+        cluster=args.cluster,
+        node_name=args.node_name,
     )
     try:
         return asyncio.run(_serve(config))
@@ -350,6 +375,9 @@ async def _serve(config: ServerConfig) -> int:
     except TlsError as exc:
         print(f"{PROG}: error: TLS: {exc}", file=sys.stderr)
         return 1
+    except ClusterError as exc:
+        print(f"{PROG}: error: cluster: {exc.message}", file=sys.stderr)
+        return 1
     except (sqlite3.Error, RuntimeError, ImportError) as exc:
         print(f"{PROG}: error: cannot open the record database {redact_url(config.db)}: "
               f"{exc}", file=sys.stderr)
@@ -370,6 +398,9 @@ async def _serve(config: ServerConfig) -> int:
         f"db {redact_url(config.db)})",
         flush=True,
     )
+    if server.cluster is not None:
+        link = server.cluster.link
+        print(f"{PROG} cluster node {link.index} ({link.name}) on {link.safe_url}", flush=True)
     if server.http_api is not None:
         print(f"{PROG} REST API on {server.http_url}v1/", flush=True)
         print(f"{PROG} browser client on {server.http_url}", flush=True)

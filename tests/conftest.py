@@ -23,10 +23,11 @@ from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from signaling_server.server import SignalingServer
 from tests.helpers.engine import MakeParty, Party, Recorder
+from tests.helpers.cluster import cluster_redis, redis_url
 from tests.helpers.postgres import db, postgres
 from tests.helpers.servers import new_server
 
-__all__ = ["db", "make_party", "postgres", "server"]
+__all__ = ["cluster_redis", "db", "make_party", "postgres", "redis_url", "server"]
 
 
 @pytest.fixture
@@ -63,3 +64,4 @@ async def make_party(server: SignalingServer) -> AsyncIterator[MakeParty]:
 
     yield make
     await asyncio.gather(*(p.engine.close() for p in made))
+import tests._shim_tmp  # noqa: F401  TEMP
