@@ -64,4 +64,3 @@ async def make_party(server: SignalingServer) -> AsyncIterator[MakeParty]:
 
     yield make
     await asyncio.gather(*(p.engine.close() for p in made))
-import tests._shim_tmp  # noqa: F401  TEMP
