@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
 from signaling_server.cluster import ClusterSettings
 from signaling_server.core import CoreConfig
+from signaling_server.devservices import LocalRedis
 from signaling_server.server import SignalingServer
 from tests.helpers.servers import server_config
 
-__all__ = ["FAST", "Cluster", "running_cluster"]
+__all__ = ["FAST", "Cluster", "cluster_redis", "running_cluster"]
 
 FAST = ClusterSettings(lease_s=1.0, renew_s=0.2, heartbeat_s=0.25, node_timeout_s=1.0,
                        rejoin_wait_s=1.5)
@@ -53,9 +56,9 @@ class Cluster:
                 return node
         return None
 
-    async def wait_leader(self, timeout: float = 10.0) -> SignalingServer:
+    async def wait_leader(self, within_s: float = 10.0) -> SignalingServer:
         """The leading node once every running node knows it."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             leader = self.leader()
             if leader is not None and leader.cluster is not None:
@@ -94,47 +97,18 @@ async def running_cluster(
             await node.stop()
 
 
-# TEMP until signaling_server.devservices lands: a redis-server for the session.
-import socket as _socket  # noqa: E402
-import subprocess as _subprocess  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    sock = _socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = _subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
-                              "--appendonly", "no"], stdout=_subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            _socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 _dbs = itertools.count(1)
 
 
 @pytest.fixture
-def cluster_redis(redis_url: str) -> str:
-    """A Redis database of its own for one test (0..15 reused round-robin, flushed)."""
+def cluster_redis(redis_server: LocalRedis) -> str:
+    """A Redis database of the session's server for one test (1..15 in turn, flushed)."""
     import redis as redis_sync
 
-    db = next(_dbs) % 16
-    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{next(_dbs) % 15 + 1}"
     client = redis_sync.Redis.from_url(url)
-    client.flushdb()
-    client.close()
+    try:
+        client.flushdb()
+    finally:
+        client.close()
     return url
