@@ -255,6 +255,7 @@ class ClusterLink:
         self._snap_queue: list[tuple[dict[str, dict[str, Any]], list[str], Any]] = []
         self._snap_task: asyncio.Task[None] | None = None
         self._full_snapshot_needed = False
+        self._listener_lost = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._core_listener: asyncio.Task[None] | None = None
         self._closed = False
@@ -444,13 +445,17 @@ class ClusterLink:
             logger.warning("cluster bus (Redis at %s) lost: %s", self.safe_url, why)
         self.bus_up = False
 
-    def _bus_back(self) -> None:
+    def _bus_back(self, resubscribed: bool = False) -> None:
+        """A command succeeded (or, ``resubscribed``, the listener subscribed again)."""
         if not self.bus_up:
             logger.warning("cluster bus (Redis at %s) is back", self.safe_url)
             self.bus_up = True
             self._bus_since = time.monotonic()
             self._contend_after = time.monotonic() + self.settings.rejoin_wait_s
-            # What this node was sent while it was away is lost: its clients resynchronise.
+        if resubscribed and self._listener_lost:
+            self._listener_lost = False
+            # What this node was sent while it was not subscribed is lost: its clients
+            # resynchronise (only then: a failed command loses nothing sent to this node).
             self._handler.cluster_resync(None)
 
     async def _listen(self) -> None:
@@ -460,7 +465,7 @@ class ClusterLink:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*channels)
-                self._bus_back()
+                self._bus_back(resubscribed=True)
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message.get("type") == "message":
@@ -470,6 +475,7 @@ class ClusterLink:
                     await pubsub.aclose()
                 raise
             except Exception as exc:
+                self._listener_lost = True
                 self._bus_failed(f"subscription: {exc!r}")
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
@@ -590,6 +596,7 @@ class ClusterLink:
         if self.epoch:
             held = int(await self._scripts["renew"](
                 keys=[leader_key], args=[self._lease_value(), lease_ms]))
+            self._bus_back()
             if held == 1:
                 self._renewed()
                 return
