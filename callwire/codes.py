@@ -61,6 +61,9 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
     SFU_UNAVAILABLE = 4504
+    CLUSTER_UNAVAILABLE = 4505
+    """The cluster's coordination service (Redis) or its call owner is unreachable; retry in a
+    moment (the client's login and reconnect do, going to the next server URL)."""
 
 
 class CloseCode(enum.IntEnum):
@@ -70,6 +73,9 @@ class CloseCode(enum.IntEnum):
     """The server is shutting down; reconnect later."""
     POLICY_VIOLATION = 1008
     """Too many invalid frames."""
+    SERVICE_RESTART = 1012
+    """The cluster's call owner changed or the node lost its coordination service; reconnect,
+    to any node (the client reconnects at once, without its backoff)."""
     KICKED = 4001
     """The same user logged in elsewhere."""
     SIG_EXPIRED = 4003
