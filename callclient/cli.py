@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from callclient.errors import CallError
 from callclient.media.processing import AudioProcessing
 from callclient.types import CallMediaType, Resolution, resolution_size
-from callwire.argtypes import LOG_LEVELS, positive_float, positive_int
+from callwire.argtypes import LOG_LEVELS, positive_float, positive_int, websocket_urls
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.version import __version__
 
@@ -99,12 +99,6 @@ def parse_audio_processing(text: str) -> AudioProcessing:
     return AudioProcessing.off().with_changes(**{_STAGES[name]: True for name in names})
 
 
-def _server_url(text: str) -> str:
-    if not text.startswith(("ws://", "wss://")):
-        raise argparse.ArgumentTypeError(f"server URL must start with ws:// or wss://: {text!r}")
-    return text
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="callclient programs: a headless bot, a loopback measurement, "
@@ -127,8 +121,9 @@ def _parser() -> argparse.ArgumentParser:
         "(unless --auto-accept).",
     )
     bot.add_argument("--user", required=True, help="user id to log in as")
-    bot.add_argument("--server", required=True, type=_server_url,
-                     help="signaling server URL, e.g. ws://127.0.0.1:8765")
+    bot.add_argument("--server", required=True, type=websocket_urls, metavar="URL[,URL...]",
+                     help="signaling server URL, e.g. ws://127.0.0.1:8765; several, "
+                     "comma-separated, for a cluster's nodes (tried in turn)")
     bot.add_argument("--sdkappid", type=positive_int, default=DEV_SDK_APP_ID,
                      help="application id (default: the development one, %(default)s)")
     secret = bot.add_mutually_exclusive_group()

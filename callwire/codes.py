@@ -61,7 +61,9 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
     SFU_UNAVAILABLE = 4504
-    CLUSTER_UNAVAILABLE = 4505  # cluster mode: Redis or the call owner unreachable; retry
+    CLUSTER_UNAVAILABLE = 4505
+    """The cluster's coordination service (Redis) or its call owner is unreachable; retry in a
+    moment (the client's login and reconnect do, going to the next server URL)."""
 
 
 class CloseCode(enum.IntEnum):
@@ -69,11 +71,12 @@ class CloseCode(enum.IntEnum):
 
     GOING_AWAY = 1001
     """The server is shutting down; reconnect later."""
-    SERVICE_RESTART = 1012
-    """Cluster mode: the node's call owner changed, or the node lost its coordination
-    service, or the node is stopping; reconnect at once (to any node) and log in again."""
     POLICY_VIOLATION = 1008
     """Too many invalid frames."""
+    SERVICE_RESTART = 1012
+    """Cluster mode: the node's call owner changed, the node lost its coordination service,
+    or the node is stopping; reconnect at once, to any node (the client does, without its
+    backoff) and log in again."""
     KICKED = 4001
     """The same user logged in elsewhere."""
     SIG_EXPIRED = 4003
