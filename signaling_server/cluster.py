@@ -103,8 +103,12 @@ class LeaderView:
 class ClusterHandler(Protocol):
     """What the server does when the cluster tells it something (all on the event loop)."""
 
-    async def cluster_lead(self, epoch: int, snapshots: list[dict[str, Any]]) -> None:
-        """This node now holds the lease (``snapshots``: the calls to adopt)."""
+    def cluster_lead(self, epoch: int, snapshots: list[dict[str, Any]]) -> None:
+        """This node now holds the lease (``snapshots``: the calls to adopt), before any
+        input reaches it."""
+
+    async def cluster_led(self) -> None:
+        """After the others were told: the records of open calls not adopted are ended."""
 
     def cluster_follow(self, view: LeaderView | None) -> None:
         """The leader is (now) ``view``, not this node; None: nobody holds the lease."""
@@ -648,12 +652,15 @@ class ClusterLink:
             except ValueError:
                 logger.error("ignoring the garbled snapshot of call %r", call_id)
         self._seen.clear()
-        self._core_listener = self._spawn(self._listen_core(), "cluster-core")
         logger.warning("cluster node %d leads as epoch %d (%d call(s) to adopt)",
                        self.index, epoch, len(snapshots))
-        await self._handler.cluster_lead(epoch, snapshots)
+        self._handler.cluster_lead(epoch, snapshots)
+        self._core_listener = self._spawn(self._listen_core(), "cluster-core")
+        # Tell the others at once: they close what was bound to the old leader, and the
+        # clients' next logins reach this one.
         await self._redis.publish(self.key("control"), json.dumps(
             {"t": "hb", "n": self.index, "name": self.name, "e": epoch}))
+        await self._handler.cluster_led()
 
     def _renewed(self) -> None:
         self._last_renew = time.monotonic()

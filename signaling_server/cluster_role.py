@@ -210,17 +210,20 @@ class ClusterRole:
 
     # ------------------------------------------------------------------ ClusterHandler
 
-    async def cluster_lead(self, epoch: int, snapshots: list[dict[str, Any]]) -> None:
-        old = self.core_epoch
+    def cluster_lead(self, epoch: int, snapshots: list[dict[str, Any]]) -> None:
         self.core_epoch = epoch
         self.remote_conns.clear()
         self._remote.clear()
-        await self.server._adopt_core(snapshots)
+        self.server._adopt_core(snapshots)
         for conn, bound in list(self.bound.items()):
             if bound != epoch:
                 self._restart(conn)
         self._flush_pending(epoch, leading=True)
-        logger.info("leading as epoch %d (was %d)", epoch, old)
+        logger.info("leading as epoch %d", epoch)
+
+    async def cluster_led(self) -> None:
+        core = self.server.core
+        await self.server._interrupt_open_calls(time.time(), keep=set(core.active_calls))
 
     def cluster_follow(self, view: LeaderView | None) -> None:
         if view is not None and view.node == self.link.index and self.core_epoch:

@@ -731,15 +731,12 @@ class SignalingServer:
     def _new_core(self) -> CallCore:
         return CallCore(self.config.sdk_app_id, self._verify_sig, self.config.core, self.groups)
 
-    async def _adopt_core(self, snapshots: list[dict[str, Any]]) -> None:
-        """This node leads now: a fresh core with the calls of the snapshots; PostgreSQL's
-        other open calls (no snapshot: their leader died before storing one) interrupted."""
+    def _adopt_core(self, snapshots: list[dict[str, Any]]) -> None:
+        """This node leads now: a fresh core with the calls of the snapshots (synchronous,
+        so no input reaches the core before them)."""
         self.core = self._new_core()
-        now = time.time()
-        self._execute(self.core.restore_calls(snapshots, now))
-        kept = set(self.core.active_calls)
+        self._execute(self.core.restore_calls(snapshots, time.time()))
         self.core.take_changed_calls()
-        await self._interrupt_open_calls(now, keep=kept)
         self._rearm_timer()
 
     def _drop_core(self) -> None:
