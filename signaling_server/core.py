@@ -391,7 +391,8 @@ class CallCore:
         gets its members' tokens allowed again (``AllowTokens``, in case the dead core's last
         token change never reached the SFU). A snapshot that is malformed, of another
         sdkappid, or that clashes with a call already here is skipped with a logged error.
-        Returns the outputs (the SFU room requests).
+        Returns the outputs: a ``LoadProfile`` per user in a call (what the others are shown
+        of them until they log in again) and the SFU room requests.
         """
         for data in snapshots:
             try:
@@ -440,8 +441,12 @@ class CallCore:
                 self._schedule(member.deadline, "ring", key)
             else:
                 continue
-            self._users.setdefault(member.user_id, Presence(member.user_id)).call_id = (
-                call.call_id)
+            presence = self._users.get(member.user_id)
+            if presence is None:
+                presence = self._users[member.user_id] = Presence(member.user_id)
+                # What others are shown of them (invitations, USER_ENTER) before they log in.
+                self._out.append(LoadProfile(self.sdk_app_id, member.user_id))
+            presence.call_id = call.call_id
         room = call.sfu
         if room is None:
             return

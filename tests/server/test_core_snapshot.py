@@ -27,7 +27,7 @@ from callwire.enums import CallRole, CallScene
 from signaling_server import core as core_module
 from signaling_server import sfu as sfu_module
 from signaling_server.callmodel import Call, Member
-from signaling_server.core import CallCore, CoreConfig, Output
+from signaling_server.core import CallCore, CoreConfig, LoadProfile, Output
 from signaling_server.groups import Group, GroupDirectory
 from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom, SfuRoom
 from signaling_server.snapshot import (
@@ -36,7 +36,7 @@ from signaling_server.snapshot import (
     call_from_snapshot,
     call_to_snapshot,
 )
-from tests.helpers.core import CoreHarness
+from tests.helpers.core import APP_ID, CoreHarness
 from tests.server.test_core_invariants import USERS, CoreMachine, picks
 
 J1 = "http://127.0.0.1:1/janus"
@@ -57,6 +57,7 @@ class CheckedCore(CallCore):
         self.spurious = 0
         """Calls reported changed whose snapshot was the same (allowed: a no-op write)."""
         self.all_ended: list[str] = []
+        self.all_changed: set[str] = set()
 
     def check(self) -> None:
         changed, ended = self.last_take = self.take_changed_calls()
@@ -74,6 +75,7 @@ class CheckedCore(CallCore):
         assert set(ended) == set(self.previous) - set(export), (ended, set(self.previous))
         self.previous = export
         self.all_ended += ended
+        self.all_changed |= set(changed)
         self.steps += 1
         self.quiet_steps += not changed and not ended
 
@@ -393,7 +395,6 @@ def _broken() -> list[tuple[str, Any]]:
         ("member camera", edit(lambda s: s["members"][0].update(camera=1))),
         ("member twice", edit(lambda s: s["members"].append(dict(s["members"][1])))),
         ("no caller member", edit(lambda s: s.update(caller="zed"))),
-        ("caller not caller", edit(lambda s: s.update(caller="bob"))),
         ("sfu type", edit(lambda s: s.update(sfu="room"))),
         ("sfu tokens", edit(lambda s: s.update(sfu={
             "instance": None, "room": 1, "secret": "s", "pin": "p", "epoch": 0,
@@ -483,17 +484,20 @@ def test_export_restore_export_round_trip() -> None:
             room["epoch"] += 1
     assert again == expected
     # Restored calls are reported changed at once (the new leader writes them back).
-    assert set(checked(h2).last_take[0]) == set(original)
+    assert checked(h2).all_changed == set(original)
     # The ready room's tokens are allowed again; the other is destroyed and created anew.
     ready = next(s["sfu"] for s in original.values() if s["sfu"] and s["sfu"]["ready"])
     pending = next(s["sfu"] for s in original.values() if s["sfu"] and not s["sfu"]["ready"])
-    assert outputs == [
+    assert [o for o in outputs if not isinstance(o, LoadProfile)] == [
         AllowTokens(J1, ready["room"], ready["secret"], add=tuple(ready["tokens"].values())),
         DestroyRoom(J1, pending["room"], pending["secret"]),
         CreateRoom(J1, next(c for c, s in original.items() if s["sfu"] is pending),
                    pending["epoch"] + 1, pending["room"], pending["secret"], pending["pin"],
                    tuple(pending["tokens"].values()), protocol.MAX_PARTICIPANTS),
     ]
+    # Each user in a call has their profile read (what the others are shown of them).
+    assert sorted(o.user_id for o in outputs if isinstance(o, LoadProfile)) == [
+        "alice", "bob", "carol", "dave", "erin", "fred", "hank", "x1", "x2"]
     # Busy and grouped as before.
     for user in ("alice", "bob", "carol", "dave", "erin", "fred", "hank", "x1"):
         assert h2.core.user_call(user) == h.core.user_call(user), user
@@ -605,7 +609,7 @@ def test_failover_of_a_call_in_progress(monkeypatch: pytest.MonkeyPatch) -> None
     h.request("alice", "media_state", callId=call_id, camera=False)
     h.advance(10)
     t = Twins(h, monkeypatch)
-    assert t.restore_outputs == []
+    assert t.restore_outputs == [LoadProfile(APP_ID, "alice"), LoadProfile(APP_ID, "bob")]
     t.advance(1)
     reply = t.login("alice")
     assert reply["activeCall"] == {
@@ -635,21 +639,24 @@ def test_failover_of_a_call_in_progress(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_failover_of_a_ringing_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The caller comes back within the grace; the invitee logging in gets the invitation
-    again (same text as after a dropped connection) and the ring timeout fires once, at the
-    original deadline."""
-    h = harness("alice", "bob")
+    """The invitee logging in gets the invitation again (the same as after a dropped
+    connection: the caller's nickname too, though the caller has not logged in again yet);
+    the caller comes back within the grace; the ring timeout fires once, at the original
+    deadline."""
+    h = harness("bob")
+    h.login("alice", nickname="Alice")
     call_id = call(h, "alice", "bob", mediaType=1, timeout=20)
     start = h.now
     h.advance(5)
     t = Twins(h, monkeypatch)
     t.advance(1)
-    assert t.login("alice")["activeCall"]["callId"] == call_id
-    t.advance(1)
     t.login("bob")
     [(name, invitation)] = t.events("bob")
     assert name == "ON_CALL_RECEIVED" and invitation["callId"] == call_id
     assert invitation["timeout"] == 20
+    assert invitation["sponsorNickname"] == "Alice"
+    t.advance(1)
+    assert t.login("alice")["activeCall"]["callId"] == call_id
     t.advance(12.9)
     assert t.events("alice") == [] and call_id in t.restored.core.active_calls
     t.advance(0.2)
@@ -724,8 +731,8 @@ def test_failover_of_an_sfu_call(monkeypatch: pytest.MonkeyPatch) -> None:
     t = Twins(h, monkeypatch, sfu=(J1,))
     room = t.restored.core.active_calls[call_id].sfu
     assert room is not None
-    assert t.restore_outputs == [AllowTokens(J1, room.room, room.secret,
-                                             add=tuple(room.tokens.values()))]
+    assert [o for o in t.restore_outputs if not isinstance(o, LoadProfile)] == [
+        AllowTokens(J1, room.room, room.secret, add=tuple(room.tokens.values()))]
     t.login("alice")
     t.login("bob")
     [sfu_room] = [d for n, d in t.events("bob") if n == "SFU_ROOM"]
@@ -737,6 +744,47 @@ def test_failover_of_an_sfu_call(monkeypatch: pytest.MonkeyPatch) -> None:
     t.request("bob", "hangup", callId=call_id)  # carol is left alone: the call ends
     assert [r.result for r in t.records() if r.result] == ["normal_end"]
     assert t.restored.sfu[-1] == DestroyRoom(J1, room.room, room.secret)
+
+
+def test_a_caller_invited_back_after_leaving_is_restored() -> None:
+    """The caller left and was invited back (their member is now a called one ringing):
+    still a valid call to restore (found by SnapshotMachine)."""
+    h = harness("alice", "bob", "carol")
+    call_id = call(h, "alice", "bob", "carol")
+    h.request("bob", "accept", callId=call_id)
+    h.request("carol", "accept", callId=call_id)
+    h.request("alice", "hangup", callId=call_id)
+    h.request("bob", "invite", callId=call_id, userIDList=["alice"])
+    snap = h.core.export_calls()[call_id]
+    assert snap["caller"] == "alice"
+    assert snap["members"][0]["role"] == int(CallRole.CALLED)
+    h2 = harness()
+    h2.feed(h2.core.restore_calls([snap], h2.now))
+    assert list(h2.core.active_calls) == [call_id]
+    h2.login("alice")
+    assert h2.names("alice") == ["ON_CALL_RECEIVED"]
+
+
+def test_restored_room_waiting_for_an_instance_is_placed() -> None:
+    """A room whose instance died and that waits for one is placed at once in the new core
+    (its pool counts every instance up); the call goes on."""
+    h = harness("alice", "bob", "carol", sfu=(J1,))
+    call_id = call(h, "alice", "bob", "carol")
+    h.feed(h.core.sfu_room_ready(call_id, 1, h.now))
+    h.request("bob", "accept", callId=call_id)
+    h.feed(h.core.sfu_instance_down(J1, h.now))
+    snap = h.core.export_calls()[call_id]
+    assert snap["sfu"]["instance"] is None and snap["sfu"]["epoch"] == 1
+    h2 = harness(sfu=(J1,))
+    outputs = h2.feed(h2.core.restore_calls([snap], h2.now))
+    [create] = [o for o in outputs if not isinstance(o, LoadProfile)]
+    assert isinstance(create, CreateRoom)
+    assert (create.instance, create.epoch, create.room) == (J1, 2, snap["sfu"]["room"])
+    assert sorted(create.tokens) == sorted(snap["sfu"]["tokens"].values())
+    h2.login("alice")
+    h2.login("bob")
+    h2.advance(30)  # past sfu_wait_s: the placed call does not end
+    assert call_id in h2.core.active_calls
 
 
 def test_failover_keeps_busy_and_group_calls(monkeypatch: pytest.MonkeyPatch) -> None:
