@@ -5,6 +5,11 @@ connection sends (:meth:`CallCore.receive`), connection openings and closings, a
 (:meth:`CallCore.tick` whenever :meth:`CallCore.next_deadline` passes). The core answers with a
 list of outputs: frames to send, connections to close, call records to persist, record queries
 to run, and webhook notices. Tests drive it the same way, with no sockets and a fake clock.
+
+For a cluster's failover the core hands out JSON snapshots of the calls that changed in each
+step (:meth:`CallCore.take_changed_calls`; the calls are :mod:`signaling_server.callmodel`
+objects that report every change) and adopts another core's calls
+(:meth:`CallCore.restore_calls`; the format is :mod:`signaling_server.snapshot`).
 """
 
 from __future__ import annotations
