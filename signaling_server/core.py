@@ -5,6 +5,11 @@ connection sends (:meth:`CallCore.receive`), connection openings and closings, a
 (:meth:`CallCore.tick` whenever :meth:`CallCore.next_deadline` passes). The core answers with a
 list of outputs: frames to send, connections to close, call records to persist, record queries
 to run, and webhook notices. Tests drive it the same way, with no sockets and a fake clock.
+
+For a cluster's failover the core hands out JSON snapshots of the calls that changed in each
+step (:meth:`CallCore.take_changed_calls`; the calls are :mod:`signaling_server.callmodel`
+objects that report every change) and adopts another core's calls
+(:meth:`CallCore.restore_calls`; the format is :mod:`signaling_server.snapshot`).
 """
 
 from __future__ import annotations
@@ -391,7 +396,8 @@ class CallCore:
         gets its members' tokens allowed again (``AllowTokens``, in case the dead core's last
         token change never reached the SFU). A snapshot that is malformed, of another
         sdkappid, or that clashes with a call already here is skipped with a logged error.
-        Returns the outputs (the SFU room requests).
+        Returns the outputs: a ``LoadProfile`` per user in a call (what the others are shown
+        of them until they log in again) and the SFU room requests.
         """
         for data in snapshots:
             try:
@@ -440,8 +446,12 @@ class CallCore:
                 self._schedule(member.deadline, "ring", key)
             else:
                 continue
-            self._users.setdefault(member.user_id, Presence(member.user_id)).call_id = (
-                call.call_id)
+            presence = self._users.get(member.user_id)
+            if presence is None:
+                presence = self._users[member.user_id] = Presence(member.user_id)
+                # What others are shown of them (invitations, USER_ENTER) before they log in.
+                self._out.append(LoadProfile(self.sdk_app_id, member.user_id))
+            presence.call_id = call.call_id
         room = call.sfu
         if room is None:
             return

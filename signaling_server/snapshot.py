@@ -189,7 +189,7 @@ def call_from_snapshot(data: Any) -> Call:
     """A call from :func:`call_to_snapshot`'s dict (not watched by anything yet).
 
     Raises :class:`SnapshotError` for another version, a missing or mistyped field, a member
-    listed twice, or a caller who is not the call's caller member.
+    listed twice, or a caller who is not a member.
     """
     data = _mapping(data, "call snapshot")
     version = data.get("version")
@@ -214,8 +214,9 @@ def call_from_snapshot(data: Any) -> Call:
             raise SnapshotError(f"{where}: member {member.user_id!r} is listed twice")
         members[member.user_id] = member
     caller = _str(data, "caller", where, empty=False)
-    if caller not in members or members[caller].role is not CallRole.CALLER:
-        raise SnapshotError(f"{where}: the caller {caller!r} is not its caller member")
+    # (The caller's member may be CALLED: a caller who left and was invited back.)
+    if caller not in members:
+        raise SnapshotError(f"{where}: the caller {caller!r} is not one of its members")
     accept_ts = None if _field(data, "accept_ts", where) is None else _float(
         data, "accept_ts", where)
     sfu = _field(data, "sfu", where)
