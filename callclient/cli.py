@@ -207,6 +207,9 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     kind.add_argument("--cluster", action="store_true",
                       help="a 3-node cluster (local Redis and PostgreSQL, make cluster-demo); "
                       "alice and bob on different nodes")
+    parser.add_argument("--kill-leader", action="store_true",
+                        help="with --cluster: SIGKILL the call owner's node mid-call; the call "
+                        "goes on")
     parser.add_argument("--out", type=Path, default=Path("out"),
                         help="output directory (default %(default)s)")
     _add_log_level(parser)
@@ -249,7 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cluster:
             from callclient.apps.cluster_demo import run_cluster_demo
 
-            return asyncio.run(run_cluster_demo(seconds=args.seconds, out=args.out))
+            return asyncio.run(run_cluster_demo(seconds=args.seconds, out=args.out,
+                                                kill_leader=args.kill_leader))
+        if args.kill_leader:
+            print(f"{PROG} demo: error: --kill-leader needs --cluster", file=sys.stderr)
+            return 2
         if args.group:
             return asyncio.run(run_group_demo(seconds=args.seconds, out=args.out))
         return asyncio.run(run_demo(seconds=args.seconds, out=args.out))

@@ -9,6 +9,11 @@ they log in to different nodes; alice calls bob as in ``callclient demo``: event
 happen, then fps and latency both ways and ``OUT/alice-sees-bob.png``. The nodes' logs go to
 ``OUT/cluster-logs/``.
 
+With ``kill_leader`` (``--kill-leader``), halfway through the call the node holding the
+cluster's lease (the call owner, read from Redis) is SIGKILLed: another node takes the lease
+over and adopts the call, the clients reconnect (to any node) and the call goes on; the demo
+says how long each step took and fails if the call did not survive.
+
 Everything is stopped at the end, on a failure and on Ctrl-C: bob, the nodes (SIGTERM), then
 PostgreSQL and Redis. Every child runs in a process group of its own, so a Ctrl-C reaches the
 demo only, which stops them in that order; a demo that is killed takes them with it
@@ -23,12 +28,14 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 from callclient.apps.demo import BotProcess, alice_calls_bob
+from callclient.engine import CallEngine
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
+from callwire.extras import require
 from signaling_server.devservices import (
     LocalPostgres,
     LocalRedis,
@@ -43,6 +50,7 @@ _NODE_START_TIMEOUT = 30.0
 _NODE_STOP_TIMEOUT = 15.0
 _BOT_START_TIMEOUT = 30.0
 """bob's login may wait for the cluster to elect its call owner (4505 is retried)."""
+_FAILOVER_TIMEOUT = 20.0
 _LISTENING = re.compile(r"listening on (wss?://\S+)")
 
 Say = Callable[[str], None]
@@ -123,6 +131,12 @@ class NodeProcess:
         tail = [line.strip() for line in text.strip().splitlines()[-lines:]]
         return " | ".join(tail) or "(nothing in its log)"
 
+    def kill(self) -> None:
+        """SIGKILL the node now (as a crash would); :meth:`stop` reaps it."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+
     async def stop(self) -> int | None:
         """SIGTERM (SIGKILL after a timeout), wait for the exit; its status (None if it never
         started). Idempotent."""
@@ -158,8 +172,10 @@ async def run_cluster_demo(
     *,
     nodes: int = 3,
     node_args: Sequence[str] = (),
+    kill_leader: bool = False,
 ) -> int:
-    """Run the demo; the exit status (0 when the call across nodes carried video both ways).
+    """Run the demo; the exit status (0 when the call across nodes carried video both ways,
+    and with ``kill_leader`` survived the call owner's death).
 
     ``node_args`` are appended to every node's command line (``--log-level INFO``, ...).
     """
@@ -220,7 +236,16 @@ async def run_cluster_demo(
             alice_url.append(url)
             say(f"alice is on {node_of.get(url, url)}")
 
-        code = await alice_calls_bob(urls, bob, seconds, out, since, say, on_login=alice_on)
+        failover = None
+        if kill_leader:
+            by_name = {node.name: node for node in started}
+            redis_url = redis.url
+
+            async def failover(engine: CallEngine) -> bool:
+                return await _kill_the_leader(engine, redis_url, by_name, node_of, say)
+
+        code = await alice_calls_bob(urls, bob, seconds, out, since, say, on_login=alice_on,
+                                     mid_call=failover)
         if alice_url:
             across = "across nodes" if alice_url[0] != bob_url else "on one node"
             print(f"  the call ran {across}: alice on {node_of.get(alice_url[0], '?')}, bob on "
@@ -231,6 +256,77 @@ async def run_cluster_demo(
         return 1
     finally:
         await _stop_all(say, bob, started, postgres, redis)
+
+
+def _leader_key() -> str:
+    """The Redis key of the cluster's lease (docs: ``callserver:<sdkappid>:leader``)."""
+    return f"callserver:{DEV_SDK_APP_ID}:leader"
+
+
+async def _leader(client: Any) -> str:
+    """The name of the node holding the lease (``"<index>|<epoch>|<name>"``), '' if none."""
+    raw = await client.get(_leader_key())
+    if raw is None:
+        return ""
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return text.split("|", 2)[2] if text.count("|") >= 2 else ""
+
+
+_T = TypeVar("_T")
+
+
+async def _poll(read: Callable[[], Awaitable[_T]], done: Callable[[_T], bool]) -> _T:
+    """Read every 50 ms until ``done`` holds for what was read; that value (the caller
+    bounds the wait)."""
+    while True:
+        value = await read()
+        if done(value):
+            return value
+        await asyncio.sleep(0.05)
+
+
+async def _kill_the_leader(
+    engine: CallEngine,
+    redis_url: str,
+    nodes: Mapping[str, NodeProcess],
+    node_of: Mapping[str, str],
+    say: Say,
+) -> bool:
+    """SIGKILL the node holding the lease, then wait until another one holds it and alice
+    is connected again with her call; whether the call survived."""
+    redis_asyncio = require("redis.asyncio", extra="cluster", feature="the cluster demo")
+    client = redis_asyncio.Redis.from_url(redis_url)
+    try:
+        leader = await _leader(client)
+        if leader not in nodes:
+            say(f"error: no node holds the cluster's lease (read {leader!r})")
+            return False
+        call = engine.current_call
+        say(f"killing {leader} (the call owner: it holds the lease) with SIGKILL")
+        killed_at = time.monotonic()
+        nodes[leader].kill()
+        try:
+            async with asyncio.timeout(_FAILOVER_TIMEOUT):
+                new = await _poll(lambda: _leader(client), lambda name: name not in ("", leader))
+                say(f"{new} holds the lease now, {time.monotonic() - killed_at:.1f} s after "
+                    "the kill: it took the call over")
+
+                async def reconnected() -> bool:
+                    return engine.connected and node_of.get(engine.server_url) != leader
+
+                await _poll(reconnected, bool)
+        except TimeoutError:
+            say(f"error: no failover within {_FAILOVER_TIMEOUT:g} s")
+            return False
+    finally:
+        await client.aclose()
+    now = engine.current_call
+    if call is None or now is None or now.call_id != call.call_id:
+        say("error: alice's call did not survive the failover")
+        return False
+    say(f"alice is connected to {node_of.get(engine.server_url, engine.server_url)}, "
+        f"{time.monotonic() - killed_at:.1f} s after the kill; the call goes on")
+    return True
 
 
 async def _start_all(nodes: Sequence[NodeProcess]) -> None:

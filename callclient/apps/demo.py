@@ -18,7 +18,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +146,13 @@ async def run_demo(seconds: float = 8.0, out: Path = Path("out")) -> int:
 async def alice_calls_bob(
     url: str | Sequence[str], bob: BotProcess, seconds: float, out: Path, since: float,
     say: Callable[[str], None], on_login: Callable[[str], None] | None = None,
+    mid_call: Callable[[CallEngine], Awaitable[bool]] | None = None,
 ) -> int:
     """alice (an engine with virtual devices, on ``url``) calls ``bob`` for ``seconds``,
     prints the results of both directions and writes ``OUT/alice-sees-bob.png``; the exit
     status (0 when both directions carried video). ``on_login`` gets the URL alice logged
-    in to."""
+    in to; ``mid_call`` runs halfway through the call (with alice's engine) and says whether
+    the call is still fine."""
     if not await bob.wait_for(bob.ready.is_set, _BOT_START_TIMEOUT):
         say("error: bob did not log in")
         return 1
@@ -179,7 +181,13 @@ async def alice_calls_bob(
             return 1
         say(f"first frame from bob; talking for {seconds:g} s")
         start = time.time()
-        await asyncio.sleep(seconds)
+        fine = True
+        if mid_call is None:
+            await asyncio.sleep(seconds)
+        else:
+            await asyncio.sleep(seconds / 2)
+            fine = await mid_call(alice)
+            await asyncio.sleep(seconds / 2)
         until = time.time()
         last = view.last
         png = out / PNG_NAME
@@ -204,7 +212,7 @@ async def alice_calls_bob(
         print("  alice -> bob: the bot reported no recording", flush=True)
     print(f"  what alice sees of bob: {png}" if last is not None else "  no frame to save",
           flush=True)
-    return 0 if last is not None and got_recording and seen.frames > 0 else 1
+    return 0 if fine and last is not None and got_recording and seen.frames > 0 else 1
 
 
 
