@@ -5,7 +5,8 @@
 recordings finalized. ``callclient loopback [--users N] [--seconds S] [--resolution R]`` runs a
 whole call between virtual-device engines (one process each from 3 users, through a Janus
 subprocess with --sfu) and prints what each user received and the frames dropped.
-``callclient demo`` is ``make demo``; ``callclient --version`` prints the version. Errors are
+``callclient demo`` is ``make demo`` (``--group``: ``make demo-group``, ``--cluster``:
+``make cluster-demo``); ``callclient --version`` prints the version. Errors are
 one line on stderr: exit 2 for bad usage, 1 for failures (unreachable server, refused login,
 unreadable file).
 """
@@ -200,8 +201,15 @@ def _parser() -> argparse.ArgumentParser:
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=positive_float, default=8.0,
                         help="length of the call (default %(default)s)")
-    parser.add_argument("--group", action="store_true",
-                        help="alice group-calls two bots through a Janus subprocess (the SFU)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--group", action="store_true",
+                      help="alice group-calls two bots through a Janus subprocess (the SFU)")
+    kind.add_argument("--cluster", action="store_true",
+                      help="a 3-node cluster (local Redis and PostgreSQL, make cluster-demo); "
+                      "alice and bob on different nodes")
+    parser.add_argument("--kill-leader", action="store_true",
+                        help="with --cluster: SIGKILL the call owner's node mid-call; the call "
+                        "goes on")
     parser.add_argument("--out", type=Path, default=Path("out"),
                         help="output directory (default %(default)s)")
     _add_log_level(parser)
@@ -241,6 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_loopback(args))
         from callclient.apps.demo import run_demo, run_group_demo
 
+        if args.cluster:
+            from callclient.apps.cluster_demo import run_cluster_demo
+
+            return asyncio.run(run_cluster_demo(seconds=args.seconds, out=args.out,
+                                                kill_leader=args.kill_leader))
+        if args.kill_leader:
+            print(f"{PROG} demo: error: --kill-leader needs --cluster", file=sys.stderr)
+            return 2
         if args.group:
             return asyncio.run(run_group_demo(seconds=args.seconds, out=args.out))
         return asyncio.run(run_demo(seconds=args.seconds, out=args.out))

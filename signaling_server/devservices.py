@@ -8,10 +8,12 @@ and on a TCP port of 127.0.0.1 too when asked. Each lives in a temporary directo
 unprivileged user (PostgreSQL refuses root): the package's own user, else ``nobody``.
 
 Both can be stopped and started again on the same port and data, which is how the fault tests
-make a service unreachable and bring it back. A server gets a signal when the thread that
-started it dies (``PR_SET_PDEATHSIG``), so a killed test run or demo leaves none behind. That
-is the *thread*: start a service from the main thread or from a thread that outlives it (an
-executor's worker, as ``asyncio.to_thread`` uses, lives until its executor shuts down).
+make a service unreachable and bring it back. A server runs in a process group of its own (a
+Ctrl-C in the terminal reaches only its owner, which stops it in order) and gets a signal when
+the thread that started it dies (``PR_SET_PDEATHSIG``), so a killed test run or demo leaves
+none behind. That is the *thread*: start a service from the main thread or from a thread that
+outlives it (an executor's worker, as ``asyncio.to_thread`` uses, lives until its executor
+shuts down).
 
 Every method blocks (process start and readiness polling, tens of milliseconds to a few
 seconds); from a coroutine call them through ``await asyncio.to_thread(service.stop)``.
@@ -39,7 +41,10 @@ from typing import IO, Any, Self
 
 from callwire.extras import require
 
-__all__ = ["LocalPostgres", "LocalRedis", "LocalService", "ServiceError", "default_pg_bin"]
+__all__ = [
+    "LocalPostgres", "LocalRedis", "LocalService", "ServiceError", "default_pg_bin", "free_port",
+    "parent_death_signal",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +68,10 @@ def default_pg_bin() -> Path:
     return Path(found[-1]) if found else Path("/usr/lib/postgresql/15/bin")
 
 
-def _death_signal(sig: signal.Signals) -> Callable[[], None]:
+def parent_death_signal(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets ``sig`` when the thread that started it dies (Linux;
-    elsewhere nothing). It runs after the user switch, which would otherwise clear it."""
+    elsewhere nothing). ``subprocess`` runs it after a ``user=`` switch, which would
+    otherwise clear it."""
 
     def arm() -> None:
         with contextlib.suppress(OSError, AttributeError):
@@ -161,7 +167,8 @@ class LocalService:
         started = time.monotonic()
         self._proc = subprocess.Popen(
             self._command(), stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_death_signal(self.death_signal), **self._as,
+            stdin=subprocess.DEVNULL, preexec_fn=parent_death_signal(self.death_signal),
+            process_group=0, **self._as,
         )
         deadline = started + timeout_s
         while not self._ready():
