@@ -61,6 +61,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
     SFU_UNAVAILABLE = 4504
+    STORE_UNAVAILABLE = 4506  # the record database is unreachable: new calls are refused
 
 
 class CloseCode(enum.IntEnum):

@@ -330,6 +330,10 @@ class CallCore:
         # first: their entries stay in the heap, counted here, until a rebuild drops them.
         self._stale_timers = 0
         self._out: list[Output] = []
+        self.store_unavailable: Callable[[], bool] | None = None
+        """When set and true, ``calls`` is refused with STORE_UNAVAILABLE (4506): the server's
+        record database is unreachable (its records wait in a local spool). Calls already in
+        progress go on: accept, join, invite, hangup and the rest are not refused."""
         self._handlers: dict[str, Callable[[Session, Request, float], dict[str, Any] | None]] = {
             "login": self._login,
             "logout": self._logout,
@@ -1152,6 +1156,9 @@ class CallCore:
         return ringing
 
     def _calls_request(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        if self.store_unavailable is not None and self.store_unavailable():
+            raise _Refused(ErrorCode.STORE_UNAVAILABLE, "calls: the record store is "
+                           "unreachable; new calls are refused until it returns: retry later")
         call = self._new_call(session, request.data, now)
         try:
             self._check_new_call(call, request.data["userIDList"])
