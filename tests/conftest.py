@@ -23,10 +23,10 @@ from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from signaling_server.server import SignalingServer
 from tests.helpers.engine import MakeParty, Party, Recorder
-from tests.helpers.postgres import db, postgres
+from tests.helpers.postgres import db, own_postgres, postgres
 from tests.helpers.servers import new_server
 
-__all__ = ["db", "make_party", "postgres", "server"]
+__all__ = ["db", "make_party", "own_postgres", "postgres", "server"]
 
 
 @pytest.fixture

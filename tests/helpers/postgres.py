@@ -5,8 +5,9 @@ a unix socket there only (no TCP port to collide on), as an unprivileged user wh
 run as root (PostgreSQL refuses root): the ``postgres`` user of the Debian package, else
 ``nobody``. :meth:`PostgresServer.new_database` makes an empty database per test.
 
-Fixtures (re-exported by ``tests/conftest.py``): ``postgres`` (one server per test session)
-and ``db`` (parametrized: an SQLite file in the test's temporary directory, then a fresh
+Fixtures (re-exported by ``tests/conftest.py``): ``postgres`` (one server per test session),
+``own_postgres`` (one for a test that stops and restarts it: :meth:`PostgresServer.halt`) and
+``db`` (parametrized: an SQLite file in the test's temporary directory, then a fresh
 PostgreSQL database URL), so a test taking ``db`` runs against both back ends;
 :func:`db_rows` reads either with the store's own read connection.
 """
@@ -25,11 +26,11 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
-__all__ = ["PG_BIN", "PostgresServer", "db", "db_rows", "postgres"]
+__all__ = ["PG_BIN", "PostgresServer", "db", "db_rows", "own_postgres", "postgres"]
 
 PG_BIN = Path(os.environ.get("CALLSERVER_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 """Where initdb and postgres are (Debian's postgresql-15)."""
@@ -75,22 +76,15 @@ class PostgresServer:
         self.user = "postgres"
         self._as = _run_as()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
         self._names = itertools.count(1)
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """initdb, then start ``postgres`` and wait until it accepts connections."""
-        if self._as:
-            os.chown(self.root, self._as["user"], self._as["group"])
-        log = self.root / "initdb.log"
-        with log.open("wb") as out:
-            done = subprocess.run(
-                [str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.user,
-                 "--auth=trust", "--locale=C", "--encoding=UTF8", "--no-sync"],
-                stdout=out, stderr=subprocess.STDOUT, check=False, **self._as,
-            )
-        if done.returncode != 0:
-            raise RuntimeError(f"initdb failed ({done.returncode}): {log.read_text()[-2000:]}")
-        self._log = (self.root / "postgres.log").open("wb")
+        """initdb (the first time), then start ``postgres`` and wait until it accepts
+        connections. After :meth:`halt`, this starts it again on the same data."""
+        if not self.data.exists():
+            self._initdb()
+        self._log = (self.root / "postgres.log").open("ab")
         self._proc = subprocess.Popen(
             [str(self.bin_dir / "postgres"), "-D", str(self.data), "-k", str(self.socket_dir),
              "-p", str(self.port), "-c", "listen_addresses=", "-c", "max_connections=200",
@@ -106,6 +100,34 @@ class PostgresServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"postgres not ready within {timeout_s:g} s")
             time.sleep(0.05)
+
+    def _initdb(self) -> None:
+        if self._as:
+            os.chown(self.root, self._as["user"], self._as["group"])
+        log = self.root / "initdb.log"
+        with log.open("wb") as out:
+            done = subprocess.run(
+                [str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.user,
+                 "--auth=trust", "--locale=C", "--encoding=UTF8", "--no-sync"],
+                stdout=out, stderr=subprocess.STDOUT, check=False, **self._as,
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}): {log.read_text()[-2000:]}")
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: its clients' connections end), keeping its data:
+        PostgreSQL is unreachable until :meth:`start`."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def _ready(self) -> bool:
         import psycopg
@@ -130,23 +152,27 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown) and remove its directory."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # "fast" shutdown: SIGTERM would wait for clients
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
+        """Stop the server (fast shutdown: SIGTERM would wait for clients) and remove its
+        directory."""
+        self.halt()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole test session."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for this test alone, to :meth:`~PostgresServer.halt` and
+    :meth:`~PostgresServer.start` again (an outage)."""
     server = PostgresServer()
     try:
         server.start()
