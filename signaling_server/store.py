@@ -841,7 +841,11 @@ class RecordWriter:
         self.refused = 0
         self._retrying = 0
         self._reads = 0
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        # The drainer waits on its own condition (the same lock): a submit's notify() must
+        # wake the writer thread, not the drainer.
+        self._spool_cv = threading.Condition(lock)
         self._units: collections.deque[PendingWrite] = collections.deque()
         self._jobs: collections.deque[_Job] = collections.deque()
         self._seq = 0  # last unit submitted
@@ -972,6 +976,7 @@ class RecordWriter:
             with self._cv:
                 self._stop = True
                 self._cv.notify()
+                self._spool_cv.notify()
         await asyncio.wrap_future(self._closing)
         await asyncio.to_thread(self._thread.join)
 
@@ -1126,8 +1131,8 @@ class RecordWriter:
             for seq, unit in zip(seqs, units, strict=True):
                 unit.spooled = True
                 self._in_spool[seq] = unit
-            self._spooled += len(units)
-            self._cv.notify_all()  # the drainer
+            self._spooled = spool.count  # always the spool's own count: no drift between
+            self._spool_cv.notify()  # this thread and the drainer
         for unit in units:
             if not unit.attempted.done():
                 unit.attempted.set_result(True)
@@ -1144,7 +1149,7 @@ class RecordWriter:
             with self._cv:
                 while not self._stop and (not self._spooled or time.monotonic() < retry_at):
                     wait = 0.5 if not self._spooled else max(0.0, retry_at - time.monotonic())
-                    self._cv.wait(min(0.5, wait))
+                    self._spool_cv.wait(min(0.5, wait))
                 if self._stop:
                     return
             try:
@@ -1154,7 +1159,11 @@ class RecordWriter:
                 with self._cv:
                     self.failed_attempts += 1
                 if not _transient(exc):
-                    self._drop_spooled_head(exc)
+                    try:
+                        self._drop_spooled_head(exc)
+                    except Exception:  # the spool itself is broken: keep it, back off
+                        logger.exception("the spool %s cannot be read", spool.path)
+                        retry_at = time.monotonic() + self.spool_probe_max_s
                     continue
                 if failures == 1 or failures % 60 == 0:
                     logger.error("PostgreSQL still unreachable (%s): %d unit(s) wait in the "
@@ -1274,6 +1283,7 @@ class RecordWriter:
             with self._cv:
                 self._stop = True
                 self._cv.notify_all()
+                self._spool_cv.notify_all()
             if self._drainer is not None:
                 self._drainer.join()
             with self._cv:
