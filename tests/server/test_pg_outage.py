@@ -20,6 +20,7 @@ from signaling_server.spool import Spool, SpoolError, drain
 from signaling_server.storage import open_store
 from signaling_server.store import RecordWriter, StoreUnavailable
 from signaling_server.webhooks import EVENTS
+from tests.helpers.core import CoreHarness
 from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.rest import rest
 from tests.helpers.serverproc import ServerProcess
@@ -133,6 +134,30 @@ def test_a_spool_is_one_node_s(own_postgres: PostgresServer, tmp_path: Path) -> 
     store = PgCallStore(url, spool=path)  # its own database: moved at open
     store.close()
     assert db_rows(url, "SELECT call_id FROM calls") == [("x",)]
+
+
+def test_the_core_refuses_only_new_calls_while_the_store_is_unavailable() -> None:
+    """With ``store_unavailable`` true, ``calls`` gets 4506 and leaves nothing behind (no
+    record, no notice); a call in progress goes on: invite, accept, join, hangup."""
+    h = CoreHarness()
+    for user in ("alice", "bob", "carol", "dave"):
+        h.login(user)
+    call_id = h.request("alice", "calls", userIDList=["bob"], mediaType=1)["callId"]
+    h.request("bob", "accept", callId=call_id)
+    down = True
+    h.core.store_unavailable = lambda: down
+    saves, notices = len(h.saves), len(h.notices)
+    error = h.request("dave", "calls", userIDList=["alice"], mediaType=1,
+                      expect_error=ErrorCode.STORE_UNAVAILABLE)
+    assert "new calls are refused until it returns" in error["message"]
+    assert (len(h.saves), len(h.notices)) == (saves, notices)
+    h.request("alice", "invite", callId=call_id, userIDList=["carol"])
+    h.request("carol", "accept", callId=call_id)
+    h.request("carol", "hangup", callId=call_id)
+    h.request("carol", "join", callId=call_id)
+    h.request("alice", "hangup", callId=call_id)
+    down = False
+    h.request("dave", "calls", userIDList=["alice"], mediaType=1)
 
 
 async def until(client: WsClient, name: str, timeout: float = 10.0) -> dict[str, object]:  # noqa: ASYNC109
