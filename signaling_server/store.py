@@ -851,6 +851,7 @@ class RecordWriter:
         self._seq = 0  # last unit submitted
         self._attempted = 0  # last unit attempted (units are attempted in order)
         self._stop = False
+        self._drain_stop = False  # the drainer goes on while the writer finishes
         self._closing: concurrent.futures.Future[None] | None = None
         self._read_pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"record-reader:{store.path}"
@@ -1147,10 +1148,11 @@ class RecordWriter:
         delay, retry_at, failures = self.retry_initial_s, 0.0, 0
         while True:
             with self._cv:
-                while not self._stop and (not self._spooled or time.monotonic() < retry_at):
+                while not self._drain_stop and (not self._spooled
+                                                 or time.monotonic() < retry_at):
                     wait = 0.5 if not self._spooled else max(0.0, retry_at - time.monotonic())
                     self._spool_cv.wait(min(0.5, wait))
-                if self._stop:
+                if self._drain_stop:
                     return
             try:
                 result = drain(target, spool, self.max_batch)  # type: ignore[arg-type]
@@ -1196,6 +1198,7 @@ class RecordWriter:
             self.committed += sum(len({(c.sdk_app_id, c.call_id) for c in u.calls})
                                   for u, _ in done)
             self.commits += 1
+            self._cv.notify_all()  # a closing writer waits for the spool to empty
         for unit, ids in done:
             if not unit.committed.done():
                 unit.committed.set_result(ids)
@@ -1229,6 +1232,17 @@ class RecordWriter:
                     pending.committed.set_exception(one)
                 continue
             self._spool_written(unit.seq, written)
+
+    def _drain_before_close(self) -> None:
+        """At stop: give the drainer ``close_retry_s`` to empty the spool (PostgreSQL may be
+        back); what is left stays for the next start."""
+        deadline = time.monotonic() + self.close_retry_s
+        with self._cv:
+            while self._spooled and self._drainer is not None and self._drainer.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(min(0.5, left))
 
     def _run_one_job(self) -> None:
         with self._cv:
@@ -1280,8 +1294,10 @@ class RecordWriter:
                         break
                 self._run_one_job()
         finally:
+            if self._drainer is not None:
+                self._drain_before_close()
             with self._cv:
-                self._stop = True
+                self._stop = self._drain_stop = True
                 self._cv.notify_all()
                 self._spool_cv.notify_all()
             if self._drainer is not None:

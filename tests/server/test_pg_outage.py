@@ -89,6 +89,41 @@ async def test_units_spool_while_postgresql_is_down_and_move_in_order(
     assert not spool.exists()  # empty at close: removed
 
 
+async def test_close_leaves_spooled_units_for_the_next_open_or_moves_them(
+    own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Closing while PostgreSQL is down keeps the spooled units in the file (not lost) and
+    the next open moves them; closing once it is back waits for the spool to empty."""
+    url = own_postgres.new_database()
+    spool = tmp_path / "spool.db"
+    own_postgres.halt()
+    with pytest.raises(RuntimeError, match="cannot connect to PostgreSQL"):
+        open_store(url, spool=str(spool))
+    own_postgres.start()
+    writer = RecordWriter(open_store(url, spool=str(spool)), retry_initial_s=0.01,
+                          spool_probe_max_s=0.05, close_retry_s=0.1)
+    own_postgres.halt()
+    kept = writer.submit_unit([make_call("kept", result="normal_end")], [row("kept", 0)])
+    assert await asyncio.wrap_future(kept.attempted) is True
+    await writer.close()
+    assert writer.lost == 0 and spooled_units(spool) == 1
+    with pytest.raises(RuntimeError, match="waits in the spool for the next start"):
+        kept.committed.result()
+    own_postgres.start()
+    writer = RecordWriter(open_store(url, spool=str(spool)), retry_initial_s=0.01,
+                          spool_probe_max_s=0.05, close_retry_s=60)
+    assert db_rows(url, "SELECT call_id FROM calls") == [("kept",)]  # moved at open
+    own_postgres.halt()
+    moved = writer.submit_unit([make_call("moved", result="normal_end")], [row("moved", 1)])
+    assert await asyncio.wrap_future(moved.attempted) is True
+    own_postgres.start()
+    await writer.close()  # waits for the drainer
+    assert moved.committed.result() != [] and not spool.exists()
+    steps = [json.loads(r[0])["Step"] for r in
+             db_rows(url, "SELECT body FROM webhook_outbox ORDER BY id")]
+    assert steps == [0, 1]
+
+
 async def test_a_batch_written_before_its_reply_was_lost_is_not_written_twice(
     own_postgres: PostgresServer, tmp_path: Path
 ) -> None:
