@@ -64,6 +64,7 @@ class ErrorCode(enum.IntEnum):
     CLUSTER_UNAVAILABLE = 4505
     """The cluster's coordination service (Redis) or its call owner is unreachable; retry in a
     moment (the client's login and reconnect do, going to the next server URL)."""
+    STORE_UNAVAILABLE = 4506  # the record database is unreachable: new calls are refused
 
 
 class CloseCode(enum.IntEnum):

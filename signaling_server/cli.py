@@ -1,10 +1,11 @@
 """``signaling-server``: run the signaling server, or print a userSig for a user.
 
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH|URL]
-[--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
-[--public-ws-url URL] [--login-timeout S] [--max-connections N] [--max-connections-per-ip N]
-[--webhook-allow-private] [--turn URL[,URL...] --turn-secret S [--turn-ttl S]]
-[--sfu URL[,URL...]] [--sfu-min-users N]`` serves until
+[--spool PATH] [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM]
+[--web-root DIR] [--public-ws-url URL] [--login-timeout S] [--max-connections N]
+[--max-connections-per-ip N] [--webhook-allow-private]
+[--turn URL[,URL...] --turn-secret S [--turn-ttl S]] [--sfu URL[,URL...]] [--sfu-min-users N]``
+serves until
 SIGTERM or SIGINT, then ends the calls in progress as interrupted and closes the database;
 ``--http-port`` also serves the REST API (docs/rest-api.md) and the browser client (``webclient/``)
 at ``/``; ``--tls-cert``/``--tls-key`` put both listeners on TLS (wss, https), and SIGHUP
@@ -14,7 +15,8 @@ instances (their HTTP API URLs, e.g. ``http://127.0.0.1:8088/janus``), one-to-on
 peer to peer.
 ``signaling-server usersig USER [--expire S]`` prints a userSig. Every option also has an
 environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
-``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
+``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_SPOOL``, ``CALLSERVER_HTTP_PORT``,
+``CALLSERVER_ADMIN``,
 ``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
 ``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOGIN_TIMEOUT``,
 ``CALLSERVER_MAX_CONNECTIONS``, ``CALLSERVER_MAX_CONNECTIONS_PER_IP``,
@@ -128,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
         "postgresql://user:password@host:5432/dbname shared by several servers (needs the "
         "'postgres' extra) (env CALLSERVER_DB; default %(default)s, relative to the "
         "working directory)",
+    )
+    serve.add_argument(
+        "--spool",
+        default=os.environ.get("CALLSERVER_SPOOL") or None,
+        help="with a PostgreSQL --db: the SQLite file where call records wait while "
+        "PostgreSQL is unreachable, moved there when it returns (env CALLSERVER_SPOOL; "
+        "default data/spool-<hash of --db>-<port>.db)",
     )
     serve.add_argument(
         "--http-port",
@@ -332,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sdk_app_id=args.sdkappid,
         secret_key=args.secret_key,
         db=args.db,
+        spool=args.spool,
         http_port=args.http_port,
         admin_identifier=args.admin,
         rest_rate_per_s=args.rest_rate,

@@ -309,6 +309,10 @@ class CallCore:
         self._changed: set[str] = set()
         self._ended: list[str] = []
         self._unreported: set[str] = set()
+        self.store_unavailable: Callable[[], bool] | None = None
+        """When set and true, ``calls`` is refused with STORE_UNAVAILABLE (4506): the server's
+        record database is unreachable (its records wait in a local spool). Calls already in
+        progress go on: accept, join, invite, hangup and the rest are not refused."""
         self._handlers: dict[str, Callable[[Session, Request, float], dict[str, Any] | None]] = {
             "login": self._login,
             "logout": self._logout,
@@ -1250,6 +1254,9 @@ class CallCore:
         return ringing
 
     def _calls_request(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        if self.store_unavailable is not None and self.store_unavailable():
+            raise _Refused(ErrorCode.STORE_UNAVAILABLE, "calls: the record store is "
+                           "unreachable; new calls are refused until it returns: retry later")
         call = self._new_call(session, request.data, now)
         try:
             self._check_new_call(call, request.data["userIDList"])

@@ -70,8 +70,15 @@ from signaling_server.janus import SfuService
 from signaling_server.push import PUSHES, push_commands, push_row
 from signaling_server.records import OutboxRow, ProfileUpdate, StoredCall
 from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom
+from signaling_server.spool import default_spool_path
 from signaling_server.storage import open_store
-from signaling_server.store import CallStore, PendingWrite, RecordWriter, StoreBusy
+from signaling_server.store import (
+    CallStore,
+    PendingWrite,
+    RecordWriter,
+    StoreBusy,
+    StoreUnavailable,
+)
 from signaling_server.tls import ServerTls, TlsFiles
 from signaling_server.webhooks import WebhookService, WebhookSettings
 
@@ -148,6 +155,9 @@ class ServerConfig:
     """This node's name in logs and stats (default ``host:port``)."""
     cluster_settings: ClusterSettings = field(default_factory=ClusterSettings)
     """Lease, heartbeat and failover timings of cluster mode."""
+    spool: str | None = None
+    """With a PostgreSQL ``db``: the SQLite file where records wait while PostgreSQL is
+    unreachable (docs/storage.md); None: ``data/spool-<hash of db>-<port>.db``."""
 
 
 class _Gate:
@@ -449,9 +459,11 @@ class SignalingServer:
                 raise
         context = self.tls.context if self.tls is not None else None
         self._loop = asyncio.get_running_loop()
-        store = await asyncio.to_thread(open_store, self.config.db)
+        spool = self.config.spool or default_spool_path(self.config.db, self.config.port)
+        store = await asyncio.to_thread(open_store, self.config.db, spool=spool)
         self._store = store
         self._writer = RecordWriter(store, on_attempted=self._units_attempted)
+        self.core.store_unavailable = self._writer.unavailable  # new calls refused (4506)
         try:
             cfg = self.config
             self.webhooks = WebhookService(
@@ -729,7 +741,10 @@ class SignalingServer:
             peer.close(code, reason)
 
     def _new_core(self) -> CallCore:
-        return CallCore(self.config.sdk_app_id, self._verify_sig, self.config.core, self.groups)
+        core = CallCore(self.config.sdk_app_id, self._verify_sig, self.config.core, self.groups)
+        if self._writer is not None:
+            core.store_unavailable = self._writer.unavailable  # new calls refused (4506)
+        return core
 
     def _adopt_core(self, snapshots: list[dict[str, Any]]) -> None:
         """This node leads now: a fresh core with the calls of the snapshots (synchronous,
@@ -997,6 +1012,10 @@ class SignalingServer:
         except StoreBusy:
             self._reply_busy(req, "the record store is busy; retry in a moment")
             return
+        except StoreUnavailable as exc:
+            text = protocol.encode_reply_error(
+                req.request_id, ErrorCode.STORE_UNAVAILABLE, f"{req.op}: {exc}"
+            )
         except Exception:
             logger.exception("record query %s for %s failed", req.op, req.user_id)
             text = protocol.encode_reply_error(

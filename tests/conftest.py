@@ -24,11 +24,12 @@ from callclient.media.deviceset import DeviceSet
 from signaling_server.server import SignalingServer
 from tests.helpers.cluster import cluster_redis
 from tests.helpers.engine import MakeParty, Party, Recorder
-from tests.helpers.postgres import db, postgres
+from tests.helpers.postgres import db, own_postgres, postgres
 from tests.helpers.redis import redis_server
 from tests.helpers.servers import new_server
 
-__all__ = ["cluster_redis", "db", "make_party", "postgres", "redis_server", "server"]
+__all__ = ["cluster_redis", "db", "make_party", "own_postgres", "postgres", "redis_server",
+           "server"]
 
 
 @pytest.fixture

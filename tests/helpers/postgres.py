@@ -4,7 +4,7 @@
 :class:`PostgresServer` (that class) runs ``initdb`` and ``postgres`` in a temporary directory,
 listening on a unix socket there only (no TCP port to collide on), as an unprivileged user when
 the tests run as root (PostgreSQL refuses root). :meth:`PostgresServer.new_database` makes an
-empty database per test. A test that stops the server (an outage) makes its own.
+empty database per test. A test that stops the server (an outage) takes ``own_postgres``.
 
 Fixtures (re-exported by ``tests/conftest.py``): ``postgres`` (one server per test session)
 and ``db`` (parametrized: an SQLite file in the test's temporary directory, then a fresh
@@ -22,7 +22,7 @@ import pytest
 
 from signaling_server.devservices import LocalPostgres, default_pg_bin
 
-__all__ = ["PG_BIN", "PostgresServer", "db", "db_rows", "postgres"]
+__all__ = ["PG_BIN", "PostgresServer", "db", "db_rows", "own_postgres", "postgres"]
 
 PG_BIN = default_pg_bin()
 """Where initdb and postgres are (Debian's postgresql-N; ``$CALLSERVER_TEST_PG_BIN``)."""
@@ -34,6 +34,18 @@ PostgresServer = LocalPostgres
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole test session."""
+    server = PostgresServer(PG_BIN)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for this test alone, to :meth:`~PostgresServer.stop` (its data
+    kept) and :meth:`~PostgresServer.start` again: an outage."""
     server = PostgresServer(PG_BIN)
     try:
         server.start()
