@@ -79,7 +79,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_CPU_RATIO = 2.0
 TARGET_P99_MS = 10.0
-CONFIGS = ("single", "cluster")
+CONFIGS = ("single", "cluster", "edges")
+"""single: one server; cluster: the nodes with clients on every node; edges: the same nodes
+with clients on the non-leaders only, so the leader's CPU is the call core alone."""
 KEY_PREFIX = f"callserver:{DEV_SDK_APP_ID}:"
 """The cluster's Redis keys (notes/cluster-design.md): ``leader`` is ``index|epoch|name``."""
 
@@ -284,9 +286,15 @@ class _Nodes:
     names: list[str]
     procs: list[_Service] = field(default_factory=list)
 
+    edges_only: bool = False
+
     @property
     def urls(self) -> list[str]:
-        return [p.url for p in self.procs]
+        """Where the load's clients connect: every node, or (edges) every node but the leader."""
+        if not self.edges_only:
+            return [p.url for p in self.procs]
+        leader = self.leader()
+        return [p.url for p, name in zip(self.procs, self.names, strict=True) if name != leader]
 
     def leader(self) -> str | None:
         """The node holding the cluster lease (its ``--node-name``), None for a single node."""
@@ -304,7 +312,7 @@ def _start_nodes(config: str, nodes: int, services: Services, db: str, tmp: Path
         group.procs.append(_Service(base, tmp / "single.log"))
         return group
     services.redis.command("FLUSHALL")
-    group = _Nodes(services, [f"n{k + 1}" for k in range(nodes)])
+    group = _Nodes(services, [f"n{k + 1}" for k in range(nodes)], edges_only=config == "edges")
     try:
         for name in group.names:
             group.procs.append(_Service(
@@ -540,17 +548,20 @@ def summarize(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 summary[mode][config]["windows"] = len(rows)
     targets: dict[str, Any] = {}
     cyc = summary.get("cycles", {})
-    if "single" in cyc and "cluster" in cyc:
-        single = cyc["single"]["server_cpu_ms_per_cycle"]["median"]
-        cluster = cyc["cluster"]["server_cpu_ms_per_cycle"]["median"]
-        ratio = cluster / single if single and cluster is not None else None
-        targets["cpu_ratio"] = {"value": ratio, "target": TARGET_CPU_RATIO,
-                                "met": ratio is not None and ratio <= TARGET_CPU_RATIO}
-    paced = summary.get("paced", {})
-    if "cluster" in paced:
-        p99 = paced["cluster"]["relay_p99_ms"]["median"]
-        targets["relay_p99_ms"] = {"value": p99, "target": TARGET_P99_MS,
-                                   "met": p99 is not None and p99 <= TARGET_P99_MS}
+    for config, suffix in (("cluster", ""), ("edges", "_edges")):
+        if "single" in cyc and config in cyc:
+            single = cyc["single"]["server_cpu_ms_per_cycle"]["median"]
+            cluster = cyc[config]["server_cpu_ms_per_cycle"]["median"]
+            ratio = cluster / single if single and cluster is not None else None
+            targets["cpu_ratio" + suffix] = {
+                "value": ratio, "target": TARGET_CPU_RATIO,
+                "met": ratio is not None and ratio <= TARGET_CPU_RATIO}
+        paced = summary.get("paced", {})
+        if config in paced:
+            p99 = paced[config]["relay_p99_ms"]["median"]
+            targets["relay_p99_ms" + suffix] = {
+                "value": p99, "target": TARGET_P99_MS,
+                "met": p99 is not None and p99 <= TARGET_P99_MS}
     bad = [w for w in windows
            if w["records"]["final_records"] != w["records"]["completed_cycles"]
            or w["records"]["completed_cycles"] == 0]
@@ -598,6 +609,18 @@ def capacity(summary: dict[str, Any], redis_ops_per_s: float | None,
     bounds = [out[k] for k in ("leader_core_ceiling", "redis_ceiling", "pg_ceiling")
               if out.get(k)]
     out["cluster_ceiling"] = min(bounds) if bounds else None
+    core = per_s(med("edges", "leader_cpu_ms_per_cycle"))
+    if core:
+        # a leader that serves no clients of its own (the load balancer leaves it out)
+        out["core_only_ceiling"] = core
+        edges_cmds = med("edges", "redis_cmds_per_cycle")
+        edges_commits = med("edges", "pg_commits_per_cycle")
+        out["edges_redis_ceiling"] = (redis_ops_per_s / edges_cmds
+                                      if redis_ops_per_s and edges_cmds else None)
+        out["edges_pg_ceiling"] = (pg_commits_per_s / edges_commits
+                                   if pg_commits_per_s and edges_commits else None)
+        more = [v for v in (core, out["edges_redis_ceiling"], out["edges_pg_ceiling"]) if v]
+        out["cluster_ceiling_leader_without_clients"] = min(more)
     if out["cluster_ceiling"] and total:
         # nodes whose cores the cluster's work fills up to its ceiling
         out["nodes_to_ceiling"] = out["cluster_ceiling"] * total / 1000.0
@@ -618,6 +641,23 @@ def _num(value: float | None, fmt: str = ".0f") -> str:
     return "-" if value is None else f"{value:{fmt}}"
 
 
+_TITLES = {"single": "single", "cluster": "cluster", "edges": "cluster, clients on edges only"}
+
+
+def _configs(results: dict[str, Any]) -> list[str]:
+    ran = results.get("configs") or [c for c in CONFIGS if c in results["summary"].get(
+        "cycles", {})]
+    return [c for c in CONFIGS if c in ran]
+
+
+def _table_head(results: dict[str, Any]) -> list[str]:
+    configs = _configs(results)
+    names = [_TITLES[c] for c in configs]
+    ratios = [f"{_TITLES[c]} / single" for c in configs if c != "single"]
+    cols = ["metric", *names, *ratios]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
 def render_md(results: dict[str, Any]) -> str:
     """The markdown report of a run."""
     s = results["summary"]
@@ -631,16 +671,24 @@ def render_md(results: dict[str, Any]) -> str:
         f"{results['pairs']} pairs closed loop, {results['seconds']:g} s windows after "
         f"{results['warmup']:g} s warm-up; every cluster call crosses nodes. "
         "Median (min-max) over windows.", "",
-        "| metric | single | cluster | cluster / single |",
-        "|---|---|---|---|",
+        *_table_head(results),
     ]
 
+    configs = _configs(results)
+
     def row(label: str, key: str, table: dict[str, Any], fmt: str = ".2f") -> None:
-        a, b = table.get("single", {}).get(key), table.get("cluster", {}).get(key)
-        ratio = "-"
-        if a and b and a.get("median") and b.get("median") is not None:
-            ratio = f"{b['median'] / a['median']:.2f}"
-        lines.append(f"| {label} | {_cell(a, fmt)} | {_cell(b, fmt)} | {ratio} |")
+        cells = [table.get(c, {}).get(key) for c in configs]
+        base = table.get("single", {}).get(key)
+        ratios = []
+        for c, cell in zip(configs, cells, strict=True):
+            if c == "single":
+                continue
+            if base and cell and base.get("median") and cell.get("median") is not None:
+                ratios.append(f"{cell['median'] / base['median']:.2f}")
+            else:
+                ratios.append("-")
+        lines.append("| " + " | ".join([label, *(_cell(x, fmt) for x in cells), *ratios])
+                     + " |")
 
     row("call cycles/s (closed loop)", "cycles_per_s", cyc, ".0f")
     row("server CPU ms / cycle (all server processes)", "server_cpu_ms_per_cycle", cyc)
@@ -658,7 +706,7 @@ def render_md(results: dict[str, Any]) -> str:
         rate = results.get("paced_rate")
         lines += ["", f"Paced at {_num(rate)} cycles/s (half the single node's median), "
                   f"{results['paced_pairs']} pairs, {results['latency_seconds']:g} s windows:", "",
-                  "| metric | single | cluster | cluster / single |", "|---|---|---|---|"]
+                  *_table_head(results)]
         row("achieved cycles/s", "cycles_per_s", paced, ".0f")
         row("relay latency p50 ms (offer/answer, across nodes)", "relay_p50_ms", paced)
         row("relay latency p99 ms", "relay_p99_ms", paced)
@@ -696,16 +744,26 @@ def render_md(results: dict[str, Any]) -> str:
         if cap.get("nodes_to_ceiling"):
             lines.append(f"| nodes (cores) the cluster fills at its ceiling | "
                          f"{cap['nodes_to_ceiling']:.1f} | ceiling x cluster CPU per cycle |")
+    if "core_only_ceiling" in cap:
+        lines += [
+            f"| the call core alone (leader without clients) | "
+            f"{_num(cap.get('core_only_ceiling'))} | 1000 / leader CPU ms per cycle, clients "
+            "on edges only |",
+            f"| **cluster ceiling, leader without clients** | "
+            f"**{_num(cap.get('cluster_ceiling_leader_without_clients'))}** | the least of the "
+            "core alone and the Redis and PostgreSQL bounds of that configuration |",
+        ]
     lines.append("")
     verdicts = []
-    if "cpu_ratio" in t:
-        r = t["cpu_ratio"]
-        verdicts.append(f"cluster / single CPU per cycle {_num(r['value'], '.2f')} (target <= "
-                        f"{r['target']:g}): {'met' if r['met'] else 'MISSED'}")
-    if "relay_p99_ms" in t:
-        r = t["relay_p99_ms"]
-        verdicts.append(f"relay p99 across nodes {_num(r['value'], '.2f')} ms (target <= "
-                        f"{r['target']:g} ms): {'met' if r['met'] else 'MISSED'}")
+    for suffix, what in (("", "cluster"), ("_edges", "cluster with clients on edges only")):
+        if "cpu_ratio" + suffix in t:
+            r = t["cpu_ratio" + suffix]
+            verdicts.append(f"{what} / single CPU per cycle {_num(r['value'], '.2f')} (target "
+                            f"<= {r['target']:g}): {'met' if r['met'] else 'MISSED'}")
+        if "relay_p99_ms" + suffix in t:
+            r = t["relay_p99_ms" + suffix]
+            verdicts.append(f"{what}: relay p99 across nodes {_num(r['value'], '.2f')} ms "
+                            f"(target <= {r['target']:g} ms): {'met' if r['met'] else 'MISSED'}")
     rec = t["records"]
     verdicts.append("every completed cycle has its final record: "
                     + ("yes" if rec["met"] else
@@ -786,7 +844,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="single,cluster",
+    parser.add_argument("--configs", default="single,cluster,edges",
                         help="configurations, comma-separated (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="windows per configuration")
     parser.add_argument("--nodes", type=int, default=3, help="cluster nodes")
@@ -815,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(args.configs.split(",")) - set(CONFIGS)
     if unknown:
         raise SystemExit(f"bench.cluster: unknown --configs {sorted(unknown)}; known: {CONFIGS}")
-    if "cluster" in args.configs.split(",") and not cluster_available():
+    if {"cluster", "edges"} & set(args.configs.split(",")) and not cluster_available():
         print("bench.cluster: error: this checkout's signaling-server has no --cluster option; "
               "run with --configs single, or on a checkout with cluster mode", file=sys.stderr)
         return 1

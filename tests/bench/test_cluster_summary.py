@@ -35,8 +35,11 @@ def three_rounds(cluster_cpu: tuple[float, float, float], p99: float) -> list[di
         windows.append(window("single", "cycles", single))
         windows.append(window("cluster", "cycles", cluster, leader=cluster / 2,
                               edge=cluster / 4, redis_cmds=20.0, commits=0.5))
+        windows.append(window("edges", "cycles", cluster + 1.0, leader=1.0,
+                              edge=(cluster - 0.5) / 2, redis_cmds=25.0, commits=0.5))
     for _ in range(3):
         windows.append(window("single", "paced", 2.5, p99=3.0))
+        windows.append(window("edges", "paced", 7.0, p99=p99 + 2.0, leader=1.0, edge=3.0))
         windows.append(window("cluster", "paced", 6.0, p99=p99, leader=3.0, edge=1.5))
     return windows
 
@@ -52,6 +55,9 @@ def test_medians_ranges_ratio_and_latency_verdicts() -> None:
     assert targets["cpu_ratio"]["value"] == pytest.approx(2.0)  # 4.0 / 2.0: met at the bound
     assert targets["cpu_ratio"]["met"]
     assert targets["relay_p99_ms"] == {"value": 8.0, "target": 10.0, "met": True}
+    assert targets["cpu_ratio_edges"]["value"] == pytest.approx(2.5)  # 5.0 / 2.0
+    assert not targets["cpu_ratio_edges"]["met"]
+    assert targets["relay_p99_ms_edges"]["value"] == 10.0 and targets["relay_p99_ms_edges"]["met"]
     assert targets["records"]["met"]
 
 
@@ -77,6 +83,9 @@ def test_capacity_is_bounded_by_the_leader_redis_and_postgresql() -> None:
     assert cap["pg_ceiling"] == pytest.approx(8_000.0)  # 4000 / 0.5
     assert cap["cluster_ceiling"] == pytest.approx(500.0)  # the leader's core binds
     assert cap["nodes_to_ceiling"] == pytest.approx(2.0)  # 500/s x 4 ms
+    assert cap["core_only_ceiling"] == pytest.approx(1000.0)  # 1000 / the core's 1 ms
+    assert cap["edges_redis_ceiling"] == pytest.approx(2_000.0)  # 50000 / 25 commands
+    assert cap["cluster_ceiling_leader_without_clients"] == pytest.approx(1000.0)
     redis_bound = capacity({**summary, "nodes": [3]}, 5_000.0, 4_000.0)
     assert redis_bound["cluster_ceiling"] == pytest.approx(250.0)  # 5000 / 20: Redis binds
 
@@ -97,8 +106,12 @@ def test_report_states_the_verdicts() -> None:
     assert "cluster / single CPU per cycle 2.25 (target <= 2): MISSED" in text
     assert "relay p99 across nodes 8.00 ms (target <= 10 ms): met" in text
     assert "| server CPU ms / cycle (all server processes) | 2.00 (1.80-2.20) | " \
-           "4.50 (4.10-6.00) | 2.25 |" in text
+           "4.50 (4.10-6.00) | 5.50 (5.10-7.00) | 2.25 | 2.75 |" in text
     assert "**cluster ceiling** | **444**" in text  # 1000 / the leader's median 2.25 ms
+    assert "| metric | single | cluster | cluster, clients on edges only | cluster / single |" \
+           in text
+    assert "cluster with clients on edges only / single CPU per cycle 2.75 (target <= 2): " \
+           "MISSED" in text
 
 
 def test_redis_instrument_counts_commands(tmp_path: Path) -> None:
