@@ -112,8 +112,11 @@ class _RedisConn:
     def __init__(self, port: int) -> None:
         self._sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self._file = self._sock.makefile("rb")
+        self.sent = 0
+        """Commands sent on this connection (the bench's own, to leave out of the counts)."""
 
     def command(self, *args: str) -> Any:
+        self.sent += 1
         parts = [f"*{len(args)}\r\n".encode()]
         for arg in args:
             data = arg.encode()
@@ -270,12 +273,14 @@ def _machine_busy_s() -> float:
     return float(t.user + t.system + t.nice + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
 
-def _redis_stat(services: Services, key: str) -> int:
+def _redis_commands(services: Services) -> int:
+    """Commands Redis has processed, less the bench's own (this INFO is not counted yet)."""
+    own = services.redis.sent
     info: str = services.redis.command("INFO", "stats")
     for line in info.splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split(":", 1)[1])
-    raise RuntimeError(f"redis INFO stats has no {key}")
+        if line.startswith("total_commands_processed:"):
+            return int(line.split(":", 1)[1]) - own
+    raise RuntimeError("redis INFO stats has no total_commands_processed")
 
 
 @dataclass
@@ -304,12 +309,13 @@ class _Nodes:
         return str(value).split("|", 2)[-1] if value else None
 
 
-def _start_nodes(config: str, nodes: int, services: Services, db: str, tmp: Path) -> _Nodes:
+def _start_nodes(config: str, nodes: int, services: Services, db: str, tmp: Path,
+                 root: Path) -> _Nodes:
     py = sys.executable
     base = [py, "-m", "signaling_server", "serve", "--port", "0", "--db", db]
     if config == "single":
         group = _Nodes(services, [""])
-        group.procs.append(_Service(base, tmp / "single.log"))
+        group.procs.append(_Service(base, tmp / "single.log", root))
         return group
     services.redis.command("FLUSHALL")
     group = _Nodes(services, [f"n{k + 1}" for k in range(nodes)], edges_only=config == "edges")
@@ -317,7 +323,7 @@ def _start_nodes(config: str, nodes: int, services: Services, db: str, tmp: Path
         for name in group.names:
             group.procs.append(_Service(
                 [*base, "--cluster", services.redis_url, "--node-name", name],
-                tmp / f"{name}.log"))
+                tmp / f"{name}.log", root))
         deadline = time.monotonic() + 30
         while group.leader() is None:
             if time.monotonic() > deadline:
@@ -357,7 +363,7 @@ def _snapshot(group: _Nodes, loadgen: psutil.Process, dbname: str) -> _Snapshot:
         pg_cpu=_tree_cpu(psutil.Process(services.postmaster_pid())),
         busy=_machine_busy_s(),
         loadgen_cpu=_cpu(loadgen),
-        redis_cmds=_redis_stat(services, "total_commands_processed"),
+        redis_cmds=_redis_commands(services),
         pg_commits=int(services.pg_query(
             "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", dbname)),
         pg_xid=int(services.pg_query("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")),
@@ -405,12 +411,12 @@ def _records_ok(services: Services, db: str, ids_file: Path) -> dict[str, int]:
 
 
 def window(config: str, mode: str, services: Services, tmp: Path, nodes: int,
-           options: Sequence[str]) -> dict[str, Any]:
+           options: Sequence[str], root: Path = ROOT) -> dict[str, Any]:
     """One window of ``config`` (fresh database and processes): the loadgen's result and the
     window's costs."""
     db = services.new_database()
     dbname = db.split("/", 3)[3].split("?", 1)[0]
-    group = _start_nodes(config, nodes, services, db, tmp)
+    group = _start_nodes(config, nodes, services, db, tmp, root)
     ids = tmp / f"ids-{dbname}.txt"
     try:
         time.sleep(0.5)  # the cluster's first heartbeats, the pools' first connections
@@ -440,8 +446,7 @@ def window(config: str, mode: str, services: Services, tmp: Path, nodes: int,
         "loadgen_cpu_cores": (b.loadgen_cpu - a.loadgen_cpu) / dt,
         "other_cpu_cores": max(0.0, (b.busy - a.busy) - server_cpu - (b.redis_cpu - a.redis_cpu)
                                - (b.pg_cpu - a.pg_cpu) - (b.loadgen_cpu - a.loadgen_cpu)) / dt,
-        # minus the one INFO / one stats query of the first mark itself
-        "redis_cmds_per_cycle": (b.redis_cmds - a.redis_cmds - 1) / cycles if cycles else 0.0,
+        "redis_cmds_per_cycle": (b.redis_cmds - a.redis_cmds) / cycles if cycles else 0.0,
         "pg_commits_per_cycle": (b.pg_commits - a.pg_commits) / cycles if cycles else 0.0,
         "pg_write_xacts_per_cycle": (b.pg_xid - a.pg_xid) / cycles if cycles else 0.0,
         "leader": a.leader,
@@ -455,7 +460,7 @@ def window(config: str, mode: str, services: Services, tmp: Path, nodes: int,
         out["leader_cpu_ms_per_cycle"] = node_cpu[lead] * per
         out["edge_cpu_ms_per_cycle"] = statistics.mean(edges) if edges else float("nan")
     for key in ("relay_p50_ms", "relay_p99_ms", "relay_max_ms", "relay_samples", "rate",
-                "backlog_at_end", "cycle_p99_ms"):
+                "backlog_at_end", "cycle_p50_ms", "cycle_p99_ms", "start_delay_p99_ms"):
         if key in result:
             out[key] = result[key]
     return out
@@ -532,7 +537,8 @@ SUMMARY_KEYS = (
     "cycles_per_s", "server_cpu_ms_per_cycle", "server_cpu_cores", "leader_cpu_ms_per_cycle",
     "edge_cpu_ms_per_cycle", "redis_cpu_ms_per_cycle", "pg_cpu_ms_per_cycle",
     "redis_cmds_per_cycle", "pg_commits_per_cycle", "pg_write_xacts_per_cycle",
-    "loadgen_cpu_cores", "other_cpu_cores", "relay_p50_ms", "relay_p99_ms",
+    "loadgen_cpu_cores", "other_cpu_cores", "relay_p50_ms", "relay_p99_ms", "cycle_p99_ms",
+    "start_delay_p99_ms", "backlog_at_end",
 )
 
 
@@ -666,6 +672,8 @@ def render_md(results: dict[str, Any]) -> str:
     lines = [
         "# Cluster mode vs one node: cost per call cycle (bench.cluster)", "",
         header(results), "",
+        *([f"Servers run from `{results['server_root']['path']}` at "
+           f"`{results['server_root']['commit']}`.", ""] if "server_root" in results else []),
         f"{results['rounds']} alternating windows per configuration (single = 1 server, "
         f"cluster = {results['nodes']} nodes on one Redis; both on the same PostgreSQL), "
         f"{results['pairs']} pairs closed loop, {results['seconds']:g} s windows after "
@@ -710,6 +718,9 @@ def render_md(results: dict[str, Any]) -> str:
         row("achieved cycles/s", "cycles_per_s", paced, ".0f")
         row("relay latency p50 ms (offer/answer, across nodes)", "relay_p50_ms", paced)
         row("relay latency p99 ms", "relay_p99_ms", paced)
+        row("whole cycle p99 ms", "cycle_p99_ms", paced, ".1f")
+        row("cycle start delay p99 ms (> 0: the rate was not kept up)", "start_delay_p99_ms",
+            paced, ".1f")
         row("server CPU ms / cycle at this rate", "server_cpu_ms_per_cycle", paced)
         row("  leader's CPU ms / cycle", "leader_cpu_ms_per_cycle", paced)
         row("Redis commands / cycle", "redis_cmds_per_cycle", paced, ".1f")
@@ -786,10 +797,10 @@ def _print_windows(w: dict[str, Any]) -> None:
           f"{w['records']['completed_cycles']}{extra}", flush=True)
 
 
-def cluster_available() -> bool:
-    """Whether this checkout's ``signaling-server serve`` has ``--cluster``."""
+def cluster_available(root: Path = ROOT) -> bool:
+    """Whether the checkout's ``signaling-server serve`` has ``--cluster``."""
     done = subprocess.run([sys.executable, "-m", "signaling_server", "serve", "--help"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+                          cwd=root, capture_output=True, text=True, timeout=60, check=False)
     return "--cluster" in done.stdout
 
 
@@ -805,6 +816,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "paced_pairs": args.paced_pairs, "seconds": args.seconds, "warmup": args.warmup,
         "latency_seconds": args.latency_seconds, "configs": configs,
     }
+    if args.server_root.resolve() != ROOT:
+        done = subprocess.run(["git", "-C", str(args.server_root), "rev-parse", "--short=12",
+                               "HEAD"], capture_output=True, text=True, check=False)
+        out["server_root"] = {"path": str(args.server_root),
+                              "commit": done.stdout.strip() or "unknown (not a git checkout)"}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp_name:
         tmp = Path(tmp_name)
         os.chmod(tmp, 0o755)
@@ -813,7 +829,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"{args.seconds:g} s windows", flush=True)
             for _ in range(args.rounds):
                 for config in configs:
-                    w = window(config, "cycles", services, tmp, args.nodes, cycle_opts)
+                    w = window(config, "cycles", services, tmp, args.nodes, cycle_opts,
+                               args.server_root)
                     _print_windows(w)
                     windows.append(w)
             singles = [w["cycles_per_s"] for w in windows if w["config"] == "single"]
@@ -826,7 +843,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "--warmup", "1", "--seconds", str(args.latency_seconds)]
             for _ in range(args.rounds):
                 for config in configs:
-                    w = window(config, "paced", services, tmp, args.nodes, paced_opts)
+                    w = window(config, "paced", services, tmp, args.nodes, paced_opts,
+                               args.server_root)
                     _print_windows(w)
                     windows.append(w)
             print("ceilings: redis-benchmark, pgbench -N ...", flush=True)
@@ -858,6 +876,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 round, 20 pairs, 3 s windows, short ceilings")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--server-root", type=Path, default=ROOT,
+                        help="checkout whose signaling_server the nodes run (default: this one)")
     return parser
 
 
@@ -865,7 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run, print the table, write ``cluster.{json,md}``; 0 unless the bench itself broke."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.quick:
-        args.rounds, args.pairs, args.paced_pairs = 1, 20, 10
+        args.rounds, args.pairs, args.paced_pairs = 1, 20, 20
         args.warmup, args.seconds, args.latency_seconds = 1.0, 3.0, 3.0
         args.redis_requests, args.pgbench_seconds = 10_000, 1.0
     if args.rounds < 1 or args.seconds <= 0 or args.nodes < 2:
@@ -873,7 +893,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(args.configs.split(",")) - set(CONFIGS)
     if unknown:
         raise SystemExit(f"bench.cluster: unknown --configs {sorted(unknown)}; known: {CONFIGS}")
-    if {"cluster", "edges"} & set(args.configs.split(",")) and not cluster_available():
+    if {"cluster", "edges"} & set(args.configs.split(",")) and not cluster_available(
+            args.server_root):
         print("bench.cluster: error: this checkout's signaling-server has no --cluster option; "
               "run with --configs single, or on a checkout with cluster mode", file=sys.stderr)
         return 1
