@@ -77,6 +77,9 @@ __all__ = [
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
+SERVER_ROOT = ROOT
+"""The checkout whose ``signaling_server`` the nodes run (``--server-root``); the load
+generator always runs this checkout's :mod:`bench.loadgen`."""
 TARGET_CPU_RATIO = 2.0
 TARGET_P99_MS = 10.0
 CONFIGS = ("single", "cluster", "edges")
@@ -391,7 +394,10 @@ def _run_loadgen(group: _Nodes, mode: str, options: Sequence[str], dbname: str
         if proc.poll() is None and result is None:
             proc.kill()
         proc.wait()
-    stderr = proc.stderr.read() if proc.stderr else ""
+        stderr = proc.stderr.read() if proc.stderr else ""
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
     if proc.returncode != 0 or result is None or len(marks) != 2:
         raise RuntimeError(f"loadgen {mode} failed ({proc.returncode}):\n{stderr[-3000:]}")
     return result, marks[0], marks[1]
@@ -411,7 +417,7 @@ def _records_ok(services: Services, db: str, ids_file: Path) -> dict[str, int]:
 
 
 def window(config: str, mode: str, services: Services, tmp: Path, nodes: int,
-           options: Sequence[str], root: Path = ROOT) -> dict[str, Any]:
+           options: Sequence[str], root: Path = SERVER_ROOT) -> dict[str, Any]:
     """One window of ``config`` (fresh database and processes): the loadgen's result and the
     window's costs."""
     db = services.new_database()
@@ -797,7 +803,7 @@ def _print_windows(w: dict[str, Any]) -> None:
           f"{w['records']['completed_cycles']}{extra}", flush=True)
 
 
-def cluster_available(root: Path = ROOT) -> bool:
+def cluster_available(root: Path = SERVER_ROOT) -> bool:
     """Whether the checkout's ``signaling-server serve`` has ``--cluster``."""
     done = subprocess.run([sys.executable, "-m", "signaling_server", "serve", "--help"],
                           cwd=root, capture_output=True, text=True, timeout=60, check=False)
@@ -876,7 +882,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 round, 20 pairs, 3 s windows, short ceilings")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
-    parser.add_argument("--server-root", type=Path, default=ROOT,
+    parser.add_argument("--server-root", type=Path, default=SERVER_ROOT,
                         help="checkout whose signaling_server the nodes run (default: this one)")
     return parser
 

@@ -134,6 +134,8 @@ class _Service:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log.close()
         return int(self.proc.returncode)
 
