@@ -357,7 +357,7 @@ class _Snapshot:
     leader: str | None
 
 
-def _snapshot(group: _Nodes, loadgen: psutil.Process, dbname: str) -> _Snapshot:
+def _snapshot(group: _Nodes, loadgen: psutil.Process | None, dbname: str) -> _Snapshot:
     services = group.services
     return _Snapshot(
         t=time.perf_counter(),
@@ -365,7 +365,7 @@ def _snapshot(group: _Nodes, loadgen: psutil.Process, dbname: str) -> _Snapshot:
         redis_cpu=_cpu(psutil.Process(services.redis_pid)),
         pg_cpu=_tree_cpu(psutil.Process(services.postmaster_pid())),
         busy=_machine_busy_s(),
-        loadgen_cpu=_cpu(loadgen),
+        loadgen_cpu=_cpu(loadgen) if loadgen is not None else 0.0,
         redis_cmds=_redis_commands(services),
         pg_commits=int(services.pg_query(
             "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", dbname)),
@@ -417,15 +417,19 @@ def _records_ok(services: Services, db: str, ids_file: Path) -> dict[str, int]:
 
 
 def window(config: str, mode: str, services: Services, tmp: Path, nodes: int,
-           options: Sequence[str], root: Path = SERVER_ROOT) -> dict[str, Any]:
+           options: Sequence[str], root: Path = SERVER_ROOT, idle_s: float = 2.0
+           ) -> dict[str, Any]:
     """One window of ``config`` (fresh database and processes): the loadgen's result and the
-    window's costs."""
+    window's costs; before the load, ``idle_s`` seconds of the idle processes' costs."""
     db = services.new_database()
     dbname = db.split("/", 3)[3].split("?", 1)[0]
     group = _start_nodes(config, nodes, services, db, tmp, root)
     ids = tmp / f"ids-{dbname}.txt"
     try:
         time.sleep(0.5)  # the cluster's first heartbeats, the pools' first connections
+        i0 = _snapshot(group, None, dbname)
+        time.sleep(idle_s)
+        i1 = _snapshot(group, None, dbname)
         result, a, b = _run_loadgen(group, mode, [*options, "--ids-out", str(ids)], dbname)
     finally:
         statuses = _stop_nodes(group)
@@ -460,8 +464,25 @@ def window(config: str, mode: str, services: Services, tmp: Path, nodes: int,
         "exit_statuses": statuses,
         "records": records,
     }
+    # Idle: what the processes cost with no load (heartbeats, lease renewals, outbox polls);
+    # marginal = the window's cost less the idle cost over the same time, per cycle.
+    idle_dt = i1.t - i0.t
+    idle_nodes = [(i1.nodes[i] - i0.nodes[i]) / idle_dt for i in range(len(group.procs))]
+    out["idle"] = {
+        "seconds": idle_dt,
+        "server_cpu_cores": sum(idle_nodes),
+        "node_cpu_cores": {(group.names[i] or "single"): idle_nodes[i]
+                           for i in range(len(idle_nodes))},
+        "redis_cmds_per_s": (i1.redis_cmds - i0.redis_cmds) / idle_dt,
+        "pg_commits_per_s": (i1.pg_commits - i0.pg_commits) / idle_dt,
+        "leader": i0.leader,
+    }
+    out["server_cpu_marginal_ms_per_cycle"] = (server_cpu - sum(idle_nodes) * dt) * per
+    out["idle_server_cpu_cores"] = sum(idle_nodes)
     if a.leader is not None and a.leader in group.names:
         lead = group.names.index(a.leader)
+        out["leader_cpu_marginal_ms_per_cycle"] = (node_cpu[lead] - idle_nodes[lead] * dt) * per
+        out["idle_leader_cpu_cores"] = idle_nodes[lead]
         edges = [node_cpu[i] * per for i in range(len(node_cpu)) if i != lead]
         out["leader_cpu_ms_per_cycle"] = node_cpu[lead] * per
         out["edge_cpu_ms_per_cycle"] = statistics.mean(edges) if edges else float("nan")
@@ -544,7 +565,8 @@ SUMMARY_KEYS = (
     "edge_cpu_ms_per_cycle", "redis_cpu_ms_per_cycle", "pg_cpu_ms_per_cycle",
     "redis_cmds_per_cycle", "pg_commits_per_cycle", "pg_write_xacts_per_cycle",
     "loadgen_cpu_cores", "other_cpu_cores", "relay_p50_ms", "relay_p99_ms", "cycle_p99_ms",
-    "start_delay_p99_ms", "backlog_at_end",
+    "start_delay_p99_ms", "backlog_at_end", "server_cpu_marginal_ms_per_cycle",
+    "leader_cpu_marginal_ms_per_cycle", "idle_server_cpu_cores", "idle_leader_cpu_cores",
 )
 
 
@@ -618,6 +640,11 @@ def capacity(summary: dict[str, Any], redis_ops_per_s: float | None,
         "redis_cpu_ceiling": per_s(med("cluster", "redis_cpu_ms_per_cycle")),
         "pg_ceiling": pg_commits_per_s / commits if pg_commits_per_s and commits else None,
     })
+    marginal = med("cluster", "leader_cpu_marginal_ms_per_cycle")
+    idle = med("cluster", "idle_leader_cpu_cores") or 0.0
+    # the leader's core less what it spends idle, over its marginal cost per cycle
+    out["leader_core_ceiling_marginal"] = (1000.0 * (1.0 - idle) / marginal
+                                           if marginal and idle < 1.0 else None)
     bounds = [out[k] for k in ("leader_core_ceiling", "redis_ceiling", "pg_ceiling")
               if out.get(k)]
     out["cluster_ceiling"] = min(bounds) if bounds else None
@@ -709,6 +736,11 @@ def render_md(results: dict[str, Any]) -> str:
     row("  leader's CPU ms / cycle", "leader_cpu_ms_per_cycle", cyc)
     row("  an edge's CPU ms / cycle (mean of the edges)", "edge_cpu_ms_per_cycle", cyc)
     row("server CPU (cores)", "server_cpu_cores", cyc)
+    row("  idle server CPU (cores, no load, before the window)", "idle_server_cpu_cores", cyc,
+        ".3f")
+    row("  marginal server CPU ms / cycle (less the idle CPU)",
+        "server_cpu_marginal_ms_per_cycle", cyc)
+    row("  marginal leader's CPU ms / cycle", "leader_cpu_marginal_ms_per_cycle", cyc)
     row("Redis commands / cycle", "redis_cmds_per_cycle", cyc, ".1f")
     row("Redis CPU ms / cycle", "redis_cpu_ms_per_cycle", cyc)
     row("PostgreSQL commits / cycle", "pg_commits_per_cycle", cyc)
@@ -728,7 +760,8 @@ def render_md(results: dict[str, Any]) -> str:
         row("cycle start delay p99 ms (> 0: the rate was not kept up)", "start_delay_p99_ms",
             paced, ".1f")
         row("server CPU ms / cycle at this rate", "server_cpu_ms_per_cycle", paced)
-        row("  leader's CPU ms / cycle", "leader_cpu_ms_per_cycle", paced)
+        row("  marginal (less the idle CPU)", "server_cpu_marginal_ms_per_cycle", paced)
+        row("  marginal leader's CPU ms / cycle", "leader_cpu_marginal_ms_per_cycle", paced)
         row("Redis commands / cycle", "redis_cmds_per_cycle", paced, ".1f")
     cap = results.get("capacity", {})
     rc, pc = results.get("redis_ceiling", {}), results.get("pg_ceiling", {})
@@ -747,6 +780,8 @@ def render_md(results: dict[str, Any]) -> str:
             f"{_num(cap.get('per_core_of_cluster_work'))} | 1000 / cluster CPU ms per cycle |",
             f"| the leader's core (the one call core) | {_num(cap.get('leader_core_ceiling'))} |"
             " 1000 / leader CPU ms per cycle (it also serves its share of connections) |",
+            f"| the leader's core, marginal | {_num(cap.get('leader_core_ceiling_marginal'))} |"
+            " 1000 x (1 - idle leader cores) / marginal leader CPU ms per cycle |",
             f"| Redis ops/s | {_num(cap.get('redis_ceiling'))} | {_num(rc.get('ops_per_s'))} "
             f"ops/s ({rc.get('method', '-')}; SET {_num(rc.get('SET'))}, HSET "
             f"{_num(rc.get('HSET'))}, PUBLISH {_num(rc.get('PUBLISH'))}) / commands per cycle |",
@@ -836,7 +871,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.rounds):
                 for config in configs:
                     w = window(config, "cycles", services, tmp, args.nodes, cycle_opts,
-                               args.server_root)
+                               args.server_root, args.idle_seconds)
                     _print_windows(w)
                     windows.append(w)
             singles = [w["cycles_per_s"] for w in windows if w["config"] == "single"]
@@ -850,7 +885,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.rounds):
                 for config in configs:
                     w = window(config, "paced", services, tmp, args.nodes, paced_opts,
-                               args.server_root)
+                               args.server_root, args.idle_seconds)
                     _print_windows(w)
                     windows.append(w)
             print("ceilings: redis-benchmark, pgbench -N ...", flush=True)
@@ -877,6 +912,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=10.0, help="closed-loop window")
     parser.add_argument("--latency-seconds", type=float, default=8.0, help="paced window")
+    parser.add_argument("--idle-seconds", type=float, default=3.0,
+                        help="idle measurement before each window's load")
     parser.add_argument("--redis-requests", type=int, default=100_000)
     parser.add_argument("--pgbench-seconds", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true",
@@ -892,7 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.rounds, args.pairs, args.paced_pairs = 1, 20, 20
-        args.warmup, args.seconds, args.latency_seconds = 1.0, 3.0, 3.0
+        args.warmup, args.seconds, args.latency_seconds, args.idle_seconds = 1.0, 3.0, 3.0, 1.0
         args.redis_requests, args.pgbench_seconds = 10_000, 1.0
     if args.rounds < 1 or args.seconds <= 0 or args.nodes < 2:
         raise SystemExit("bench.cluster: --rounds >= 1, --seconds > 0 and --nodes >= 2")

@@ -24,6 +24,8 @@ def window(config: str, mode: str, cpu_ms: float, *, cycles_per_s: float = 400.0
     if leader is not None:
         w["leader_cpu_ms_per_cycle"] = leader
         w["edge_cpu_ms_per_cycle"] = edge
+        w["leader_cpu_marginal_ms_per_cycle"] = leader - 0.25
+        w["idle_leader_cpu_cores"] = 0.05
     if p99 is not None:
         w["relay_p50_ms"], w["relay_p99_ms"] = p99 / 4, p99
     return w
@@ -82,6 +84,8 @@ def test_capacity_is_bounded_by_the_leader_redis_and_postgresql() -> None:
     assert cap["redis_ceiling"] == pytest.approx(2_500.0)  # 50000 / 20 commands
     assert cap["pg_ceiling"] == pytest.approx(8_000.0)  # 4000 / 0.5
     assert cap["cluster_ceiling"] == pytest.approx(500.0)  # the leader's core binds
+    # less its idle 5 % of a core, over the marginal 1.75 ms per cycle
+    assert cap["leader_core_ceiling_marginal"] == pytest.approx(950.0 / 1.75)
     assert cap["nodes_to_ceiling"] == pytest.approx(2.0)  # 500/s x 4 ms
     assert cap["core_only_ceiling"] == pytest.approx(1000.0)  # 1000 / the core's 1 ms
     assert cap["edges_redis_ceiling"] == pytest.approx(2_000.0)  # 50000 / 25 commands
