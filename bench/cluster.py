@@ -762,6 +762,8 @@ def render_md(results: dict[str, Any]) -> str:
         row("server CPU ms / cycle at this rate", "server_cpu_ms_per_cycle", paced)
         row("  marginal (less the idle CPU)", "server_cpu_marginal_ms_per_cycle", paced)
         row("  marginal leader's CPU ms / cycle", "leader_cpu_marginal_ms_per_cycle", paced)
+        row("rest of the machine CPU (cores: others' load disturbs the latency)",
+            "other_cpu_cores", paced)
         row("Redis commands / cycle", "redis_cmds_per_cycle", paced, ".1f")
     cap = results.get("capacity", {})
     rc, pc = results.get("redis_ceiling", {}), results.get("pg_ceiling", {})
