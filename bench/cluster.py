@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import ctypes
 import json
+import math
 import os
 import shutil
 import signal
@@ -808,6 +809,9 @@ def render_md(results: dict[str, Any]) -> str:
             "core alone and the Redis and PostgreSQL bounds of that configuration |",
         ]
     lines.append("")
+    reading = _reading(cap)
+    if reading:
+        lines += [reading, ""]
     verdicts = []
     for suffix, what in (("", "cluster"), ("_edges", "cluster with clients on edges only")):
         if "cpu_ratio" + suffix in t:
@@ -824,6 +828,27 @@ def render_md(results: dict[str, Any]) -> str:
                        f"NO ({rec['windows_with_missing_records']} windows missing some)"))
     lines += ["Targets: " + "; ".join(verdicts) + ".", ""]
     return "\n".join(lines)
+
+
+_BOUNDS = {"leader_core_ceiling": "the leader's core", "redis_ceiling": "Redis ops/s",
+           "pg_ceiling": "PostgreSQL commits/s"}
+
+
+def _reading(cap: dict[str, Any]) -> str:
+    """One sentence: what binds the cluster, against one node, and how many cores it fills."""
+    ceiling, single = cap.get("cluster_ceiling"), cap.get("single_node")
+    if not ceiling or not single:
+        return ""
+    binding = min((k for k in _BOUNDS if cap.get(k)), key=lambda k: cap[k])
+    text = (f"Reading: the cluster tops out at {ceiling:.0f} cycles/s, bound by "
+            f"{_BOUNDS[binding]}: {ceiling / single:.2f}x one node's {single:.0f} cycles/s on "
+            "its one core")
+    if cap.get("nodes_to_ceiling"):
+        text += (f"; at that rate the whole cluster's server work fills "
+                 f"{cap['nodes_to_ceiling']:.1f} cores, so nodes beyond "
+                 f"{max(1, math.ceil(cap['nodes_to_ceiling']))} add no capacity "
+                 "(they only spread the connections)")
+    return text + "."
 
 
 def _print_windows(w: dict[str, Any]) -> None:

@@ -112,6 +112,10 @@ def test_report_states_the_verdicts() -> None:
     assert "| server CPU ms / cycle (all server processes) | 2.00 (1.80-2.20) | " \
            "4.50 (4.10-6.00) | 5.50 (5.10-7.00) | 2.25 | 2.75 |" in text
     assert "**cluster ceiling** | **444**" in text  # 1000 / the leader's median 2.25 ms
+    # 444 / (1000 / 2.0 ms); at 444/s the cluster's 4.5 ms per cycle fill 2.0 cores
+    assert "tops out at 444 cycles/s, bound by the leader's core: 0.89x one node's 500 " \
+           "cycles/s" in text
+    assert "fills 2.0 cores, so nodes beyond 2 add no capacity" in text
     assert "| metric | single | cluster | cluster, clients on edges only | cluster / single |" \
            in text
     assert "cluster with clients on edges only / single CPU per cycle 2.75 (target <= 2): " \
