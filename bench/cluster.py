@@ -545,8 +545,11 @@ def pg_ceiling(services: Services, seconds: float) -> dict[str, Any]:
     for line in done.stdout.splitlines():
         if line.startswith("tps =") and tps is None:
             tps = float(line.split("=", 1)[1].split()[0])
+    settings = ", ".join(f"{name}={services.pg_query(f'SHOW {name}')}"
+                         for name in ("fsync", "synchronous_commit"))
     return {"method": f"pgbench -N -c 8 -j 2 -T {max(1, round(seconds))} on the bench's "
-                      "PostgreSQL (scale 1, same settings, same 2 cores)",
+                      f"PostgreSQL (scale 1, {settings}, same 2 cores)",
+            "settings": settings,
             "commits_per_s": tps, **({} if tps else {"error": done.stderr[-500:]})}
 
 
