@@ -15,5 +15,6 @@ BENCHES: list[str] = [
     "bench.sfu",
     "bench.relay",
     "bench.overload",
+    "bench.cluster",
 ]
 """Modules run by ``python -m bench``; each has ``main(argv)`` returning an exit status."""

@@ -16,6 +16,9 @@ A stack cycle: caller ``calls`` -> callee ``ON_CALL_RECEIVED`` -> callee ``accep
 caller ``hangup`` -> both get ``CALLING_END``: 5 frames in and 16 out of the server. A bare cycle
 sends the same 5 messages (same sizes) peer to peer through the relay: 5 in, 5 out.
 
+``--url`` may list several servers (nodes of one cluster), comma-separated: caller *i* then
+connects to the *i*-th and callee *i* to the next one, so every call crosses nodes.
+
 The last stdout line is ``RESULT {json}``; ``--ids-out`` writes the callIds of every completed
 stack cycle, one per line, so the records can be checked afterwards.
 """
@@ -283,11 +286,23 @@ def _percentile(values: list[int], q: float) -> float:
 async def _pairs(
     args: argparse.Namespace, stats: Stats, prefix: str
 ) -> list[tuple[Client, Client]]:
-    users = [f"{prefix}a{i}" for i in range(args.pairs)] + [
-        f"{prefix}b{i}" for i in range(args.pairs)
-    ]
-    clients = await _open_many(args.url, users, args.target, stats, "none", args.parallel)
-    return list(zip(clients[: args.pairs], clients[args.pairs :], strict=True))
+    urls = args.url.split(",")
+    if len(urls) == 1:
+        users = [f"{prefix}a{i}" for i in range(args.pairs)] + [
+            f"{prefix}b{i}" for i in range(args.pairs)
+        ]
+        clients = await _open_many(urls[0], users, args.target, stats, "none", args.parallel)
+        return list(zip(clients[: args.pairs], clients[args.pairs :], strict=True))
+    # Several nodes: caller i on node i, callee i on the next one, so every call crosses nodes.
+    gate = asyncio.Semaphore(args.parallel)
+
+    async def one(user: str, node: int) -> Client:
+        async with gate:
+            return await _open(urls[node % len(urls)], user, args.target, stats, "none")
+
+    callers = asyncio.gather(*(one(f"{prefix}a{i}", i) for i in range(args.pairs)))
+    callees = asyncio.gather(*(one(f"{prefix}b{i}", i + 1) for i in range(args.pairs)))
+    return list(zip(await callers, await callees, strict=True))
 
 
 async def run_cycles(args: argparse.Namespace) -> dict[str, Any]:
@@ -415,7 +430,9 @@ async def _close_all(clients: Sequence[Client]) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
     parser.add_argument("mode", choices=("idle", "cycles", "paced"))
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True,
+                        help="server URL, or several comma-separated (cycles/paced: caller i "
+                        "on the i-th, callee i on the next, so every call crosses nodes)")
     parser.add_argument("--target", choices=("stack", "bare"), default="stack")
     parser.add_argument("--conns", type=int, default=10_000, help="idle: connections")
     parser.add_argument("--compression", choices=("none", "deflate"), default="none")

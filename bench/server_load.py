@@ -102,11 +102,11 @@ class _Window:
 class _Service:
     """A server subprocess that prints ``listening on ws://...`` once ready."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, cwd: Path = ROOT) -> None:
         self._log = log.open("w")
         self.proc = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
@@ -134,6 +134,8 @@ class _Service:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log.close()
         return int(self.proc.returncode)
 
