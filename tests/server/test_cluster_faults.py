@@ -26,6 +26,7 @@ from signaling_server.webhooks import EVENTS
 from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.serverproc import ServerProcess
 from tests.helpers.servers import APP, sig
+from tests.helpers.waits import eventually
 from tests.helpers.wsclient import WsClient
 
 RECONNECT_WITHIN_S = 5.0
@@ -108,6 +109,19 @@ async def reconnect(user: str, urls: Sequence[str], refusals: list[int]) -> tupl
                 assert isinstance(data, int)
                 refusals.append(data)
                 await asyncio.sleep(0.1)
+
+
+async def wait_for_lease(redis_url: str) -> None:
+    """Until a node holds the cluster's lease, then the others' 0.4 s to read it."""
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        await eventually(lambda: bool(client.get(f"callserver:{APP}:leader")),
+                         "a node holds the lease again", timeout=10)
+    finally:
+        client.close()
+    await asyncio.sleep(0.6)
 
 
 async def call_between(alice: WsClient, bob: WsClient) -> str:
@@ -230,6 +244,10 @@ async def test_redis_restarted_mid_call(postgres: PostgresServer) -> None:
             assert outcome in ("ok", ErrorCode.CLUSTER_UNAVAILABLE, CloseCode.SERVICE_RESTART)
             await asyncio.sleep(1.0)
             redis.start()
+            # The leader takes its lease again with a new epoch; a client logging in before
+            # every node has seen it is closed once more with 1012 (the SDK just reconnects
+            # again): wait for the lease, and for the others to read it (0.4 s), first.
+            await wait_for_lease(redis.url)
             refusals: list[int] = []
             for client in (alice, bob):
                 await client.close()
