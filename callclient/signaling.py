@@ -280,10 +280,11 @@ class SignalingClient:
             **credentials.extra,
         }
         request_id = next(self._ids)
-        await ws.send(protocol.encode_request("login", request_id, data))
         # Before the reader task runs, read frames here until the login reply arrives.
         early: list[protocol.ServerFrame] = []
         try:
+            # The server may close at once (1012 from a cluster node): the send fails then.
+            await ws.send(protocol.encode_request("login", request_id, data))
             async with asyncio.timeout(self._request_timeout):
                 while True:
                     frame = protocol.parse_server_frame(await ws.recv())
