@@ -283,7 +283,9 @@ class SignalingClient:
         # Before the reader task runs, read frames here until the login reply arrives.
         early: list[protocol.ServerFrame] = []
         try:
-            # The server may close at once (1012 from a cluster node): the send fails then.
+            # The send is inside: a server may close a new connection at once (a cluster
+            # node that just learned of a new leader closes with 1012): that is a lost
+            # connection, retried, not an error out of the reconnect loop.
             await ws.send(protocol.encode_request("login", request_id, data))
             async with asyncio.timeout(self._request_timeout):
                 while True:
@@ -385,20 +387,24 @@ class SignalingClient:
                 return
 
     async def _reconnect_loop(self, *, restart: bool = False) -> bool:
-        """Reconnect and log in again until it works, each attempt to the next URL, with
-        backoff; after a 1012 close (``restart``) the first attempt goes out at once (within
-        :data:`_RESTART_JITTER`). False when it must stop (closed, userSig refused)."""
+        """Reconnect and log in again until it works, each attempt to the next URL, with a
+        backoff that doubles after each round of the URLs; after a 1012 close (``restart``)
+        the first attempt goes out at once (within :data:`_RESTART_JITTER`). False when it
+        must stop (closed, userSig refused)."""
         delay = _FIRST_DELAY
         credentials = self._credentials
         assert credentials is not None
-        first = True
+        attempt = 0
         while not self._closing:
-            if first and restart:
+            if attempt == 0 and restart:
                 await asyncio.sleep(random.uniform(0.0, _RESTART_JITTER))
             else:
                 await asyncio.sleep(_jittered(delay))
+            attempt += 1
+            # The backoff grows once per round of the URLs, not per attempt: a dead node
+            # among live ones costs one short pause, not a doubling.
+            if attempt % len(self.urls) == 0:
                 delay = min(self._max_backoff, delay * 2)
-            first = False
             self._next_url()
             try:
                 ws = await self._open()
