@@ -109,3 +109,23 @@ async def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
             await proc.wait()
         for pid in _alive(started):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.xfail(not _HAS_CLUSTER, strict=True,
+                   reason="signaling-server serve has no --cluster before branch cluster")
+async def test_cluster_demo_kill_leader_keeps_the_call(tmp_path: Path) -> None:
+    """``--kill-leader``: the lease holder is SIGKILLed mid-call, another node takes the
+    lease, alice is connected again with her call, the demo exits 0."""
+    out = tmp_path / "out"
+    code, stdout, stderr = await run_module(
+        "callclient", "demo", "--cluster", "--kill-leader", "--seconds", "4", "--out", str(out),
+        timeout=150,
+    )
+    assert code == 0, stdout + stderr
+    killed = re.search(r"killing (node\d) \(the call owner", stdout)
+    assert killed, stdout
+    new = re.search(r"(node\d) holds the lease now", stdout)
+    assert new and new.group(1) != killed.group(1), stdout
+    assert "the call goes on" in stdout
+    assert f"{killed.group(1)} exited with status -9" in stdout
+    assert "PostgreSQL and redis-server stopped" in stdout

@@ -957,3 +957,18 @@ async def test_a_service_restart_close_reconnects_without_the_backoff(
     await harness.wait(lambda: bool(harness.entries("reconnected")), "on_reconnected")
     assert harness.client.connected
     assert CloseCode.SERVICE_RESTART == 1012
+
+
+async def test_a_login_on_a_connection_already_closed_is_connection_closed(
+    scripted: ScriptedServer, make: MakeHarness
+) -> None:
+    """A node that closes a new connection at once (1012) before the login goes out: the
+    failed send is a ConnectionClosedError (one more failed attempt to retry), not a crash of
+    the reconnect loop."""
+    harness = make()
+    ws = await harness.client._open()
+    server_side = await scripted.accept()
+    await server_side.ws.close(CloseCode.SERVICE_RESTART, "call owner changed")
+    await asyncio.wait_for(ws.wait_closed(), T)
+    with pytest.raises(ConnectionClosedError, match="login: connection lost before the reply"):
+        await harness.client._login_on(ws, CREDS)
