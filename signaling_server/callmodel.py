@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, overload
 
 from callwire.enums import CallRole, CallScene
 
@@ -64,6 +64,8 @@ class Watched:
     """
 
     _watcher: Watcher | None = None
+    _ADOPTED: ClassVar[frozenset[str]] = frozenset()
+    """The attributes :meth:`_adopt` wraps or watches (the others are stored as given)."""
 
     def watch(self, watcher: Watcher | None) -> None:
         """Report changes to ``watcher`` from now on (None: stop reporting)."""
@@ -83,22 +85,27 @@ class Watched:
             watcher()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        value = self._adopt(name, value)
-        old = self.__dict__.get(name, _UNSET)
-        object.__setattr__(self, name, value)
-        if old is not value and (old is _UNSET or old != value):
-            self._changed()
+        # Kept lean: every field assignment (construction included) comes through here.
+        if name in self._ADOPTED:
+            value = self._adopt(name, value)
+        attributes = self.__dict__
+        watcher = self._watcher
+        if watcher is None:
+            attributes[name] = value
+            return
+        old = attributes.get(name, _UNSET)
+        attributes[name] = value
+        if old is not value and old != value:
+            watcher()
 
 
 class WatchedDict(dict[K, V]):
     """A dict that reports insertions and removals to its owner (and watches what it holds)."""
 
     def __init__(self, owner: Watched, items: Mapping[K, V] | None = None) -> None:
-        super().__init__()
+        super().__init__(items or {})  # not reported: storing the dict itself is
         self._owner = owner
-        if items:
-            for key, value in items.items():
-                self[key] = value
+        self.watch_values(self.values())
 
     def _watch_value(self, value: V) -> None:
         if isinstance(value, Watched):
@@ -201,6 +208,8 @@ class Call(Watched):
     """``group_id`` names a group the caller belongs to: the group's call in progress."""
     sfu: SfuRoom | None = None
     """The call's SFU room when its media goes through the SFU (decided at its start)."""
+
+    _ADOPTED: ClassVar[frozenset[str]] = frozenset({"members", "sfu"})
 
     def _adopt(self, name: str, value: Any) -> Any:
         if name == "members" and not (isinstance(value, WatchedDict) and value._owner is self):

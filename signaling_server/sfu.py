@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from signaling_server.callmodel import Watched, WatchedDict, Watcher
 
@@ -77,6 +77,8 @@ class SfuRoom(Watched):
     """Stored as a :class:`~signaling_server.callmodel.WatchedDict`."""
     ready: bool = False
     """The current attempt's room exists (``CallCore.sfu_room_ready``)."""
+
+    _ADOPTED: ClassVar[frozenset[str]] = frozenset({"tokens"})
 
     def _adopt(self, name: str, value: Any) -> Any:
         if name == "tokens" and not (isinstance(value, WatchedDict) and value._owner is self):

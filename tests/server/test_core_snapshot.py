@@ -364,6 +364,58 @@ def test_snapshots_carry_every_field_of_call_member_and_room() -> None:
     assert call_to_snapshot(restored) == snap
 
 
+def _populated(flip: bool) -> Call:
+    """A call, its members and room with every field set; ``flip`` gives other values."""
+    room = SfuRoom("http://sfu-b/janus" if flip else "http://sfu/janus", 2 if flip else 1,
+                   "s2" if flip else "s1", "p2" if flip else "p1", epoch=5 if flip else 4,
+                   tokens={"a": "t2" if flip else "t1"}, ready=flip)
+    member = Member("a" if flip else "z", CallRole.CALLED if flip else CallRole.CALLER,
+                    "left" if flip else "joined", 2.0 if flip else 1.0, 8 if flip else 7,
+                    flip, flip, not flip, "u2" if flip else "u1")
+    return Call("c2" if flip else "c1", 2 if flip else 1, "y" if flip else "x", 2 if flip else 1,
+                "r2" if flip else "r1", "g2" if flip else "g1", "d2" if flip else "d1",
+                CallScene.GROUP_CALL if flip else CallScene.SINGLE_CALL, 2.0 if flip else 1.0,
+                {member.user_id: member}, accept_ts=2.0 if flip else None, canceled=flip,
+                interrupted=flip, group_verified=flip, sfu=room)
+
+
+def test_every_field_assignment_of_a_watched_call_is_reported() -> None:
+    """Assigning any field of a watched call, of one of its members or of its room a new
+    value calls the call's watcher once; the same value again does not; an unwatched call
+    reports nothing; members and tokens added or removed are reported."""
+    seen: list[str] = []
+    call = _populated(False)
+    other = _populated(True)
+    call.watch(lambda: seen.append("changed"))
+    [member] = call.members.values()
+    [other_member] = other.members.values()
+    assert call.sfu is not None and other.sfu is not None
+    pairs: list[tuple[Any, Any, type]] = [(member, other_member, Member),
+                                          (call.sfu, other.sfu, SfuRoom)]
+    pairs.append((call, other, Call))  # last: it replaces the room and the members
+    for target, source, kind in pairs:
+        if kind is Call:  # the room was made equal to other's field by field just before
+            source.sfu = SfuRoom("http://sfu-c/janus", 3, "s3", "p3", tokens={"a": "t3"})
+        for f in dataclasses.fields(kind):
+            seen.clear()
+            setattr(target, f.name, getattr(source, f.name))
+            assert seen == ["changed"], (kind.__name__, f.name)
+            setattr(target, f.name, getattr(target, f.name))
+            assert seen == ["changed"], (kind.__name__, f.name, "same value")
+    # The members and room taken over from ``other`` report to this call now.
+    seen.clear()
+    call.members["a"].camera = None
+    assert call.sfu is not None
+    call.sfu.tokens["b"] = "tb"
+    del call.sfu.tokens["b"]
+    call.members["new"] = Member("new", CallRole.CALLED, "busy")
+    call.members.pop("new")
+    assert seen == ["changed"] * 5
+    call.watch(None)
+    call.members["a"].state = "joined"
+    assert seen == ["changed"] * 5
+
+
 def _valid() -> dict[str, Any]:
     h = harness("alice", "bob")
     call_id = call(h, "alice", "bob")
