@@ -49,7 +49,6 @@ from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from callwire.version import __version__
 from signaling_server.cluster import ClusterError
 from signaling_server.core import CoreConfig
-from signaling_server.pgstore import redact_url
 from signaling_server.server import (
     DEFAULT_DB_PATH,
     DEFAULT_PORT,
@@ -57,6 +56,7 @@ from signaling_server.server import (
     SignalingServer,
 )
 from signaling_server.tls import TlsError, TlsFiles
+from signaling_server.urls import redact_url
 from signaling_server.web import DEFAULT_WEB_ROOT, is_loopback
 from signaling_server.webhooks import WebhookSettings
 

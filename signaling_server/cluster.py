@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from callwire.extras import require
+from signaling_server.urls import redact_url
 
 __all__ = [
     "CONN_SHIFT",
@@ -329,12 +330,7 @@ class ClusterLink:
     @property
     def safe_url(self) -> str:
         """The Redis URL with any password shown as ``***``."""
-        head, sep, tail = self.url.rpartition("@")
-        if not sep:
-            return self.url
-        scheme, _, auth = head.partition("://")
-        user = auth.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{tail}" if ":" in auth else self.url
+        return redact_url(self.url)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -22,7 +22,6 @@ import contextlib
 import functools
 import logging
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
@@ -35,6 +34,7 @@ from signaling_server.store import (
     CallStore,
     _call_row,
 )
+from signaling_server.urls import redact_url
 
 __all__ = ["PG_SCHEMA_VERSION", "PgCallStore", "is_postgres_url", "redact_url"]
 
@@ -175,16 +175,6 @@ _SPOOL_MARKS: Final = """
 def is_postgres_url(db: str) -> bool:
     """Whether ``--db`` names a PostgreSQL database rather than an SQLite file."""
     return db.startswith(("postgresql://", "postgres://"))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and messages)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
 
 
 @functools.lru_cache(maxsize=512)

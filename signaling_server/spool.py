@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from signaling_server.records import OutboxRow, ParticipantOutcome, ProfileUpdate, StoredCall
+from signaling_server.urls import redact_url
 
 __all__ = [
     "Spool",
@@ -68,7 +69,6 @@ def default_spool_path(db: str, port: int) -> str:
     holds the process id and a counter (the next start would not find it under its real port
     anyway, and servers of one process must not share it): give tests that restart a
     server on port 0 their own ``spool``."""
-    from signaling_server.pgstore import redact_url  # pgstore imports this module
 
     digest = hashlib.sha256(redact_url(db).encode()).hexdigest()[:12]
     node = str(port) if port else f"port0-{os.getpid()}-{next(_PORT0_SPOOLS)}"

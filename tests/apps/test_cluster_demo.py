@@ -18,8 +18,6 @@ from tests.helpers.apps import run_module
 from tests.helpers.waits import T
 
 ROOT = Path(__file__).resolve().parents[2]
-_HAS_CLUSTER = "--cluster" in (ROOT / "signaling_server" / "cli.py").read_text()
-"""Whether ``signaling-server serve`` has ``--cluster`` (the lead's branch ``cluster``)."""
 
 
 def _children() -> set[int]:
@@ -37,8 +35,6 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-@pytest.mark.xfail(not _HAS_CLUSTER, strict=True,
-                   reason="signaling-server serve has no --cluster before branch cluster")
 async def test_cluster_demo_calls_across_nodes(tmp_path: Path) -> None:
     """Three nodes, bob and alice on different ones, video both ways; exits 0 and stops
     every node, PostgreSQL and Redis."""
@@ -111,8 +107,6 @@ async def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.xfail(not _HAS_CLUSTER, strict=True,
-                   reason="signaling-server serve has no --cluster before branch cluster")
 async def test_cluster_demo_kill_leader_keeps_the_call(tmp_path: Path) -> None:
     """``--kill-leader``: the lease holder is SIGKILLed mid-call, another node takes the
     lease, alice is connected again with her call, the demo exits 0."""
