@@ -67,8 +67,9 @@ class ClusterSettings:
     rejoin_wait_s: float = 3.0
     """After its Redis connection came back, a node that was not the leader waits this long
     before taking an empty lease: the leader of before the outage gets it back first."""
-    max_pending_ops: int = 20_000
-    """Operations held for a node that is not reachable before it is told to resynchronise."""
+    publish_retry_s: float = 2.0
+    """How long a batch that Redis failed to take is retried before it counts as unheard
+    (its connections then start over with 1012)."""
 
 
 class ClusterError(Exception):
@@ -133,6 +134,10 @@ class ClusterHandler(Protocol):
     def cluster_frozen(self, frozen: bool) -> None:
         """The leader could not renew its lease for longer than the lease (True), or can
         again (False): while frozen it must not change any state."""
+
+    def cluster_snapshot_all(self) -> None:
+        """On the leader: store every call's snapshot again (:meth:`ClusterLink.snapshot`
+        with ``replace``)."""
 
 
 # Scripts run atomically in Redis. KEYS[1] is always the lease key.
@@ -205,20 +210,28 @@ class _Outlet:
             while self.ops:
                 batch, self.ops = self.ops, []
                 message = json.dumps({**self.header, "ops": batch}, separators=(",", ":"))
-                try:
-                    heard = await self._link._redis.publish(self.channel, message)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._link._bus_failed(f"publish to {self.channel}: {exc!r}")
-                    heard = 0
+                heard = await self._publish(message)
                 self._link.stats["published"] += 1
                 if not heard and self.on_unheard is not None:
                     self.on_unheard(batch)
         finally:
             self.task = None
-            if self.ops:  # put() during the last await of a cancelled drain: nothing to do
-                pass
+
+    async def _publish(self, message: str) -> int:
+        """PUBLISH, retried for ``publish_retry_s`` while Redis fails (after a restart each
+        pooled connection fails once): a batch is not lost to a stale connection, and the
+        batches stay in order. The number of subscribers that received it (0: given up)."""
+        give_up = time.monotonic() + self._link.settings.publish_retry_s
+        while True:
+            try:
+                return int(await self._link._redis.publish(self.channel, message))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._link._bus_failed(f"publish to {self.channel}: {exc!r}")
+                if time.monotonic() >= give_up:
+                    return 0
+                await asyncio.sleep(0.05)
 
 
 class ClusterLink:
@@ -257,7 +270,7 @@ class ClusterLink:
         self._seen: dict[int, float] = {}
         self._bus_since = 0.0
         self._outlets: dict[str, _Outlet] = {}
-        self._snap_queue: list[tuple[dict[str, dict[str, Any]], list[str], Any]] = []
+        self._snap_queue: list[tuple[dict[str, dict[str, Any]], list[str], Any, bool]] = []
         self._snap_task: asyncio.Task[None] | None = None
         self._full_snapshot_needed = False
         self._listener_lost = False
@@ -368,10 +381,11 @@ class ClusterLink:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self, changed: Mapping[str, dict[str, Any]], ended: Sequence[str],
-                 done: Any) -> None:
+                 done: Any, *, replace: bool = False) -> None:
         """On the leader: store the changed calls' snapshots and forget the ended ones, in
-        order with earlier calls; ``done()`` runs once they are written (or failed)."""
-        self._snap_queue.append((dict(changed), list(ended), done))
+        order with earlier calls; ``done()`` runs once they are written (or failed).
+        ``replace``: ``changed`` is every call; the stored snapshots become exactly those."""
+        self._snap_queue.append((dict(changed), list(ended), done, replace))
         if self._snap_task is None:
             self._snap_task = self._spawn(self._write_snapshots(), "cluster-snapshot")
 
@@ -381,15 +395,21 @@ class ClusterLink:
                 queue, self._snap_queue = self._snap_queue, []
                 changed: dict[str, dict[str, Any]] = {}
                 ended: set[str] = set()
-                for part, gone, _ in queue:
+                replace = False
+                for part, gone, _, full in queue:
+                    if full:  # supersedes everything before it
+                        changed, ended, replace = {}, set(), True
                     for call_id in gone:
                         changed.pop(call_id, None)
                         ended.add(call_id)
                     for call_id, snap in part.items():
                         ended.discard(call_id)
                         changed[call_id] = snap
-                await self._store_snapshots(changed, sorted(ended))
-                for _, _, done in queue:
+                if replace:
+                    await self._replace_snapshots(changed)
+                else:
+                    await self._store_snapshots(changed, sorted(ended))
+                for _, _, done, _ in queue:
                     done()
         finally:
             self._snap_task = None
@@ -416,27 +436,29 @@ class ClusterLink:
             logger.warning("cluster lease lost while storing call snapshots")
             self._step_down()
 
-    async def replace_snapshots(self, calls: Mapping[str, dict[str, Any]]) -> bool:
-        """On the leader: make the stored snapshots exactly ``calls``; False if that failed."""
+    async def _replace_snapshots(self, calls: Mapping[str, dict[str, Any]]) -> None:
+        if not self.epoch:
+            return
         args: list[Any] = [self._lease_value()]
         for call_id, snap in calls.items():
             args += [call_id, json.dumps(snap, separators=(",", ":"))]
         try:
             ok = await self._scripts["replace"](
                 keys=[self.key("leader"), self.key("calls")], args=args)
-        except _BUS_ERRORS as exc:
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._full_snapshot_needed = True
             self._bus_failed(f"snapshot: {exc!r}")
-            return False
-        self._full_snapshot_needed = not ok
-        return bool(ok)
+            return
+        self.stats["snapshots"] += 1
+        if not ok:
+            logger.warning("cluster lease lost while storing call snapshots")
+            self._step_down()
 
     async def _flush_snapshots(self) -> None:
         while self._snap_task is not None:
             await asyncio.shield(self._snap_task)
-
-    def needs_full_snapshot(self) -> bool:
-        """A snapshot write failed since the last full one: write them all again."""
-        return self._full_snapshot_needed
 
     # ------------------------------------------------------------------ loops
 
@@ -664,6 +686,10 @@ class ClusterLink:
             self.frozen = False
             logger.warning("cluster lease renewed: unfrozen")
             self._handler.cluster_frozen(False)
+        if self._full_snapshot_needed:
+            # A snapshot write failed (or Redis lost them all): store every call again.
+            self._full_snapshot_needed = False
+            self._handler.cluster_snapshot_all()
 
     def _follow(self, view: LeaderView | None) -> None:
         if view is not None:
@@ -686,5 +712,5 @@ class ClusterLink:
 
     def _snap_queue_done(self) -> None:
         queue, self._snap_queue = self._snap_queue, []
-        for _, _, done in queue:
+        for _, _, done, _ in queue:
             done()

@@ -36,41 +36,66 @@ UNAVAILABLE_MESSAGE: Final = (
 RESTART_REASON: Final = "cluster call owner changed; reconnect"
 
 
-class _RemoteNode:
-    """On the leader: frames and closes for one other node, held behind the gates of their
-    steps (records committed, snapshots stored) and then published in order."""
+class _HeldFrames:
+    """Frames and a close for one connection of another node, held behind the gates of
+    their steps (records committed, snapshots stored); :meth:`pump` sends what is free."""
 
-    __slots__ = ("_link", "_queue", "node")
+    __slots__ = ("_link", "_owner", "conn", "queue")
 
-    def __init__(self, link: ClusterLink, node: int) -> None:
-        self._link = link
-        self.node = node
-        self._queue: collections.deque[_Gate | list[Any]] = collections.deque()
-
-    def gate(self, gate: _Gate) -> None:
-        if gate.open or (self._queue and self._queue[-1] is gate):
-            return
-        self._queue.append(gate)
-        gate.peers.append(self)
-
-    def put(self, op: list[Any]) -> None:
-        if not self._queue:
-            self._link.route(self.node, op)
-            return
-        self._queue.append(op)
-        self.pump()
+    def __init__(self, owner: _RemoteNode, conn: int) -> None:
+        self._owner = owner
+        self._link = owner.link
+        self.conn = conn
+        self.queue: collections.deque[_Gate | list[Any]] = collections.deque()
 
     def pump(self) -> None:
-        queue = self._queue
+        queue = self.queue
         while queue:
             head = queue[0]
             if isinstance(head, list):
                 queue.popleft()
-                self._link.route(self.node, head)
+                self._link.route(self._owner.node, head)
             elif head.open:
                 queue.popleft()
             else:
                 return
+        if self._owner.held.get(self.conn) is self:
+            del self._owner.held[self.conn]
+
+
+class _RemoteNode:
+    """On the leader: what goes to one other node's connections. As for a local
+    connection, a connection's frames wait for the gates of their steps, and only that
+    connection's: a slow commit for one call does not hold the relays of another."""
+
+    __slots__ = ("held", "link", "node")
+
+    def __init__(self, link: ClusterLink, node: int) -> None:
+        self.link = link
+        self.node = node
+        self.held: dict[int, _HeldFrames] = {}
+
+    def gate(self, conn: int, gate: _Gate) -> None:
+        """Hold what is sent to ``conn`` from now on until ``gate`` opens."""
+        if gate.open:
+            return
+        held = self.held.get(conn)
+        if held is None:
+            held = self.held[conn] = _HeldFrames(self, conn)
+        elif held.queue and held.queue[-1] is gate:
+            return
+        held.queue.append(gate)
+        gate.peers.append(held)
+
+    def put(self, op: list[Any]) -> None:
+        """Send ``[conn, texts, close_code, reason]`` now, or behind that connection's
+        gates."""
+        held = self.held.get(int(op[0]))
+        if held is None:
+            self.link.route(self.node, op)
+            return
+        held.queue.append(op)
+        held.pump()
 
 
 class ClusterRole:
@@ -231,8 +256,7 @@ class ClusterRole:
             for conn, bound in self.bound.items():
                 if bound == self.core_epoch:
                     self.bound[conn] = view.epoch
-            self.core_epoch = view.epoch
-            self.server._snapshot_all()
+            self.core_epoch = view.epoch  # the link stores every snapshot again
             return
         if self.core_epoch and not self.link.epoch:
             dropped = self.core_epoch
@@ -300,8 +324,9 @@ class ClusterRole:
 
     def cluster_frozen(self, frozen: bool) -> None:
         self.server._rearm_timer()
-        if not frozen and self.link.needs_full_snapshot():
-            self.server._snapshot_all()
+
+    def cluster_snapshot_all(self) -> None:
+        self.server._snapshot_all()
 
     def now(self) -> float:
         return time.time()

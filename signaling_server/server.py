@@ -765,8 +765,7 @@ class SignalingServer:
         if cluster is None or not cluster.core_epoch:
             return
         self.core.take_changed_calls()
-        calls = self.core.export_calls()
-        self._spawn(cluster.link.replace_snapshots(calls), "cluster-snapshot-all")
+        cluster.link.snapshot(self.core.export_calls(), [], lambda: None, replace=True)
 
     async def _reload_groups(self, group_ids: list[str]) -> None:
         """Read groups another node changed back from the store."""
@@ -830,7 +829,7 @@ class SignalingServer:
                     peer.close(out.code, out.reason)
                 elif cluster is not None and (remote := cluster.remote(out.conn)):
                     if gate is not None:
-                        remote.gate(gate)
+                        remote.gate(out.conn, gate)
                     remote.put([out.conn, pending or [], int(out.code), out.reason])
             elif isinstance(out, StoreRequest):
                 self._store_request(out)
@@ -848,7 +847,7 @@ class SignalingServer:
                 peer.send_many(texts)
             elif cluster is not None and (remote := cluster.remote(conn)):
                 if gate is not None:
-                    remote.gate(gate)
+                    remote.gate(conn, gate)
                 remote.put([conn, texts, None, ""])
         if self.core.next_deadline() != self._armed:
             self._rearm.set()

@@ -248,6 +248,16 @@ async def test_redis_restarted_mid_call(postgres: PostgresServer) -> None:
             # every node has seen it is closed once more with 1012 (the SDK just reconnects
             # again): wait for the lease, and for the others to read it (0.4 s), first.
             await wait_for_lease(redis.url)
+            # ... and stores the call's snapshot again (Redis lost it): a failover from now
+            # on still finds the call.
+            import redis as redis_sync
+
+            stored = redis_sync.Redis.from_url(redis.url)
+            try:
+                await eventually(lambda: stored.hexists(f"callserver:{APP}:calls", call_id),
+                                 "the call's snapshot stored again", timeout=5)
+            finally:
+                stored.close()
             refusals: list[int] = []
             for client in (alice, bob):
                 await client.close()
