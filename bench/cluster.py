@@ -761,8 +761,8 @@ def render_md(results: dict[str, Any]) -> str:
     row("  leader's CPU ms / cycle", "leader_cpu_ms_per_cycle", cyc)
     row("  an edge's CPU ms / cycle (mean of the edges)", "edge_cpu_ms_per_cycle", cyc)
     row("server CPU (cores)", "server_cpu_cores", cyc)
-    row("  idle server CPU (cores, no load, before the window)", "idle_server_cpu_cores", cyc,
-        ".3f")
+    row("  idle server CPU (cores, no client connected, before the window)",
+        "idle_server_cpu_cores", cyc, ".3f")
     row("  marginal server CPU ms / cycle (less the idle CPU)",
         "server_cpu_marginal_ms_per_cycle", cyc)
     row("  marginal leader's CPU ms / cycle", "leader_cpu_marginal_ms_per_cycle", cyc)
