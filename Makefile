@@ -18,7 +18,7 @@ APT_PKGS := libportaudio2 libgl1 libglib2.0-0 \
 	janus \
 	postgresql redis-server
 
-.PHONY: demo demo-group test bench bench-quick lint setup sysdeps clean
+.PHONY: demo demo-group cluster-demo test bench bench-quick lint setup sysdeps clean
 
 $(STAMP): pyproject.toml callwire/version.py
 	@test -x $(PY) || python3 -m venv .venv
@@ -36,6 +36,10 @@ demo: setup
 
 demo-group: setup
 	@$(PY) -m callclient demo --group
+
+# Three signaling-server nodes on a local Redis and PostgreSQL; alice and bob on different nodes.
+cluster-demo: setup
+	@$(PY) -m callclient demo --cluster
 
 test: setup
 	@$(PY) -m pytest -q

@@ -5,7 +5,8 @@
 recordings finalized. ``callclient loopback [--users N] [--seconds S] [--resolution R]`` runs a
 whole call between virtual-device engines (one process each from 3 users, through a Janus
 subprocess with --sfu) and prints what each user received and the frames dropped.
-``callclient demo`` is ``make demo``; ``callclient --version`` prints the version. Errors are
+``callclient demo`` is ``make demo`` (``--group``: ``make demo-group``, ``--cluster``:
+``make cluster-demo``); ``callclient --version`` prints the version. Errors are
 one line on stderr: exit 2 for bad usage, 1 for failures (unreachable server, refused login,
 unreadable file).
 """
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 from callclient.errors import CallError
 from callclient.media.processing import AudioProcessing
 from callclient.types import CallMediaType, Resolution, resolution_size
-from callwire.argtypes import LOG_LEVELS, positive_float, positive_int
+from callwire.argtypes import LOG_LEVELS, positive_float, positive_int, websocket_urls
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.version import __version__
 
@@ -99,12 +100,6 @@ def parse_audio_processing(text: str) -> AudioProcessing:
     return AudioProcessing.off().with_changes(**{_STAGES[name]: True for name in names})
 
 
-def _server_url(text: str) -> str:
-    if not text.startswith(("ws://", "wss://")):
-        raise argparse.ArgumentTypeError(f"server URL must start with ws:// or wss://: {text!r}")
-    return text
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="callclient programs: a headless bot, a loopback measurement, "
@@ -127,8 +122,9 @@ def _parser() -> argparse.ArgumentParser:
         "(unless --auto-accept).",
     )
     bot.add_argument("--user", required=True, help="user id to log in as")
-    bot.add_argument("--server", required=True, type=_server_url,
-                     help="signaling server URL, e.g. ws://127.0.0.1:8765")
+    bot.add_argument("--server", required=True, type=websocket_urls, metavar="URL[,URL...]",
+                     help="signaling server URL, e.g. ws://127.0.0.1:8765; several, "
+                     "comma-separated, for a cluster's nodes (tried in turn)")
     bot.add_argument("--sdkappid", type=positive_int, default=DEV_SDK_APP_ID,
                      help="application id (default: the development one, %(default)s)")
     secret = bot.add_mutually_exclusive_group()
@@ -205,8 +201,15 @@ def _parser() -> argparse.ArgumentParser:
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=positive_float, default=8.0,
                         help="length of the call (default %(default)s)")
-    parser.add_argument("--group", action="store_true",
-                        help="alice group-calls two bots through a Janus subprocess (the SFU)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--group", action="store_true",
+                      help="alice group-calls two bots through a Janus subprocess (the SFU)")
+    kind.add_argument("--cluster", action="store_true",
+                      help="a 3-node cluster (local Redis and PostgreSQL, make cluster-demo); "
+                      "alice and bob on different nodes")
+    parser.add_argument("--kill-leader", action="store_true",
+                        help="with --cluster: SIGKILL the call owner's node mid-call; the call "
+                        "goes on")
     parser.add_argument("--out", type=Path, default=Path("out"),
                         help="output directory (default %(default)s)")
     _add_log_level(parser)
@@ -246,6 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_loopback(args))
         from callclient.apps.demo import run_demo, run_group_demo
 
+        if args.cluster:
+            from callclient.apps.cluster_demo import run_cluster_demo
+
+            return asyncio.run(run_cluster_demo(seconds=args.seconds, out=args.out,
+                                                kill_leader=args.kill_leader))
+        if args.kill_leader:
+            print(f"{PROG} demo: error: --kill-leader needs --cluster", file=sys.stderr)
+            return 2
         if args.group:
             return asyncio.run(run_group_demo(seconds=args.seconds, out=args.out))
         return asyncio.run(run_demo(seconds=args.seconds, out=args.out))

@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from callclient.callmedia import CallMedia
@@ -72,7 +72,7 @@ from callclient.media.remote import AudioTap, RemoteMedia, RemoteStats
 from callclient.observer import CallObserver, Error, EventQueueObserver, Notification
 from callclient.peer import IceServer, PeerConfig
 from callclient.records import parse_records, recent_calls_request
-from callclient.signaling import Credentials, SignalingClient
+from callclient.signaling import Credentials, SignalingClient, server_urls
 from callclient.tasks import TaskOwner
 from callclient.types import (
     AudioPlaybackDevice,
@@ -117,7 +117,9 @@ def _parsed(parse: Callable[[Mapping[str, Any]], _R], data: Mapping[str, Any]) -
 class CallEngine:
     """An asyncio call client with the operations of TUICallEngine.
 
-    ``server_url`` is the signaling server (``ws://host:port``). ``devices`` defaults to a
+    ``server_url`` is the signaling server (``ws://host:port``), or several: the nodes of a
+    cluster, tried in turn at login and on each reconnect attempt
+    (:mod:`callclient.signaling`). ``devices`` defaults to a
     virtual device set; pass real devices (:mod:`callclient.media.devices`) for hardware.
     During a call, volumes are reported every ``volume_interval`` seconds and network quality
     every ``quality_interval`` seconds (:mod:`callclient.monitor`). ``audio_processing`` says
@@ -134,7 +136,7 @@ class CallEngine:
 
     def __init__(
         self,
-        server_url: str,
+        server_url: str | Sequence[str],
         *,
         devices: DeviceSet | None = None,
         ice_servers: Iterable[IceServer] = (),
@@ -150,7 +152,8 @@ class CallEngine:
     ) -> None:
         if video_codec.upper() not in ("VP8", "H264"):
             raise InvalidParameterError(f"video_codec must be VP8 or H264, not {video_codec!r}")
-        self.server_url = server_url
+        self.server_urls = server_urls(server_url)
+        """Every signaling server URL, in the order they are tried."""
         self.peer_config = PeerConfig(
             ice_servers=list(ice_servers), relay_only=relay_only, video_codec=video_codec.upper()
         )
@@ -193,6 +196,13 @@ class CallEngine:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def server_url(self) -> str:
+        """The signaling server URL in use (logged in: the one connected to, or being
+        reconnected to; else the first)."""
+        signaling = self._signaling
+        return signaling.url if signaling is not None else self.server_urls[0]
 
     @property
     def devices(self) -> DeviceSet:
@@ -328,7 +338,7 @@ class CallEngine:
         if avatar:
             extra["avatar"] = avatar
         signaling = SignalingClient(
-            self.server_url,
+            self.server_urls,
             self._on_event,
             self._on_relay,
             on_reconnected=self._on_reconnected,

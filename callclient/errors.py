@@ -10,6 +10,7 @@ from callwire.codes import ErrorCode
 
 __all__ = [
     "CallError",
+    "ClusterUnavailableError",
     "ConnectionClosedError",
     "DeviceError",
     "ErrorCode",
@@ -93,6 +94,14 @@ class ConnectionClosedError(CallError):
     code = ErrorCode.SIGNALING_SEND_FAIL
 
 
+class ClusterUnavailableError(CallError):
+    """The server's cluster cannot serve right now (its Redis or its call owner is
+    unreachable): retryable. Login tries the other server URLs and retries within its
+    timeout; a reconnect keeps retrying with backoff."""
+
+    code = ErrorCode.CLUSTER_UNAVAILABLE
+
+
 _BY_CODE: dict[int, type[CallError]] = {
     ErrorCode.PARAM_INVALID: InvalidParameterError,
     ErrorCode.MALFORMED_FRAME: ProtocolError,
@@ -111,6 +120,7 @@ _BY_CODE: dict[int, type[CallError]] = {
     ErrorCode.USER_SIG_INVALID: UserSigError,
     ErrorCode.USER_SIG_EXPIRED: UserSigError,
     ErrorCode.SIGNALING_SEND_FAIL: ConnectionClosedError,
+    ErrorCode.CLUSTER_UNAVAILABLE: ClusterUnavailableError,
 }
 
 

@@ -5,6 +5,13 @@
 the server meaning it (not kicked, userSig not expired, not closed by us), the client reconnects
 with exponential backoff and logs in again with the same credentials, so a call's peer-to-peer
 media can go on while signaling recovers.
+
+It takes one server URL or several (the nodes of a cluster, any of which serves any user):
+:meth:`SignalingClient.login` tries them in turn until one accepts, and each reconnect attempt
+goes to the next one, so a node that died is left behind. A login refused with 4505
+(``CLUSTER_UNAVAILABLE``: the cluster is electing its call owner) is retried like a failed
+connect; a close with 1012 (``SERVICE_RESTART``) is reconnected at once (within 0.2 s, random,
+then with the usual backoff).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,20 +31,42 @@ from websockets.http11 import USER_AGENT as WEBSOCKETS_USER_AGENT
 
 from callclient.errors import (
     CallError,
+    ClusterUnavailableError,
     ConnectionClosedError,
     ErrorCode,
+    InvalidParameterError,
     RequestRepeatedError,
     error_for_code,
 )
 from callwire import protocol
-from callwire.codes import FINAL_CLOSE_CODES
+from callwire.codes import FINAL_CLOSE_CODES, CloseCode
 from callwire.protocol import Event, ProtocolViolation, Relay, Reply
 from callwire.version import product_token
 
-__all__ = ["Credentials", "SignalingClient"]
+__all__ = ["Credentials", "SignalingClient", "server_urls"]
 
 logger = logging.getLogger(__name__)
 
+_FIRST_DELAY = 0.1
+"""Seconds before the first reconnect attempt; doubled after each failure up to the maximum."""
+_RESTART_JITTER = 0.2
+"""After a 1012 close, the first attempt goes out within this many seconds (uniform)."""
+
+
+def server_urls(url: str | Sequence[str]) -> tuple[str, ...]:
+    """One URL or several as a tuple; :class:`InvalidParameterError` when there is none or an
+    entry is not a string."""
+    urls = (url,) if isinstance(url, str) else tuple(url)
+    if not urls or not all(isinstance(u, str) and u for u in urls):
+        raise InvalidParameterError(
+            f"the signaling server URL must be a non-empty string or a non-empty sequence of "
+            f"them, not {url!r}"
+        )
+    return urls
+
+
+def _jittered(delay: float) -> float:
+    return delay * (0.8 + 0.4 * random.random())
 
 
 @dataclass(frozen=True)
@@ -51,11 +80,15 @@ class Credentials:
 
 
 class SignalingClient:
-    """One logged-in signaling session, with requests, events and automatic reconnection."""
+    """One logged-in signaling session, with requests, events and automatic reconnection.
+
+    ``url`` is one server URL (``ws://host:port``) or several, tried in turn (see the module
+    docstring); :attr:`url` is the one in use.
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         on_event: Callable[[Event], None],
         on_relay: Callable[[Relay], None],
         *,
@@ -65,7 +98,9 @@ class SignalingClient:
         reconnect: bool = True,
         max_backoff: float = 2.0,
     ) -> None:
-        self.url = url
+        self.urls = server_urls(url)
+        """Every server URL, in the order they are tried."""
+        self._index = 0
         self._on_event = on_event
         self._on_relay = on_relay
         self._on_reconnected = on_reconnected
@@ -83,6 +118,11 @@ class SignalingClient:
         self._connected = asyncio.Event()
 
     @property
+    def url(self) -> str:
+        """The server URL in use: the one connected to, else the one tried next."""
+        return self.urls[self._index]
+
+    @property
     def connected(self) -> bool:
         """Whether a logged-in websocket is up right now."""
         return self._connected.is_set()
@@ -98,12 +138,7 @@ class SignalingClient:
             raise ConnectionClosedError("login: the signaling client is closed")
         if self._ws is not None:
             raise RequestRepeatedError("login: already logged in; log out first")
-        ws = await self._open()
-        try:
-            reply, early = await self._login_on(ws, credentials)
-        except BaseException:
-            await ws.close()
-            raise
+        ws, reply, early = await self._first_login(credentials)
         self._credentials = credentials
         self._ws = ws
         self._connected.set()
@@ -158,6 +193,57 @@ class SignalingClient:
 
     # ------------------------------------------------------------------ internals
 
+    def _next_url(self) -> None:
+        self._index = (self._index + 1) % len(self.urls)
+
+    async def _first_login(
+        self, credentials: Credentials
+    ) -> tuple[ClientConnection, dict[str, Any], list[protocol.ServerFrame]]:
+        """Connect and log in, trying each URL in turn from the current one: an unreachable
+        server or a connection lost before the reply moves on to the next URL; so does a 4505
+        refusal, and when every URL refused with 4505 the round is tried again with backoff
+        until the request timeout. The last error is raised when nothing accepted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._request_timeout
+        delay = _FIRST_DELAY
+        while True:
+            failures: list[tuple[str, CallError]] = []
+            for _ in self.urls:
+                try:
+                    ws = await self._open()
+                except ConnectionClosedError as exc:
+                    failures.append((self.url, exc))
+                    self._next_url()
+                    continue
+                try:
+                    reply, early = await self._login_on(ws, credentials)
+                except (ClusterUnavailableError, ConnectionClosedError) as exc:
+                    await ws.close()
+                    logger.info("login at %s failed: %s", self.url, exc)
+                    failures.append((self.url, exc))
+                    self._next_url()
+                    continue
+                except BaseException:
+                    await ws.close()
+                    raise
+                return ws, reply, early
+            unavailable = [e for _, e in failures if isinstance(e, ClusterUnavailableError)]
+            pause = _jittered(delay)
+            if not unavailable or loop.time() + pause > deadline:
+                raise self._login_failure(failures)
+            await asyncio.sleep(pause)
+            delay = min(self._max_backoff, delay * 2)
+
+    @staticmethod
+    def _login_failure(failures: list[tuple[str, CallError]]) -> CallError:
+        """The error of a login that no URL accepted: the last one's when there is one URL;
+        with several, the last one's class and code with every URL's reason."""
+        last = failures[-1][1]
+        if len(failures) == 1:
+            return last
+        reasons = "; ".join(f"{url}: {exc.message}" for url, exc in failures)
+        return type(last)(f"login: no signaling server accepted ({reasons})", last.code)
+
     async def _open(self) -> ClientConnection:
         try:
             return await connect(
@@ -194,10 +280,13 @@ class SignalingClient:
             **credentials.extra,
         }
         request_id = next(self._ids)
-        await ws.send(protocol.encode_request("login", request_id, data))
         # Before the reader task runs, read frames here until the login reply arrives.
         early: list[protocol.ServerFrame] = []
         try:
+            # The send is inside: a server may close a new connection at once (a cluster
+            # node that just learned of a new leader closes with 1012): that is a lost
+            # connection, retried, not an error out of the reconnect loop.
+            await ws.send(protocol.encode_request("login", request_id, data))
             async with asyncio.timeout(self._request_timeout):
                 while True:
                     frame = protocol.parse_server_frame(await ws.recv())
@@ -294,16 +383,29 @@ class SignalingClient:
             if not self._reconnect or code in FINAL_CLOSE_CODES:
                 self._ws = None
                 return
-            if not await self._reconnect_loop():
+            if not await self._reconnect_loop(restart=code == CloseCode.SERVICE_RESTART):
                 return
 
-    async def _reconnect_loop(self) -> bool:
-        delay = 0.1
+    async def _reconnect_loop(self, *, restart: bool = False) -> bool:
+        """Reconnect and log in again until it works, each attempt to the next URL, with a
+        backoff that doubles after each round of the URLs; after a 1012 close (``restart``)
+        the first attempt goes out at once (within :data:`_RESTART_JITTER`). False when it
+        must stop (closed, userSig refused)."""
+        delay = _FIRST_DELAY
         credentials = self._credentials
         assert credentials is not None
+        attempt = 0
         while not self._closing:
-            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
-            delay = min(self._max_backoff, delay * 2)
+            if attempt == 0 and restart:
+                await asyncio.sleep(random.uniform(0.0, _RESTART_JITTER))
+            else:
+                await asyncio.sleep(_jittered(delay))
+            attempt += 1
+            # The backoff grows once per round of the URLs, not per attempt: a dead node
+            # among live ones costs one short pause, not a doubling.
+            if attempt % len(self.urls) == 0:
+                delay = min(self._max_backoff, delay * 2)
+            self._next_url()
             try:
                 ws = await self._open()
             except CallError as exc:

@@ -10,7 +10,9 @@ import argparse
 import math
 import re
 
-__all__ = ["LOG_LEVELS", "non_negative_int", "port", "positive_float", "positive_int"]
+__all__ = [
+    "LOG_LEVELS", "non_negative_int", "port", "positive_float", "positive_int", "websocket_urls",
+]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 """The ``--log-level`` choices."""
@@ -56,3 +58,16 @@ def positive_float(text: str) -> float:
     if not value > 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text} must be a positive number")
     return value
+
+
+def websocket_urls(text: str) -> tuple[str, ...]:
+    """One ``ws://`` or ``wss://`` URL, or several separated by commas (a cluster's nodes)."""
+    urls = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not urls:
+        raise argparse.ArgumentTypeError(f"{text!r} names no server URL")
+    for url in urls:
+        if not url.startswith(("ws://", "wss://")):
+            raise argparse.ArgumentTypeError(
+                f"server URL must start with ws:// or wss://: {url!r}"
+            )
+    return urls

@@ -61,6 +61,10 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 4500
     SERVER_SHUTTING_DOWN = 4503
     SFU_UNAVAILABLE = 4504
+    CLUSTER_UNAVAILABLE = 4505
+    """The cluster's coordination service (Redis) or its call owner is unreachable; retry in a
+    moment (the client's login and reconnect do, going to the next server URL)."""
+    STORE_UNAVAILABLE = 4506  # the record database is unreachable: new calls are refused
 
 
 class CloseCode(enum.IntEnum):
@@ -70,6 +74,10 @@ class CloseCode(enum.IntEnum):
     """The server is shutting down; reconnect later."""
     POLICY_VIOLATION = 1008
     """Too many invalid frames."""
+    SERVICE_RESTART = 1012
+    """Cluster mode: the node's call owner changed, the node lost its coordination service,
+    or the node is stopping; reconnect at once, to any node (the client does, without its
+    backoff) and log in again."""
     KICKED = 4001
     """The same user logged in elsewhere."""
     SIG_EXPIRED = 4003

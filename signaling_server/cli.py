@@ -1,10 +1,11 @@
 """``signaling-server``: run the signaling server, or print a userSig for a user.
 
 ``signaling-server [serve] [--host H] [--port P] [--sdkappid N] [--secret-key K] [--db PATH|URL]
-[--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM] [--web-root DIR]
-[--public-ws-url URL] [--login-timeout S] [--max-connections N] [--max-connections-per-ip N]
-[--webhook-allow-private] [--turn URL[,URL...] --turn-secret S [--turn-ttl S]]
-[--sfu URL[,URL...]] [--sfu-min-users N]`` serves until
+[--spool PATH] [--http-port P] [--admin NAME] [--rest-rate N] [--tls-cert PEM --tls-key PEM]
+[--web-root DIR] [--public-ws-url URL] [--login-timeout S] [--max-connections N]
+[--max-connections-per-ip N] [--webhook-allow-private]
+[--turn URL[,URL...] --turn-secret S [--turn-ttl S]] [--sfu URL[,URL...]] [--sfu-min-users N]``
+serves until
 SIGTERM or SIGINT, then ends the calls in progress as interrupted and closes the database;
 ``--http-port`` also serves the REST API (docs/rest-api.md) and the browser client (``webclient/``)
 at ``/``; ``--tls-cert``/``--tls-key`` put both listeners on TLS (wss, https), and SIGHUP
@@ -14,7 +15,8 @@ instances (their HTTP API URLs, e.g. ``http://127.0.0.1:8088/janus``), one-to-on
 peer to peer.
 ``signaling-server usersig USER [--expire S]`` prints a userSig. Every option also has an
 environment variable (``CALLSERVER_HOST``, ``CALLSERVER_PORT``, ``CALLSERVER_SDKAPPID``,
-``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_HTTP_PORT``, ``CALLSERVER_ADMIN``,
+``CALLSERVER_SECRET_KEY``, ``CALLSERVER_DB``, ``CALLSERVER_SPOOL``, ``CALLSERVER_HTTP_PORT``,
+``CALLSERVER_ADMIN``,
 ``CALLSERVER_REST_RATE``, ``CALLSERVER_TLS_CERT``, ``CALLSERVER_TLS_KEY``,
 ``CALLSERVER_WEB_ROOT``, ``CALLSERVER_PUBLIC_WS_URL``, ``CALLSERVER_LOGIN_TIMEOUT``,
 ``CALLSERVER_MAX_CONNECTIONS``, ``CALLSERVER_MAX_CONNECTIONS_PER_IP``,
@@ -45,8 +47,8 @@ from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.turn import DEFAULT_TTL_S, TurnUrl, parse_turn_url
 from callwire.usersig import DEFAULT_EXPIRE_S, generate_user_sig
 from callwire.version import __version__
+from signaling_server.cluster import ClusterError
 from signaling_server.core import CoreConfig
-from signaling_server.pgstore import redact_url
 from signaling_server.server import (
     DEFAULT_DB_PATH,
     DEFAULT_PORT,
@@ -54,6 +56,7 @@ from signaling_server.server import (
     SignalingServer,
 )
 from signaling_server.tls import TlsError, TlsFiles
+from signaling_server.urls import redact_url
 from signaling_server.web import DEFAULT_WEB_ROOT, is_loopback
 from signaling_server.webhooks import WebhookSettings
 
@@ -127,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
         "postgresql://user:password@host:5432/dbname shared by several servers (needs the "
         "'postgres' extra) (env CALLSERVER_DB; default %(default)s, relative to the "
         "working directory)",
+    )
+    serve.add_argument(
+        "--spool",
+        default=os.environ.get("CALLSERVER_SPOOL") or None,
+        help="with a PostgreSQL --db: the SQLite file where call records wait while "
+        "PostgreSQL is unreachable, moved there when it returns (env CALLSERVER_SPOOL; "
+        "default data/spool-<hash of --db>-<port>.db)",
     )
     serve.add_argument(
         "--http-port",
@@ -248,6 +258,21 @@ def _parser() -> argparse.ArgumentParser:
         "CALLSERVER_SFU_MIN_USERS; default %(default)s: every group call)",
     )
     serve.add_argument(
+        "--cluster",
+        default=os.environ.get("CALLSERVER_CLUSTER") or None,
+        metavar="REDIS_URL",
+        help="join the cluster of nodes on this Redis, e.g. redis://10.0.0.5:6379/0; needs a "
+        "postgresql:// --db shared by the nodes and the 'cluster' extra (env "
+        "CALLSERVER_CLUSTER; default: a single server)",
+    )
+    serve.add_argument(
+        "--node-name",
+        default=_env("CALLSERVER_NODE_NAME", ""),
+        metavar="NAME",
+        help="this node's name in cluster logs and stats (env CALLSERVER_NODE_NAME; "
+        "default: HOST:PORT)",
+    )
+    serve.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -290,6 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve" and args.turn and not args.turn_secret:
         parser.error("--turn needs --turn-secret (or CALLSERVER_TURN_SECRET): the "
                      "static-auth-secret of coturn's configuration")
+    if args.command == "serve" and args.cluster:
+        if not args.cluster.startswith(("redis://", "rediss://", "unix://")):
+            parser.error(f"--cluster {args.cluster!r}: give a redis:// (or rediss://, "
+                         "unix://) URL, e.g. redis://127.0.0.1:6379/0")
+        if not args.db.startswith(("postgresql://", "postgres://")):
+            parser.error("--cluster needs the nodes to share their records: give --db (or "
+                         "CALLSERVER_DB) a postgresql:// URL (see docs/cluster.md)")
     if args.command == "usersig":
         print(generate_user_sig(args.sdkappid, args.secret_key, args.user, args.expire))
         return 0
@@ -309,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sdk_app_id=args.sdkappid,
         secret_key=args.secret_key,
         db=args.db,
+        spool=args.spool,
         http_port=args.http_port,
         admin_identifier=args.admin,
         rest_rate_per_s=args.rest_rate,
@@ -326,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sfu=args.sfu,
             sfu_min_users=args.sfu_min_users,
         ),
+        cluster=args.cluster,
+        node_name=args.node_name,
     )
     try:
         return asyncio.run(_serve(config))
@@ -350,6 +385,9 @@ async def _serve(config: ServerConfig) -> int:
     except TlsError as exc:
         print(f"{PROG}: error: TLS: {exc}", file=sys.stderr)
         return 1
+    except ClusterError as exc:
+        print(f"{PROG}: error: cluster: {exc.message}", file=sys.stderr)
+        return 1
     except (sqlite3.Error, RuntimeError, ImportError) as exc:
         print(f"{PROG}: error: cannot open the record database {redact_url(config.db)}: "
               f"{exc}", file=sys.stderr)
@@ -370,6 +408,9 @@ async def _serve(config: ServerConfig) -> int:
         f"db {redact_url(config.db)})",
         flush=True,
     )
+    if server.cluster is not None:
+        link = server.cluster.link
+        print(f"{PROG} cluster node {link.index} ({link.name}) on {link.safe_url}", flush=True)
     if server.http_api is not None:
         print(f"{PROG} REST API on {server.http_url}v1/", flush=True)
         print(f"{PROG} browser client on {server.http_url}", flush=True)

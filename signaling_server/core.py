@@ -5,11 +5,17 @@ connection sends (:meth:`CallCore.receive`), connection openings and closings, a
 (:meth:`CallCore.tick` whenever :meth:`CallCore.next_deadline` passes). The core answers with a
 list of outputs: frames to send, connections to close, call records to persist, record queries
 to run, and webhook notices. Tests drive it the same way, with no sockets and a fake clock.
+
+For a cluster's failover the core hands out JSON snapshots of the calls that changed in each
+step (:meth:`CallCore.take_changed_calls`; the calls are :mod:`signaling_server.callmodel`
+objects that report every change) and adopts another core's calls
+(:meth:`CallCore.restore_calls`; the format is :mod:`signaling_server.snapshot`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import logging
 import secrets
@@ -24,6 +30,19 @@ from callwire.enums import CallResultType, CallRole, CallScene
 from callwire.protocol import ProtocolViolation, Request
 from callwire.turn import DEFAULT_TTL_S, TurnUrl, ice_servers
 from callwire.version import __version__
+from signaling_server import snapshot
+from signaling_server.callmodel import (
+    BUSY,
+    CANCELED,
+    IGNORED,
+    JOINED,
+    LEFT,
+    REJECTED,
+    RINGING,
+    TIMEOUT,
+    Call,
+    Member,
+)
 from signaling_server.groups import GroupDirectory
 from signaling_server.records import ParticipantOutcome, StoredCall
 from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom, SfuPool, SfuRoom
@@ -189,16 +208,6 @@ class CoreConfig:
 
 # --------------------------------------------------------------------------- state
 
-RINGING: Final = "ringing"
-JOINED: Final = "joined"
-LEFT: Final = "left"
-REJECTED: Final = "rejected"
-TIMEOUT: Final = "timeout"
-BUSY: Final = "busy"
-IGNORED: Final = "ignored"
-CANCELED: Final = "canceled"
-
-
 @dataclass
 class Session:
     conn: int
@@ -234,41 +243,6 @@ class Presence:
     def info(self) -> dict[str, str]:
         """``{"nickname", "avatar"}`` as others see them (``""`` while unknown)."""
         return {"nickname": self.nickname or "", "avatar": self.avatar or ""}
-
-
-@dataclass
-class Member:
-    user_id: str
-    role: CallRole
-    state: str
-    deadline: float = 0.0  # ring deadline while ringing, grace deadline while detached
-    conn: int | None = None  # the connection bound to this call once joined
-    ever_joined: bool = False
-    camera: bool | None = None
-    microphone: bool | None = None
-    user_data: str = ""
-    """The ``userData`` of this member's invitation."""
-
-
-@dataclass
-class Call:
-    call_id: str
-    sdk_app_id: int
-    caller: str
-    media_type: int
-    room_id: int | str
-    group_id: str
-    user_data: str
-    scene: CallScene
-    start_ts: float
-    members: dict[str, Member]
-    accept_ts: float | None = None
-    canceled: bool = False
-    interrupted: bool = False
-    group_verified: bool = False
-    """``group_id`` names a group the caller belongs to: the group's call in progress."""
-    sfu: SfuRoom | None = None
-    """The call's SFU room when its media goes through the SFU (decided at its start)."""
 
 
 # ON_CALL_CANCELED "reason" for the caller when a call ends unanswered, by record result.
@@ -330,6 +304,15 @@ class CallCore:
         # first: their entries stay in the heap, counted here, until a rebuild drops them.
         self._stale_timers = 0
         self._out: list[Output] = []
+        # Failover snapshots: calls changed since the last take_changed_calls (their watchers
+        # add to this very set), calls ended since, and calls started since (never reported).
+        self._changed: set[str] = set()
+        self._ended: list[str] = []
+        self._unreported: set[str] = set()
+        self.store_unavailable: Callable[[], bool] | None = None
+        """When set and true, ``calls`` is refused with STORE_UNAVAILABLE (4506): the server's
+        record database is unreachable (its records wait in a local spool). Calls already in
+        progress go on: accept, join, invite, hangup and the rest are not refused."""
         self._handlers: dict[str, Callable[[Session, Request, float], dict[str, Any] | None]] = {
             "login": self._login,
             "logout": self._logout,
@@ -375,6 +358,125 @@ class CallCore:
     def timer_count(self) -> int:
         """Entries in the timer heap, stale ones included (bounded: see ``_cancel_timers``)."""
         return len(self._timers)
+
+    # ------------------------------------------------------------------ failover snapshots
+
+    def take_changed_calls(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """(snapshots of active calls changed since the last take, ids of calls that ended
+        since then). Every change to a Call or its Members is seen.
+
+        A call that started and ended between two takes is in neither. Costs nothing when
+        nothing changed (each call reports its changes as they happen: :mod:`.callmodel`).
+        """
+        if not self._changed and not self._ended:
+            return {}, []
+        calls = self._calls
+        changed = {
+            call_id: snapshot.call_to_snapshot(calls[call_id])
+            for call_id in self._changed
+            if call_id in calls
+        }
+        ended, self._ended = self._ended, []
+        self._changed.clear()  # cleared in place: the calls' watchers add to this set
+        self._unreported.clear()
+        return changed, ended
+
+    def export_calls(self) -> dict[str, dict[str, Any]]:
+        """Snapshots of every active call (JSON-able dicts, :mod:`.snapshot`)."""
+        return {call_id: snapshot.call_to_snapshot(call) for call_id, call in self._calls.items()}
+
+    def restore_calls(
+        self, snapshots: Iterable[Mapping[str, Any]], now: float
+    ) -> list[Output]:
+        """Adopt another core's calls (failover), into a core that has no connections yet.
+
+        Every member who was joined (bound to a connection or already detached) is detached
+        in a reconnect grace that starts ``now`` (every client is being reconnected);
+        ringing members keep their ring deadlines (one already past fires at the next
+        :meth:`tick`). The users in each call are marked busy with it, so logging in again
+        resumes the call or redelivers the invitation as after a dropped connection. An SFU
+        room whose creation was still in flight is created again (``DestroyRoom`` then
+        ``CreateRoom``, new epoch), one waiting for an instance is placed, and a ready room
+        gets its members' tokens allowed again (``AllowTokens``, in case the dead core's last
+        token change never reached the SFU). A snapshot that is malformed, of another
+        sdkappid, or that clashes with a call already here is skipped with a logged error.
+        Returns the outputs: a ``LoadProfile`` per user in a call (what the others are shown
+        of them until they log in again) and the SFU room requests.
+        """
+        for data in snapshots:
+            try:
+                call = snapshot.call_from_snapshot(data)
+                self._check_restorable(call)
+            except snapshot.SnapshotError as exc:
+                logger.error("call snapshot skipped: %s", exc)
+                continue
+            except Exception:
+                logger.exception("call snapshot skipped: it could not be read")
+                continue
+            self._adopt_call(call, now)
+        return self._flush()
+
+    def _check_restorable(self, call: Call) -> None:
+        if call.sdk_app_id != self.sdk_app_id:
+            raise snapshot.SnapshotError(
+                f"call {call.call_id!r} is of sdkappid {call.sdk_app_id}, not {self.sdk_app_id}")
+        if call.call_id in self._calls:
+            raise snapshot.SnapshotError(f"call {call.call_id!r} is already in progress here")
+        for member in call.members.values():
+            presence = self._users.get(member.user_id)
+            if member.state in (RINGING, JOINED) and presence is not None and (
+                presence.call_id is not None
+            ):
+                raise snapshot.SnapshotError(
+                    f"call {call.call_id!r}: {member.user_id!r} is already in call "
+                    f"{presence.call_id!r}")
+        if call.group_verified and call.group_id in self._group_calls:
+            raise snapshot.SnapshotError(
+                f"call {call.call_id!r}: group {call.group_id!r} already has call "
+                f"{self._group_calls[call.group_id]!r}")
+
+    def _adopt_call(self, call: Call, now: float) -> None:
+        self._add_call(call, reported=True)
+        if call.group_verified:
+            self._group_calls[call.group_id] = call.call_id
+        for member in call.members.values():
+            key = f"{call.call_id}\0{member.user_id}"
+            if member.state == JOINED:
+                member.conn = None
+                member.deadline = now + self.config.reconnect_grace_s
+                self._schedule(member.deadline, "grace", key)
+            elif member.state == RINGING:
+                member.conn = None
+                self._schedule(member.deadline, "ring", key)
+            else:
+                continue
+            presence = self._users.get(member.user_id)
+            if presence is None:
+                presence = self._users[member.user_id] = Presence(member.user_id)
+                # What others are shown of them (invitations, USER_ENTER) before they log in.
+                self._out.append(LoadProfile(self.sdk_app_id, member.user_id))
+            presence.call_id = call.call_id
+        room = call.sfu
+        if room is None:
+            return
+        if room.instance is not None and room.ready and room.instance in self.sfu.instances:
+            if room.tokens:
+                self._out.append(AllowTokens(room.instance, room.room, room.secret,
+                                             add=tuple(room.tokens.values())))
+            return
+        if room.instance is not None:
+            # Its creation was in flight when the other core died: start it over.
+            self._out.append(DestroyRoom(room.instance, room.room, room.secret))
+            room.instance = None
+        self._place_room(call, now)
+
+    def _add_call(self, call: Call, reported: bool = False) -> None:
+        """A call becomes active; its changes are watched from now on."""
+        self._calls[call.call_id] = call
+        call.watch(functools.partial(self._changed.add, call.call_id))
+        self._changed.add(call.call_id)
+        if not reported:
+            self._unreported.add(call.call_id)
 
     def is_online(self, user_id: str) -> bool:
         """Whether the user has at least one logged-in connection."""
@@ -1152,6 +1254,9 @@ class CallCore:
         return ringing
 
     def _calls_request(self, session: Session, request: Request, now: float) -> dict[str, Any]:
+        if self.store_unavailable is not None and self.store_unavailable():
+            raise _Refused(ErrorCode.STORE_UNAVAILABLE, "calls: the record store is "
+                           "unreachable; new calls are refused until it returns: retry later")
         call = self._new_call(session, request.data, now)
         try:
             self._check_new_call(call, request.data["userIDList"])
@@ -1231,7 +1336,7 @@ class CallCore:
         self, session: Session, call: Call, data: dict[str, Any], now: float
     ) -> dict[str, Any]:
         invitees: list[str] = data["userIDList"]
-        self._calls[call.call_id] = call
+        self._add_call(call)
         if call.group_verified:
             self._group_calls[call.group_id] = call.call_id
         self._users[call.caller].call_id = call.call_id
@@ -1936,6 +2041,12 @@ class CallCore:
     def _finish(self, call: Call, now: float, notify: bool) -> None:
         """Remove an ended call and persist its final record."""
         del self._calls[call.call_id]
+        call.watch(None)
+        self._changed.discard(call.call_id)
+        if call.call_id in self._unreported:
+            self._unreported.discard(call.call_id)
+        else:
+            self._ended.append(call.call_id)
         if call.sfu is not None and call.sfu.instance is not None:
             self._out.append(DestroyRoom(call.sfu.instance, call.sfu.room, call.sfu.secret))
         if self._group_calls.get(call.group_id) == call.call_id:

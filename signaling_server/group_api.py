@@ -124,11 +124,14 @@ class GroupService:
         directory: GroupDirectory,
         *,
         writer: RecordWriter | None = None,
+        on_change: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.store = store
         self.sdk_app_id = sdk_app_id
         self.directory = directory
         self._writer = writer
+        self._on_change = on_change
+        """Told the ids of groups once changed (a cluster node tells the other nodes)."""
         self._lock = asyncio.Lock()  # one change at a time: the directory follows commits
 
     async def _run_db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -158,6 +161,7 @@ class GroupService:
             group = Group(group_id, name, now, dict.fromkeys(members, now))
             await self._run_db(_insert_group, self.store, self.sdk_app_id, group)
             self.directory.put(group)
+            self._changed(group_id)
             return group
 
     async def destroy(self, group_id: str) -> None:
@@ -166,6 +170,7 @@ class GroupService:
             self._existing(group_id)
             await self._run_db(_delete_group, self.store, self.sdk_app_id, group_id)
             self.directory.remove(group_id)
+            self._changed(group_id)
 
     async def add(self, group_id: str, users: list[str]) -> tuple[list[str], list[str]]:
         """Add members; ``(added, already members)``. 10010, or 10014 past the cap."""
@@ -183,6 +188,7 @@ class GroupService:
                 await self._run_db(_add_members, self.store, self.sdk_app_id, group_id, added, now)
             members = {**group.members, **dict.fromkeys(added, now)}
             self.directory.put(Group(group.group_id, group.name, group.created_ts, members))
+            self._changed(group_id)
             return added, [u for u in users if u not in added]
 
     async def remove(self, group_id: str, users: list[str]) -> tuple[list[str], list[str]]:
@@ -194,7 +200,12 @@ class GroupService:
                 await self._run_db(_remove_members, self.store, self.sdk_app_id, group_id, removed)
             members = {u: at for u, at in group.members.items() if u not in removed}
             self.directory.put(Group(group.group_id, group.name, group.created_ts, members))
+            self._changed(group_id)
             return removed, [u for u in users if u not in removed]
+
+    def _changed(self, group_id: str) -> None:
+        if self._on_change is not None:
+            self._on_change([group_id])
 
     def get(self, group_id: str) -> Group:
         """The group as it is now; 10010 when there is none."""

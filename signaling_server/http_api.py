@@ -27,7 +27,7 @@ from aiohttp import web
 from callwire.codes import ErrorCode
 from callwire.usersig import UserSigRefused, verify_user_sig
 from signaling_server.records import StoredCall, users_in_call
-from signaling_server.store import CallStore, RecordWriter
+from signaling_server.store import CallStore, RecordWriter, StoreUnavailable
 from signaling_server.webhooks import CallbackConfigError, WebhookService
 
 __all__ = [
@@ -238,6 +238,9 @@ class HttpApi:
             data = await self._process(request)
         except RestError as exc:
             payload = {"errorCode": exc.code, "errorMessage": exc.message,
+                       "requestId": request_id, "data": {}}
+        except StoreUnavailable as exc:  # PostgreSQL unreachable: records wait in the spool
+            payload = {"errorCode": int(ErrorCode.STORE_UNAVAILABLE), "errorMessage": str(exc),
                        "requestId": request_id, "data": {}}
         except Exception:
             logger.exception("REST request %s %s failed", request_id, request.path)

@@ -22,18 +22,19 @@ import contextlib
 import functools
 import logging
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from callwire.extras import require
 from signaling_server.records import OutboxRow, ProfileUpdate, StoredCall
+from signaling_server.spool import Spool, SpooledUnit, drain
 from signaling_server.store import (
     _UPSERT_CALL,
     _UPSERT_PARTICIPANT,
     CallStore,
     _call_row,
 )
+from signaling_server.urls import redact_url
 
 __all__ = ["PG_SCHEMA_VERSION", "PgCallStore", "is_postgres_url", "redact_url"]
 
@@ -161,19 +162,19 @@ _INSERT_OUTBOX_RETURNING: Final = """
 """
 
 
+_SPOOL_MARKS: Final = """
+    CREATE TABLE IF NOT EXISTS callserver_spool (
+        spool_id   TEXT   COLLATE "C" PRIMARY KEY,  -- a node's spool (signaling_server.spool)
+        last_seq   BIGINT NOT NULL,                 -- its last unit written here
+        updated_ts DOUBLE PRECISION NOT NULL
+    )
+"""
+"""Outside the versioned schema (made by a store with a spool, under the migration lock)."""
+
+
 def is_postgres_url(db: str) -> bool:
     """Whether ``--db`` names a PostgreSQL database rather than an SQLite file."""
     return db.startswith(("postgresql://", "postgres://"))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and messages)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
 
 
 @functools.lru_cache(maxsize=512)
@@ -278,7 +279,9 @@ class PgCallStore(CallStore):
     dialect = "postgresql"
     shared = True
 
-    def __init__(self, url: str, *, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout: float = 10.0, spool: str | Spool | None = None
+    ) -> None:
         self._psycopg = require("psycopg", extra="postgres",
                                 feature="a PostgreSQL record database (--db postgresql://)")
         self._url = url
@@ -289,6 +292,10 @@ class PgCallStore(CallStore):
         self._pg: Any = None
         self._pg_reader: Any = None
         self._opened = False
+        self._spool_arg = spool
+        self.spool: Spool | None = None
+        """Where the record writer keeps units while PostgreSQL is unreachable (see
+        :mod:`signaling_server.spool`); None: no spool, such units wait in memory."""
         self.open()
 
     @property
@@ -322,7 +329,41 @@ class PgCallStore(CallStore):
                 conn.close()
                 raise
             self._pg, self._pg_reader, self._opened = conn, None, True
+            try:
+                self._open_spool()
+            except BaseException:
+                self.close()
+                raise
             logger.debug("call store %s opened", self.path)
+
+    def _open_spool(self) -> None:
+        """Open the spool and move what a previous run left in it to PostgreSQL, before
+        anything reads the database (the open calls it ends at start, say)."""
+        spool = self._spool_arg
+        if spool is None:
+            return
+        if not isinstance(spool, Spool):
+            spool = Spool(spool, self.path)
+        self.spool = spool
+        left = spool.count
+        moved = 0
+        try:
+            with self._lock:
+                conn = self._live("_pg")
+                with conn.transaction():  # once per database, like a migration
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                    conn.execute(_SPOOL_MARKS)
+            while spool.count:
+                moved += len(drain(self, spool, 512)[1])
+        except self._psycopg.Error as exc:
+            raise RuntimeError(
+                f"cannot move the {spool.count} unit(s) left in the spool {spool.path} to "
+                f"PostgreSQL: {str(exc).strip()}; they stay there for the next start"
+            ) from None
+        if left:
+            logger.warning("%d unit(s) of call records left in the spool %s by the last run "
+                           "moved to PostgreSQL (%d were there already)", left, spool.path,
+                           left - moved)
 
     def _connect(self) -> Any:
         options: dict[str, Any] = {}
@@ -336,11 +377,13 @@ class PgCallStore(CallStore):
         return conn
 
     def close(self) -> None:
-        """Close both connections; calling it again does nothing."""
+        """Close both connections and the spool; calling it again does nothing."""
         with self._lock, self._read_lock:
             if not self._opened:
                 return
             self._opened = False
+            if self.spool is not None:
+                self.spool.close()
             for conn in (self._pg, self._pg_reader):
                 if conn is not None:
                     with contextlib.suppress(Exception):
@@ -449,3 +492,35 @@ class PgCallStore(CallStore):
                 ],
             )
         return ids
+
+    def apply_spooled(self, spool_id: str, units: Sequence[SpooledUnit]) -> dict[int, list[int]]:
+        """Write spooled ``units`` (oldest first) in one transaction, with the seq of the last
+        one as ``spool_id``'s mark; units at or below the mark already there are skipped
+        (written by an attempt whose commit reply was lost, or before a crash). The outbox
+        ids of each unit written, by seq."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT last_seq FROM callserver_spool WHERE spool_id = ? FOR UPDATE",
+                (spool_id,),
+            ).fetchone()
+            done = -1 if row is None else int(row[0])
+            todo = [unit for unit in units if unit.seq > done]
+            calls: dict[tuple[int, str], StoredCall] = {}
+            for unit in todo:
+                for call in unit.calls:  # the latest version, at the latest position
+                    calls.pop((call.sdk_app_id, call.call_id), None)
+                    calls[(call.sdk_app_id, call.call_id)] = call
+            ids = self.save(list(calls.values()), [r for u in todo for r in u.outbox],
+                            [p for u in todo for p in u.profiles])  # nested: a savepoint
+            conn.execute(
+                "INSERT INTO callserver_spool (spool_id, last_seq, updated_ts) VALUES "
+                "(?, ?, EXTRACT(EPOCH FROM clock_timestamp())) ON CONFLICT (spool_id) DO "
+                "UPDATE SET last_seq = excluded.last_seq, updated_ts = excluded.updated_ts",
+                (spool_id, units[-1].seq),
+            )
+        out: dict[int, list[int]] = {}
+        start = 0
+        for unit in todo:
+            out[unit.seq] = ids[start : start + len(unit.outbox)]
+            start += len(unit.outbox)
+        return out

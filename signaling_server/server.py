@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -42,12 +42,14 @@ from websockets.http11 import SERVER as WEBSOCKETS_SERVER
 from websockets.protocol import State
 
 from callwire import protocol
-from callwire.codes import ErrorCode
+from callwire.codes import CloseCode, ErrorCode
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.enums import CallResultType, CallRole
 from callwire.usersig import verify_user_sig
 from callwire.version import product_token
 from signaling_server import profiles, web
+from signaling_server.cluster import ClusterError, ClusterSettings
+from signaling_server.cluster_role import ClusterRole
 from signaling_server.core import (
     CallCore,
     Close,
@@ -68,8 +70,15 @@ from signaling_server.janus import SfuService
 from signaling_server.push import PUSHES, push_commands, push_row
 from signaling_server.records import OutboxRow, ProfileUpdate, StoredCall
 from signaling_server.sfu import AllowTokens, CreateRoom, DestroyRoom
+from signaling_server.spool import default_spool_path
 from signaling_server.storage import open_store
-from signaling_server.store import CallStore, PendingWrite, RecordWriter, StoreBusy
+from signaling_server.store import (
+    CallStore,
+    PendingWrite,
+    RecordWriter,
+    StoreBusy,
+    StoreUnavailable,
+)
 from signaling_server.tls import ServerTls, TlsFiles
 from signaling_server.webhooks import WebhookService, WebhookSettings
 
@@ -139,6 +148,16 @@ class ServerConfig:
     max_queries_per_conn: int = 4
     """Record queries (recent calls, deletions, user info) in flight per connection; more get
     error 4290 at once."""
+    cluster: str | None = None
+    """Redis URL of the cluster this node joins (``redis://host:port/db``); None: a single
+    server. Needs a PostgreSQL ``db`` shared by the nodes (docs/cluster.md)."""
+    node_name: str = ""
+    """This node's name in logs and stats (default ``host:port``)."""
+    cluster_settings: ClusterSettings = field(default_factory=ClusterSettings)
+    """Lease, heartbeat and failover timings of cluster mode."""
+    spool: str | None = None
+    """With a PostgreSQL ``db``: the SQLite file where records wait while PostgreSQL is
+    unreachable (docs/storage.md); None: ``data/spool-<hash of db>-<port>.db``."""
 
 
 class _Gate:
@@ -150,7 +169,7 @@ class _Gate:
 
     def __init__(self) -> None:
         self.open = False
-        self.peers: list[_Peer] = []
+        self.peers: list[_Pumped] = []
         self._waiter: asyncio.Future[None] | None = None
 
     def release(self) -> None:
@@ -169,6 +188,28 @@ class _Gate:
         if self._waiter is None:
             self._waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._waiter)
+
+
+class _Pumped(Protocol):
+    """Something holding frames behind a gate: pumped when it opens."""
+
+    def pump(self) -> None: ...
+
+
+class _GateJoin:
+    """Opens ``joined`` once every gate it waits on is open (records and snapshots)."""
+
+    __slots__ = ("gates", "joined")
+
+    def __init__(self, joined: _Gate, gates: Sequence[_Gate]) -> None:
+        self.joined = joined
+        self.gates = gates
+        for gate in gates:
+            gate.peers.append(self)
+
+    def pump(self) -> None:
+        if all(gate.open for gate in self.gates):
+            self.joined.release()
 
 
 class _Peer:
@@ -348,6 +389,9 @@ class SignalingServer:
         self._stopped = asyncio.Event()
         self.sfu: SfuService | None = None
         """The Janus client carrying out the core's room outputs (with ``core.sfu`` set)."""
+        self.cluster: ClusterRole | None = None
+        """This node's part in a cluster (``config.cluster`` set), once started."""
+        self._conn_base = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -415,9 +459,11 @@ class SignalingServer:
                 raise
         context = self.tls.context if self.tls is not None else None
         self._loop = asyncio.get_running_loop()
-        store = await asyncio.to_thread(open_store, self.config.db)
+        spool = self.config.spool or default_spool_path(self.config.db, self.config.port)
+        store = await asyncio.to_thread(open_store, self.config.db, spool=spool)
         self._store = store
         self._writer = RecordWriter(store, on_attempted=self._units_attempted)
+        self.core.store_unavailable = self._writer.unavailable  # new calls refused (4506)
         try:
             cfg = self.config
             self.webhooks = WebhookService(
@@ -431,21 +477,28 @@ class SignalingServer:
             if cfg.core.sfu:
                 self.sfu = SfuService(
                     cfg.core.sfu,
-                    room_ready=lambda c, e: self._execute(
-                        self.core.sfu_room_ready(c, e, time.time())),
-                    room_failed=lambda c, e: self._execute(
-                        self.core.sfu_room_failed(c, e, time.time())),
-                    instance_down=lambda i: self._execute(
-                        self.core.sfu_instance_down(i, time.time())),
-                    instance_up=lambda i: self._execute(
-                        self.core.sfu_instance_up(i, time.time())),
+                    room_ready=lambda c, e: self._core_step(
+                        lambda: self.core.sfu_room_ready(c, e, time.time())),
+                    room_failed=lambda c, e: self._core_step(
+                        lambda: self.core.sfu_room_failed(c, e, time.time())),
+                    instance_down=lambda i: self._core_step(
+                        lambda: self.core.sfu_instance_down(i, time.time())),
+                    instance_up=lambda i: self._core_step(
+                        lambda: self.core.sfu_instance_up(i, time.time())),
                 )
                 await self.sfu.start()
             for group in await self._writer.run_read(load_groups, store, cfg.sdk_app_id):
                 self.groups.put(group)
-            await self._interrupt_open_calls(time.time())
+            if cfg.cluster:
+                await self._join_cluster(cfg.cluster)
+            else:
+                await self._interrupt_open_calls(time.time())
             if cfg.http_port is not None:
-                groups = GroupService(store, cfg.sdk_app_id, self.groups, writer=self._writer)
+                cluster = self.cluster
+                groups = GroupService(
+                    store, cfg.sdk_app_id, self.groups, writer=self._writer,
+                    on_change=cluster.link.announce_groups if cluster is not None else None,
+                )
                 self.http_api = HttpApi(
                     HttpApiConfig(
                         cfg.sdk_app_id, cfg.secret_key, cfg.admin_identifier, cfg.rest_rate_per_s
@@ -481,6 +534,8 @@ class SignalingServer:
             self._stopped.set()
             raise
         self._port = int(self._ws_server.sockets[0].getsockname()[1])
+        if self.cluster is not None and not self.config.node_name:
+            self.cluster.link.name = f"{self.config.host}:{self._port}"
         self._timer = asyncio.get_running_loop().create_task(
             self._run_timer(), name="signaling-timer"
         )
@@ -543,7 +598,13 @@ class SignalingServer:
         try:
             if self._ws_server is not None:
                 self._ws_server.server.close()  # stop accepting; connections stay for now
-                self._execute(self.core.shutdown(time.time()))
+                if self.cluster is not None:
+                    # The calls go on: the other nodes (or the next one started) carry them.
+                    for peer in list(self._peers.values()):
+                        peer.close(CloseCode.SERVICE_RESTART,
+                                   "node stopping; reconnect to another node")
+                else:
+                    self._execute(self.core.shutdown(time.time()))
                 last = self._last_unit
                 if last is not None:  # the shutdown's records first: its frames wait for them
                     with contextlib.suppress(TimeoutError):
@@ -562,6 +623,8 @@ class SignalingServer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.cluster is not None:
+                await self.cluster.close()
         finally:
             await self._close_services()
             self._stopped.set()
@@ -587,7 +650,7 @@ class SignalingServer:
         if self._stopping:
             await ws.close(1001, "server shutting down")
             return
-        conn_id = next(self._ids)
+        conn_id = self._conn_base + next(self._ids)
         peer = _Peer(self, conn_id, ws)
         self._peers[conn_id] = peer
         address = ws.remote_address
@@ -595,19 +658,135 @@ class SignalingServer:
         if logger.isEnabledFor(logging.DEBUG) and ws.request is not None:
             logger.debug("connection %d from %s (%s)", conn_id, client_ip,
                          ws.request.headers.get("User-Agent", "no User-Agent"))
-        self._execute(self.core.open(conn_id, time.time(), client_ip))
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.open(conn_id, client_ip)
+        else:
+            self._execute(self.core.open(conn_id, time.time(), client_ip))
         try:
             async for message in ws:
                 # Binary frames go to the core as they are; its parser refuses anything
                 # that is not a JSON object (MALFORMED_FRAME).
-                self._execute(self.core.receive(conn_id, message, time.time()))
+                if cluster is not None:
+                    cluster.frame(conn_id, message)
+                else:
+                    self._execute(self.core.receive(conn_id, message, time.time()))
         except ConnectionClosed:
             pass
         finally:
             self._peers.pop(conn_id, None)
             if peer.writer is not None:
                 peer.writer.cancel()
-            self._execute(self.core.closed(conn_id, time.time()))
+            if cluster is not None:
+                cluster.closed(conn_id)
+            else:
+                self._execute(self.core.closed(conn_id, time.time()))
+
+    # ------------------------------------------------------------------ cluster mode
+
+    async def _join_cluster(self, url: str) -> None:
+        """Join the cluster on Redis at ``url``: take a node index (connection ids carry it)."""
+        if not self.config.db.startswith(("postgresql://", "postgres://")):
+            raise ClusterError(
+                "--cluster needs the nodes to share their records: give --db a "
+                "postgresql:// URL (see docs/cluster.md)")
+        cfg = self.config
+        role = ClusterRole(self, url, cfg.node_name or f"{cfg.host}:{cfg.port}",
+                           cfg.cluster_settings)
+        await role.start()
+        self.cluster = role
+        self._conn_base = role.link.index << 32
+
+    def _core_input(self, op: list[Any]) -> None:
+        """One connection operation (local or forwarded by another node) into the core."""
+        kind, conn = op[0], int(op[1])
+        now = time.time()
+        if kind == "f":
+            self._execute(self.core.receive(conn, str(op[2]), now))
+        elif kind == "o":
+            self._execute(self.core.open(conn, now, str(op[2])))
+        elif kind == "c":
+            self._execute(self.core.closed(conn, now))
+        elif kind == "b":
+            self._execute(self.core.receive(conn, b"", now))
+
+    def _core_step(self, step: Callable[[], list[Output]]) -> None:
+        """Run a core input that is not a connection's (SFU, profiles) where it may run."""
+        if self.cluster is not None and not self.cluster.leading:
+            return
+        self._execute(step())
+
+    def _send_text(self, conn: int, text: str) -> None:
+        """Send one frame to a connection of this node or, on the leader, of another."""
+        peer = self._peers.get(conn)
+        if peer is not None:
+            peer.send(text)
+        elif self.cluster is not None and (remote := self.cluster.remote(conn)):
+            remote.put([conn, [text], None, ""])
+
+    def _close_local(self, conn: int, code: int, reason: str) -> None:
+        peer = self._peers.get(conn)
+        if peer is not None:
+            peer.close(code, reason)
+
+    def _deliver_local(self, conn: int, texts: Sequence[str], code: int | None,
+                       reason: str) -> None:
+        """Frames (and a close) the leader routed to a connection of this node."""
+        peer = self._peers.get(conn)
+        if peer is None:
+            return
+        if texts:
+            peer.send_many(texts)
+        if code:
+            peer.close(code, reason)
+
+    def _new_core(self) -> CallCore:
+        core = CallCore(self.config.sdk_app_id, self._verify_sig, self.config.core, self.groups)
+        if self._writer is not None:
+            core.store_unavailable = self._writer.unavailable  # new calls refused (4506)
+        return core
+
+    def _adopt_core(self, snapshots: list[dict[str, Any]]) -> None:
+        """This node leads now: a fresh core with the calls of the snapshots (synchronous,
+        so no input reaches the core before them)."""
+        self.core = self._new_core()
+        self._execute(self.core.restore_calls(snapshots, time.time()))
+        self.core.take_changed_calls()
+        self._rearm_timer()
+
+    def _drop_core(self) -> None:
+        """This node no longer leads: forget its calls (the new leader has them)."""
+        self.core = self._new_core()
+        self._rearm_timer()
+
+    def _snapshot_all(self) -> None:
+        """Store every call's snapshot again (after Redis lost them)."""
+        cluster = self.cluster
+        if cluster is None or not cluster.core_epoch:
+            return
+        self.core.take_changed_calls()
+        cluster.link.snapshot(self.core.export_calls(), [], lambda: None, replace=True)
+
+    async def _reload_groups(self, group_ids: list[str]) -> None:
+        """Read groups another node changed back from the store."""
+        writer, store = self._writer, self._store
+        if writer is None or store is None or writer.closed:
+            return
+        try:
+            groups = await writer.run_read(load_groups, store, self.config.sdk_app_id)
+        except Exception:
+            logger.exception("groups %s could not be reloaded", group_ids)
+            return
+        found = {g.group_id: g for g in groups}
+        for group_id in group_ids:
+            group = found.get(group_id)
+            if group is None:
+                self.groups.remove(group_id)
+            else:
+                self.groups.put(group)
+
+    def _rearm_timer(self) -> None:
+        self._rearm.set()
 
     def _execute(self, outputs: list[Output]) -> None:
         """Carry out the core's outputs in order, then re-arm the timer if needed.
@@ -620,6 +799,17 @@ class SignalingServer:
         """
         unit = self._persist(outputs)
         gate: _Gate | None = unit.token if unit is not None else None
+        cluster = self.cluster
+        if cluster is not None and cluster.leading:
+            changed, ended = self.core.take_changed_calls()
+            if changed or ended:
+                stored = _Gate()
+                cluster.link.snapshot(changed, ended, stored.release)
+                if gate is None:
+                    gate = stored
+                else:
+                    gate = _Gate()
+                    _GateJoin(gate, (unit.token, stored))  # type: ignore[union-attr]
         frames: dict[int, list[str]] = {}
         for out in outputs:
             if isinstance(out, Send):
@@ -637,6 +827,10 @@ class SignalingServer:
                     if pending:
                         peer.send_many(pending)
                     peer.close(out.code, out.reason)
+                elif cluster is not None and (remote := cluster.remote(out.conn)):
+                    if gate is not None:
+                        remote.gate(out.conn, gate)
+                    remote.put([out.conn, pending or [], int(out.code), out.reason])
             elif isinstance(out, StoreRequest):
                 self._store_request(out)
             elif isinstance(out, Notice):
@@ -651,6 +845,10 @@ class SignalingServer:
                 if gate is not None:
                     peer.gate(gate)
                 peer.send_many(texts)
+            elif cluster is not None and (remote := cluster.remote(conn)):
+                if gate is not None:
+                    remote.gate(conn, gate)
+                remote.put([conn, texts, None, ""])
         if self.core.next_deadline() != self._armed:
             self._rearm.set()
 
@@ -715,15 +913,18 @@ class SignalingServer:
         for (service, row), row_id in zip(rows, ids, strict=True):
             service.adopt(row, row_id)
 
-    async def _interrupt_open_calls(self, now: float) -> None:
+    async def _interrupt_open_calls(self, now: float, keep: set[str] | None = None) -> None:
         """End the calls the last run left open (it died without a stop) as ``interrupt``,
-        with their ``call_interrupted`` notices in the same transaction.
+        with their ``call_interrupted`` notices in the same transaction; ``keep``: calls
+        that go on (adopted by a new cluster leader).
 
         The record does not say who was still connected when it died; the caller and every
         invitee who had answered were in the call.
         """
         assert self._writer is not None and self._store is not None
         calls = await self._writer.run_read(self._store.open_calls)
+        if keep:
+            calls = [call for call in calls if call.call_id not in keep]
         if not calls:
             return
         outputs: list[Output] = []
@@ -772,11 +973,9 @@ class SignalingServer:
         self._spawn(self._run_store_request(req), f"signaling-store-{req.conn}")
 
     def _reply_busy(self, req: StoreRequest, message: str) -> None:
-        peer = self._peers.get(req.conn)
-        if peer is not None:
-            peer.send(protocol.encode_reply_error(
-                req.request_id, ErrorCode.SERVER_BUSY, f"{req.op}: {message}"
-            ))
+        self._send_text(req.conn, protocol.encode_reply_error(
+            req.request_id, ErrorCode.SERVER_BUSY, f"{req.op}: {message}"
+        ))
 
     async def _run_store_request(self, req: StoreRequest) -> None:
         writer, store = self._writer, self._store
@@ -812,6 +1011,10 @@ class SignalingServer:
         except StoreBusy:
             self._reply_busy(req, "the record store is busy; retry in a moment")
             return
+        except StoreUnavailable as exc:
+            text = protocol.encode_reply_error(
+                req.request_id, ErrorCode.STORE_UNAVAILABLE, f"{req.op}: {exc}"
+            )
         except Exception:
             logger.exception("record query %s for %s failed", req.op, req.user_id)
             text = protocol.encode_reply_error(
@@ -821,9 +1024,7 @@ class SignalingServer:
             self._queries[req.conn] -= 1
             if self._queries[req.conn] <= 0:
                 del self._queries[req.conn]
-        peer = self._peers.get(req.conn)
-        if peer is not None:
-            peer.send(text)
+        self._send_text(req.conn, text)
 
     async def _load_profile(self, out: LoadProfile) -> None:
         """Load a stored profile and hand it to the core."""
@@ -840,7 +1041,8 @@ class SignalingServer:
             logger.exception("profile of %s could not be loaded", out.user_id)
             return
         nickname, avatar = found.get(out.user_id, ("", ""))
-        self._execute(self.core.profile_loaded(out.user_id, nickname, avatar, time.time()))
+        self._core_step(lambda: self.core.profile_loaded(out.user_id, nickname, avatar,
+                                                         time.time()))
 
     async def _rest_stats(self, data: dict[str, Any]) -> dict[str, Any]:
         """REST ``server/get_stats``: the record writer's counters, webhooks pending."""
@@ -851,6 +1053,7 @@ class SignalingServer:
             "webhooksPending": self.webhooks.pending if self.webhooks is not None else 0,
             "pushesPending": self.pushes.pending if self.pushes is not None else 0,
             "connections": self.connection_count,
+            **({"cluster": self.cluster.info()} if self.cluster is not None else {}),
         }
 
     async def _run_timer(self) -> None:
@@ -868,6 +1071,9 @@ class SignalingServer:
                     async with asyncio.timeout(delay):
                         await self._rearm.wait()
                         continue
+            if self.cluster is not None and not self.cluster.leading:
+                await self._rearm.wait()  # frozen (or no longer leading): no state changes
+                continue
             try:
                 outputs = self.core.tick(time.time())
             except Exception:  # a core bug must not stop every later timeout

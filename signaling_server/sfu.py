@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from signaling_server.callmodel import Watched, WatchedDict, Watcher
 
 __all__ = ["AllowTokens", "CreateRoom", "DestroyRoom", "SfuPool", "SfuRoom"]
 
@@ -57,8 +60,11 @@ class DestroyRoom:
 
 
 @dataclass
-class SfuRoom:
-    """The SFU room of one call: where it is now and each joined member's token."""
+class SfuRoom(Watched):
+    """The SFU room of one call: where it is now and each joined member's token.
+
+    Watched (:class:`~signaling_server.callmodel.Watched`): its call reports every change.
+    """
 
     instance: str | None
     """None while no instance is up (the room is created when one comes back)."""
@@ -68,8 +74,19 @@ class SfuRoom:
     epoch: int = 0
     """Bumped each time the room is (re)created; clients replace their transport on a new one."""
     tokens: dict[str, str] = field(default_factory=dict)
+    """Stored as a :class:`~signaling_server.callmodel.WatchedDict`."""
     ready: bool = False
     """The current attempt's room exists (``CallCore.sfu_room_ready``)."""
+
+    _ADOPTED: ClassVar[frozenset[str]] = frozenset({"tokens"})
+
+    def _adopt(self, name: str, value: Any) -> Any:
+        if name == "tokens" and not (isinstance(value, WatchedDict) and value._owner is self):
+            return WatchedDict(self, value)
+        return value
+
+    def _watch_parts(self, watcher: Watcher | None) -> None:
+        pass  # the tokens are strings; the dict reports through this room
 
     def token_for(self, user_id: str) -> str:
         """The member's token, made on first use."""

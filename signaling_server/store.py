@@ -36,6 +36,7 @@ from signaling_server.records import (
     StoredCall,
     snapshot,
 )
+from signaling_server.spool import Spool, drain
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -44,6 +45,7 @@ __all__ = [
     "RecordStore",
     "RecordWriter",
     "StoreBusy",
+    "StoreUnavailable",
     "WriterStats",
 ]
 
@@ -657,6 +659,26 @@ class StoreBusy(RuntimeError):
     """Too many queries (or non-record writes) are waiting for the store: retry later."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The database is unreachable and records wait in the spool: queries and other writes are
+    refused at once until it returns (error 4506)."""
+
+
+STORE_UNAVAILABLE_MESSAGE: Final = ("the record store is unreachable; new calls are refused "
+                                    "until it returns: retry later")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a failed PostgreSQL write says the database cannot be reached (connection
+    refused or lost, the server shutting down or starting): spool the unit. A lock timeout,
+    a serialization failure or a deadlock is transient too, but from a live database."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
 def _transient(exc: BaseException) -> bool:
     """Whether a failed write may succeed when tried again (busy, locked, disk full, I/O;
     with PostgreSQL a lost connection, a lock timeout, a serialization failure).
@@ -692,6 +714,9 @@ class PendingWrite:
     token: Any = None
     """The submitter's own data, handed back through ``on_attempted``."""
     seq: int = 0
+    spooled: bool = False
+    """Committed to the writer's local spool (PostgreSQL was unreachable): durable, and
+    ``attempted`` is True; ``committed`` is set once the unit reached PostgreSQL."""
 
 
 @dataclass(frozen=True)
@@ -715,6 +740,9 @@ class WriterStats:
     reads_in_flight: int
     refused: int
     """Queries and writes refused with :class:`StoreBusy`."""
+    spooled: int = 0
+    """Units in the local spool waiting for PostgreSQL (see :mod:`signaling_server.spool`);
+    while there are any, new calls are refused (4506)."""
 
     def to_wire(self) -> dict[str, int]:
         """The REST API's data object (camelCase)."""
@@ -728,6 +756,7 @@ class WriterStats:
             "jobsQueued": self.jobs_queued,
             "readsInFlight": self.reads_in_flight,
             "refused": self.refused,
+            "spooled": self.spooled,
         }
 
 
@@ -760,6 +789,17 @@ class RecordWriter:
     (:meth:`stats`). A unit that fails for any other reason (a value SQLite refuses) would fail
     forever: it is logged, counted as lost, and the others go on.
 
+    With a spool (the store's ``spool``: PostgreSQL with ``open_store(..., spool=PATH)``), a
+    unit that cannot be written because PostgreSQL is unreachable (:func:`_unreachable`) is
+    committed to the spool instead (:mod:`signaling_server.spool`, on this thread): it is
+    durable, its ``attempted`` is True, and every later unit goes to the spool behind it, so
+    records and outbox rows keep their order. A second thread moves spooled units to
+    PostgreSQL oldest first (probing every ``retry_initial_s`` doubling to
+    ``spool_probe_max_s``); ``committed`` is set with their outbox ids when they get there.
+    While units are spooled (:meth:`unavailable`), :meth:`run_query` and :meth:`run_read`
+    raise :class:`StoreUnavailable` (they would read or write PostgreSQL ahead of the spool)
+    and the server refuses new calls; :meth:`close` leaves spooled units for the next start.
+
     :meth:`flush`, :meth:`run_query` and :meth:`close` are ordered after every earlier submit.
     The thread is not a daemon, so queued records are written before the process exits; if
     the owner never calls :meth:`close`, the worker finishes the queue and stops on its own
@@ -777,6 +817,7 @@ class RecordWriter:
         retry_max_s: float = 30.0,
         close_retry_s: float = 5.0,
         on_attempted: Callable[[list[PendingWrite]], None] | None = None,
+        spool_probe_max_s: float = 1.0,
     ) -> None:
         if max_batch < 1 or max_jobs < 1 or max_reads < 1:
             raise ValueError("max_batch, max_jobs and max_reads must be at least 1")
@@ -787,7 +828,11 @@ class RecordWriter:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.close_retry_s = close_retry_s
+        self.spool_probe_max_s = spool_probe_max_s
         self.on_attempted = on_attempted
+        self.spool: Spool | None = getattr(store, "spool", None)
+        self._spooled = self.spool.count if self.spool is not None else 0
+        self._in_spool: dict[int, PendingWrite] = {}  # spool seq -> unit of this process
         self._just_attempted: list[PendingWrite] = []
         self.committed = 0
         self.commits = 0
@@ -796,12 +841,17 @@ class RecordWriter:
         self.refused = 0
         self._retrying = 0
         self._reads = 0
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        # The drainer waits on its own condition (the same lock): a submit's notify() must
+        # wake the writer thread, not the drainer.
+        self._spool_cv = threading.Condition(lock)
         self._units: collections.deque[PendingWrite] = collections.deque()
         self._jobs: collections.deque[_Job] = collections.deque()
         self._seq = 0  # last unit submitted
         self._attempted = 0  # last unit attempted (units are attempted in order)
         self._stop = False
+        self._drain_stop = False  # the drainer goes on while the writer finishes
         self._closing: concurrent.futures.Future[None] | None = None
         self._read_pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"record-reader:{store.path}"
@@ -809,6 +859,12 @@ class RecordWriter:
         self._thread = threading.Thread(
             target=self._run, name=f"record-writer:{store.path}", daemon=False
         )
+        self._drainer: threading.Thread | None = None
+        if self.spool is not None:
+            self._drainer = threading.Thread(
+                target=self._drain_loop, name=f"record-spool:{store.path}", daemon=False
+            )
+            self._drainer.start()
         self._thread.start()
 
     @property
@@ -826,8 +882,13 @@ class RecordWriter:
         with self._cv:
             return WriterStats(
                 self.committed, self.commits, self.failed_attempts, self._retrying, self.lost,
-                len(self._units), len(self._jobs), self._reads, self.refused,
+                len(self._units), len(self._jobs), self._reads, self.refused, self._spooled,
             )
+
+    def unavailable(self) -> bool:
+        """Whether units wait in the spool (PostgreSQL unreachable, or not caught up yet):
+        the server refuses new calls meanwhile."""
+        return self._spooled > 0
 
     def submit(self, call: StoredCall) -> None:
         """Queue a snapshot of ``call`` for writing; returns at once."""
@@ -874,18 +935,28 @@ class RecordWriter:
 
     async def run_read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run the query ``fn(*args, **kwargs)`` on the reader thread (it sees what is
-        committed); :class:`StoreBusy` when ``max_reads`` queries are in flight."""
+        committed); :class:`StoreBusy` when ``max_reads`` queries are in flight,
+        :class:`StoreUnavailable` while units wait in the spool. A query that finds its
+        PostgreSQL connection lost (a restart since the last query) runs once more, on a new
+        connection."""
         if self._closing is not None:
             raise RuntimeError("record writer is closed")
+        if self._spooled:
+            raise StoreUnavailable(STORE_UNAVAILABLE_MESSAGE)
         if self._reads >= self.max_reads:
             self.refused += 1
             raise StoreBusy(f"{self._reads} record queries are already waiting")
         self._reads += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._read_pool, functools.partial(fn, *args, **kwargs)
-            )
+            call = functools.partial(fn, *args, **kwargs)
+            try:
+                return await loop.run_in_executor(self._read_pool, call)
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                logger.info("record query found its connection lost (%r); once more", exc)
+                return await loop.run_in_executor(self._read_pool, call)
         finally:
             self._reads -= 1
 
@@ -906,6 +977,7 @@ class RecordWriter:
             with self._cv:
                 self._stop = True
                 self._cv.notify()
+                self._spool_cv.notify()
         await asyncio.wrap_future(self._closing)
         await asyncio.to_thread(self._thread.join)
 
@@ -977,14 +1049,22 @@ class RecordWriter:
                 logger.exception("on_attempted failed")
 
     def _commit(self, units: list[PendingWrite]) -> list[PendingWrite]:
-        """Write ``units`` (one transaction, else one by one); the ones to retry, in order."""
+        """Write ``units`` (one transaction, else one by one; to the spool while it holds
+        units or the database is unreachable); the ones to retry, in order."""
         if not units:
             return []
+        if self._spooled:
+            return self._to_spool(units)  # behind the spooled ones
         try:
             self._write(units)
             return []
         except Exception as exc:
             self.failed_attempts += 1
+            if self.spool is not None and _unreachable(exc):
+                logger.error("PostgreSQL unreachable (%s): %d unit(s) of call records "
+                             "spooled to %s; new calls are refused until it returns",
+                             str(exc).strip() or repr(exc), len(units), self.spool.path)
+                return self._to_spool(units)
             if _transient(exc):
                 logger.error("record store failing (%r): %d unit(s) of call records kept "
                              "for a retry", exc, len(units))
@@ -997,6 +1077,8 @@ class RecordWriter:
                 self._write([unit])
             except Exception as exc:
                 self.failed_attempts += 1
+                if self.spool is not None and _unreachable(exc):
+                    return self._to_spool(units[i:])
                 if _transient(exc):
                     logger.error("record store failing (%r): %d unit(s) of call records kept "
                                  "for a retry", exc, len(units) - i)
@@ -1022,8 +1104,9 @@ class RecordWriter:
             outbox += unit.outbox
             profiles += unit.profiles
         ids = self.store.save(list(calls.values()), outbox, profiles)
-        self.committed += len(calls)
-        self.commits += 1
+        with self._cv:
+            self.committed += len(calls)
+            self.commits += 1
         start = 0
         for unit in units:
             if not unit.attempted.done():
@@ -1032,6 +1115,134 @@ class RecordWriter:
             if not unit.committed.done():
                 unit.committed.set_result(ids[start : start + len(unit.outbox)])
             start += len(unit.outbox)
+
+    def _to_spool(self, units: list[PendingWrite]) -> list[PendingWrite]:
+        """Commit ``units`` to the spool (durable: their frames may go); the ones to retry
+        when even that fails (kept in memory, as without a spool)."""
+        spool = self.spool
+        assert spool is not None
+        try:
+            seqs = spool.append([(u.calls, u.outbox, u.profiles) for u in units])
+        except Exception as exc:
+            logger.error("the spool %s failed too (%r): %d unit(s) of call records kept in "
+                         "memory for a retry", spool.path, exc, len(units))
+            self._release(units)
+            return units
+        with self._cv:
+            for seq, unit in zip(seqs, units, strict=True):
+                unit.spooled = True
+                self._in_spool[seq] = unit
+            self._spooled = spool.count  # always the spool's own count: no drift between
+            self._spool_cv.notify()  # this thread and the drainer
+        for unit in units:
+            if not unit.attempted.done():
+                unit.attempted.set_result(True)
+                self._just_attempted.append(unit)
+        return []
+
+    def _drain_loop(self) -> None:
+        """The spool's thread: move spooled units to the database, oldest first, while there
+        are any; probe with backoff while it is unreachable."""
+        spool, target = self.spool, self.store
+        assert spool is not None
+        delay, retry_at, failures = self.retry_initial_s, 0.0, 0
+        while True:
+            with self._cv:
+                while not self._drain_stop and (not self._spooled
+                                                 or time.monotonic() < retry_at):
+                    wait = 0.5 if not self._spooled else max(0.0, retry_at - time.monotonic())
+                    self._spool_cv.wait(min(0.5, wait))
+                if self._drain_stop:
+                    return
+            try:
+                result = drain(target, spool, self.max_batch)  # type: ignore[arg-type]
+            except Exception as exc:
+                failures += 1
+                with self._cv:
+                    self.failed_attempts += 1
+                if not _transient(exc):
+                    try:
+                        self._drop_spooled_head(exc)
+                    except Exception:  # the spool itself is broken: keep it, back off
+                        logger.exception("the spool %s cannot be read", spool.path)
+                        retry_at = time.monotonic() + self.spool_probe_max_s
+                    continue
+                if failures == 1 or failures % 60 == 0:
+                    logger.error("PostgreSQL still unreachable (%s): %d unit(s) wait in the "
+                                 "spool %s", str(exc).strip() or repr(exc), spool.count,
+                                 spool.path)
+                delay = min(self.spool_probe_max_s, delay * 2) if failures > 1 else delay
+                retry_at = time.monotonic() + delay
+                continue
+            through, written = result
+            if failures:
+                logger.warning("PostgreSQL answers again after %d failed attempt(s): moving "
+                               "the spooled units", failures)
+            failures, delay, retry_at = 0, self.retry_initial_s, 0.0
+            if through:
+                self._spool_written(through, written)
+
+    def _spool_written(self, through: int, written: dict[int, list[int]]) -> None:
+        """The spooled units up to seq ``through`` are in the database: count them, answer
+        the ``committed`` of this process's ones (ids -1: written by an earlier attempt whose
+        commit reply was lost, ids unknown; the shared outbox claims those rows anyway)."""
+        spool = self.spool
+        assert spool is not None
+        done: list[tuple[PendingWrite, list[int]]] = []
+        with self._cv:
+            for seq in sorted(s for s in self._in_spool if s <= through):
+                unit = self._in_spool.pop(seq)
+                done.append((unit, written.get(seq, [-1] * len(unit.outbox))))
+            self._spooled = spool.count
+            left = self._spooled
+            self.committed += sum(len({(c.sdk_app_id, c.call_id) for c in u.calls})
+                                  for u, _ in done)
+            self.commits += 1
+            self._cv.notify_all()  # a closing writer waits for the spool to empty
+        for unit, ids in done:
+            if not unit.committed.done():
+                unit.committed.set_result(ids)
+        if left == 0:
+            logger.warning("spool %s emptied into PostgreSQL: new calls are accepted again",
+                           spool.path)
+
+    def _drop_spooled_head(self, exc: BaseException) -> None:
+        """A spooled batch fails for good: find the unit that can never be written (lost,
+        logged), keep the others."""
+        spool = self.spool
+        assert spool is not None
+        logger.error("moving spooled units to PostgreSQL failed (%r); moving them one by one",
+                     exc)
+        for unit in spool.oldest(self.max_batch):
+            try:
+                written = self.store.apply_spooled(  # type: ignore[attr-defined]
+                    spool.spool_id, [unit])
+                spool.remove_through(unit.seq)
+            except Exception as one:
+                if _transient(one):
+                    return  # unreachable now: the drainer probes again
+                spool.remove_through(unit.seq)
+                logger.exception("spooled call records %s can never be written: lost",
+                                 [c.call_id for c in unit.calls])
+                with self._cv:
+                    self.lost += 1
+                    pending = self._in_spool.pop(unit.seq, None)
+                    self._spooled = spool.count
+                if pending is not None and not pending.committed.done():
+                    pending.committed.set_exception(one)
+                continue
+            self._spool_written(unit.seq, written)
+
+    def _drain_before_close(self) -> None:
+        """At stop: give the drainer ``close_retry_s`` to empty the spool (PostgreSQL may be
+        back); what is left stays for the next start."""
+        deadline = time.monotonic() + self.close_retry_s
+        with self._cv:
+            while self._spooled and self._drainer is not None and self._drainer.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(min(0.5, left))
 
     def _run_one_job(self) -> None:
         with self._cv:
@@ -1042,6 +1253,9 @@ class RecordWriter:
             job.done.set_result(None)
             return
         if not job.done.set_running_or_notify_cancel():
+            return
+        if self._spooled:  # it would run on the database ahead of the spooled records
+            job.done.set_exception(StoreUnavailable(STORE_UNAVAILABLE_MESSAGE))
             return
         try:
             result = job.fn()
@@ -1080,6 +1294,24 @@ class RecordWriter:
                         break
                 self._run_one_job()
         finally:
+            if self._drainer is not None:
+                self._drain_before_close()
+            with self._cv:
+                self._stop = self._drain_stop = True
+                self._cv.notify_all()
+                self._spool_cv.notify_all()
+            if self._drainer is not None:
+                self._drainer.join()
+            with self._cv:
+                left = list(self._in_spool.values())
+                self._in_spool.clear()
+            if left:
+                logger.warning("%d unit(s) of call records stay in the spool %s for the next "
+                               "start", len(left), self.spool.path if self.spool else "")
+            for unit in left:
+                if not unit.committed.done():
+                    unit.committed.set_exception(RuntimeError(
+                        "record writer stopped; the unit waits in the spool for the next start"))
             self.store.close()
             with self._cv:
                 self._stop = True

@@ -52,7 +52,7 @@ from yarl import URL
 
 from signaling_server.core import Notice
 from signaling_server.records import OutboxRow, StoredCall, users_in_call
-from signaling_server.store import CallStore, RecordWriter
+from signaling_server.store import CallStore, RecordWriter, StoreUnavailable
 
 __all__ = [
     "CALLBACKS",
@@ -849,8 +849,8 @@ class WebhookService:
                     next_tick = time.monotonic() + self.settings.claim_interval_s
                     try:
                         await self._shared_tick()
-                    except Exception:
-                        logger.exception("webhook outbox lease renewal failed; retrying")
+                    except Exception as exc:
+                        _log_db_failure("webhook outbox lease renewal failed; retrying", exc)
             else:
                 await self._db_wake.wait()
             self._db_wake.clear()
@@ -858,8 +858,8 @@ class WebhookService:
             batch = self._take_batch()
             try:
                 rows = await self._write(batch) if batch else []
-            except Exception:
-                logger.exception("webhook outbox write failed; retrying in 1 s")
+            except Exception as exc:
+                _log_db_failure("webhook outbox write failed; retrying in 1 s", exc)
                 self._merge_back(batch)
                 self._flush_waiters[:0] = waiters
                 await asyncio.sleep(1.0)
@@ -868,8 +868,8 @@ class WebhookService:
             self._take_new_rows(rows)
             try:
                 await self._load_pages()
-            except Exception:
-                logger.exception("webhook outbox read failed; retrying in 1 s")
+            except Exception as exc:
+                _log_db_failure("webhook outbox read failed; retrying in 1 s", exc)
                 self._flush_waiters[:0] = waiters
                 await asyncio.sleep(1.0)
                 self._db_wake.set()
@@ -1063,6 +1063,15 @@ class WebhookService:
             return f"no answer within {self.settings.timeout_s:g} s"
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return f"{type(exc).__name__}: {exc}"
+
+
+def _log_db_failure(what: str, exc: Exception) -> None:
+    """Log a failed outbox database step: one line while the database is unreachable (the
+    record writer says so once, and spools the records), else with the traceback."""
+    if isinstance(exc, StoreUnavailable):
+        logger.warning("%s: %s", what, exc)
+    else:
+        logger.error("%s", what, exc_info=exc)
 
 
 def _event_of(command: str) -> str:

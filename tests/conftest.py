@@ -2,9 +2,9 @@
 
 Helpers live in :mod:`tests.helpers`: credentials and servers (:mod:`~tests.helpers.servers`),
 engine parties and waits (:mod:`~tests.helpers.engine`), a real PostgreSQL and the ``db``
-fixture that runs a test on both record back ends (:mod:`~tests.helpers.postgres`), a raw
-protocol client
-(:mod:`~tests.helpers.wsclient`), the server core harness (:mod:`~tests.helpers.core`).
+fixture that runs a test on both record back ends (:mod:`~tests.helpers.postgres`), a real
+Redis (:mod:`~tests.helpers.redis`), a raw protocol client (:mod:`~tests.helpers.wsclient`),
+the server core harness (:mod:`~tests.helpers.core`).
 Fixtures that need the system (PulseAudio) are in ``tests/system/conftest.py``.
 
 The server is made per test: it starts in about 2 ms with an in-memory store, and a fresh one
@@ -22,11 +22,14 @@ import pytest
 from callclient.engine import CallEngine
 from callclient.media.deviceset import DeviceSet
 from signaling_server.server import SignalingServer
+from tests.helpers.cluster import cluster_redis
 from tests.helpers.engine import MakeParty, Party, Recorder
-from tests.helpers.postgres import db, postgres
+from tests.helpers.postgres import db, own_postgres, postgres
+from tests.helpers.redis import redis_server
 from tests.helpers.servers import new_server
 
-__all__ = ["db", "make_party", "postgres", "server"]
+__all__ = ["cluster_redis", "db", "make_party", "own_postgres", "postgres", "redis_server",
+           "server"]
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@
 It logs in, answers invitations (``auto_accept``) and/or calls ``call`` users, records every
 remote user (``record``: MP4 + WAV per user, see :mod:`callclient.apps.recorder`) and emits one
 record per observer callback (:func:`~callclient.apps.events.event_record`) to ``emit``,
-``bot_ready`` (the server URL and the microphone processing that runs, e.g. ``"AEC NS"`` or
-``"off"``) once logged in, and ``bot_media_path`` when the candidate pair of a remote user's
-media is known or changes; a record naming users whose nickname the engine knows also has
-``"names": {user: nickname}``. It stops when ``stop`` is set, after ``seconds``, or, when it
-placed a call and does not auto-accept, once that call is over; stopping hangs up, finalizes
-the recordings and closes the engine.
+``bot_ready`` (the server URL it logged in to and the microphone processing that runs, e.g.
+``"AEC NS"`` or ``"off"``) once logged in, and ``bot_media_path`` when the candidate pair of a
+remote user's media is known or changes; a record naming users whose nickname the engine knows
+also has ``"names": {user: nickname}``. It stops when ``stop`` is set, after ``seconds``, or,
+when it placed a call and does not auto-accept, once that call is over; stopping hangs up,
+finalizes the recordings and closes the engine.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,8 @@ class BotConfig:
     """What a bot does; the fields mirror ``callclient bot``'s options."""
 
     user_id: str
-    server_url: str
+    server_url: str | Sequence[str]
+    """The signaling server's URL, or several (a cluster's nodes, tried in turn)."""
     sdk_app_id: int = DEV_SDK_APP_ID
     secret_key: str = DEV_SECRET_KEY
     user_sig: str | None = None
@@ -141,7 +142,7 @@ class Bot:
             self.recorder.attach(self.engine)
         await self.engine.login(config.sdk_app_id, config.user_id, user_sig,
                                 nickname=config.nickname)
-        self.emit("bot_ready", config.server_url, self.engine.audio_processing.label())
+        self.emit("bot_ready", self.engine.server_url, self.engine.audio_processing.label())
         self._spawn(self._watch_paths())
         if config.call:
             self._placed_call = True

@@ -18,6 +18,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.usersig import generate_user_sig
 from signaling_server.server import ServerConfig, SignalingServer
 
-__all__ = ["PNG_NAME", "run_demo", "run_group_demo"]
+__all__ = ["PNG_NAME", "BotProcess", "alice_calls_bob", "run_demo", "run_group_demo"]
 
 PNG_NAME = "alice-sees-bob.png"
 _BOT_START_TIMEOUT = 20.0
@@ -44,8 +45,9 @@ _NOT_PRINTED = frozenset({"on_user_voice_volume_changed", "bot_recording"})
 """Events left out of the printed log: volume comes every 300 ms per side."""
 
 
-class _BotProcess:
-    """The ``callclient bot`` subprocess and a task printing its JSON lines as they come."""
+class BotProcess:
+    """The ``callclient bot`` subprocess (started with ``--json``) and a task printing its
+    JSON lines as they come (human-formatted)."""
 
     def __init__(self, proc: asyncio.subprocess.Process, since: float) -> None:
         self.proc = proc
@@ -133,17 +135,24 @@ async def run_demo(seconds: float = 8.0, out: Path = Path("out")) -> int:
             "--auto-accept", "--record", str(record_dir), "--tone", "660", "--json",
             stdout=asyncio.subprocess.PIPE,
         )
-        bob = _BotProcess(proc, since)
+        bob = BotProcess(proc, since)
         try:
-            return await _alice(server.url, bob, seconds, out, since, say)
+            return await alice_calls_bob(server.url, bob, seconds, out, since, say)
         finally:
             code = await bob.stop()
             say(f"bob exited with status {code}")
 
 
-async def _alice(
-    url: str, bob: _BotProcess, seconds: float, out: Path, since: float, say: Any
+async def alice_calls_bob(
+    url: str | Sequence[str], bob: BotProcess, seconds: float, out: Path, since: float,
+    say: Callable[[str], None], on_login: Callable[[str], None] | None = None,
+    mid_call: Callable[[CallEngine], Awaitable[bool]] | None = None,
 ) -> int:
+    """alice (an engine with virtual devices, on ``url``) calls ``bob`` for ``seconds``,
+    prints the results of both directions and writes ``OUT/alice-sees-bob.png``; the exit
+    status (0 when both directions carried video). ``on_login`` gets the URL alice logged
+    in to; ``mid_call`` runs halfway through the call (with alice's engine) and says whether
+    the call is still fine."""
     if not await bob.wait_for(bob.ready.is_set, _BOT_START_TIMEOUT):
         say("error: bob did not log in")
         return 1
@@ -159,7 +168,10 @@ async def _alice(
         alice.start_remote_view("bob", view)
         await alice.login(DEV_SDK_APP_ID, "alice",
                           generate_user_sig(DEV_SDK_APP_ID, DEV_SECRET_KEY, "alice"))
-        say("alice logged in; opening the camera and calling bob (video)")
+        say(f"alice logged in to {alice.server_url}; opening the camera and calling bob "
+            "(video)")
+        if on_login is not None:
+            on_login(alice.server_url)
         await alice.open_camera()
         await alice.call("bob", CallMediaType.VIDEO)
         try:
@@ -169,7 +181,13 @@ async def _alice(
             return 1
         say(f"first frame from bob; talking for {seconds:g} s")
         start = time.time()
-        await asyncio.sleep(seconds)
+        fine = True
+        if mid_call is None:
+            await asyncio.sleep(seconds)
+        else:
+            await asyncio.sleep(seconds / 2)
+            fine = await mid_call(alice)
+            await asyncio.sleep(seconds / 2)
         until = time.time()
         last = view.last
         png = out / PNG_NAME
@@ -194,7 +212,7 @@ async def _alice(
         print("  alice -> bob: the bot reported no recording", flush=True)
     print(f"  what alice sees of bob: {png}" if last is not None else "  no frame to save",
           flush=True)
-    return 0 if last is not None and got_recording and seen.frames > 0 else 1
+    return 0 if fine and last is not None and got_recording and seen.frames > 0 else 1
 
 
 
@@ -221,7 +239,7 @@ async def run_group_demo(seconds: float = 8.0, out: Path = Path("out")) -> int:
                               db=":memory:", core=CoreConfig(sfu=(janus.url,)))
         async with SignalingServer(config) as server:
             say(f"signaling server listening on {server.url}, group calls through janus")
-            bots: dict[str, _BotProcess] = {}
+            bots: dict[str, BotProcess] = {}
             try:
                 for name, tone in (("bob", "660"), ("carol", "880")):
                     proc = await asyncio.create_subprocess_exec(
@@ -230,7 +248,7 @@ async def run_group_demo(seconds: float = 8.0, out: Path = Path("out")) -> int:
                         str(out / f"{name}-recordings"), "--tone", tone, "--json",
                         stdout=asyncio.subprocess.PIPE,
                     )
-                    bots[name] = _BotProcess(proc, since)
+                    bots[name] = BotProcess(proc, since)
                 return await _alice_group(server.url, bots, seconds, since, say)
             finally:
                 for name, bot in bots.items():
@@ -238,7 +256,7 @@ async def run_group_demo(seconds: float = 8.0, out: Path = Path("out")) -> int:
 
 
 async def _alice_group(
-    url: str, bots: dict[str, _BotProcess], seconds: float, since: float, say: Any
+    url: str, bots: dict[str, BotProcess], seconds: float, since: float, say: Any
 ) -> int:
     for name, bot in bots.items():
         if not await bot.wait_for(bot.ready.is_set, _BOT_START_TIMEOUT):

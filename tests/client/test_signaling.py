@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from callclient.errors import (
     CallError,
+    ClusterUnavailableError,
     ConnectionClosedError,
     ErrorCode,
     InvalidParameterError,
@@ -181,7 +182,7 @@ async def make(scripted: ScriptedServer) -> AsyncIterator[MakeHarness]:
             "on_event": on_event, "on_relay": on_relay, "on_reconnected": on_reconnected,
             "on_disconnected": on_disconnected, "request_timeout": T, **kwargs,
         }
-        client = SignalingClient(scripted.url, **settings)
+        client = SignalingClient(settings.pop("url", scripted.url), **settings)
         harness = Harness(client)
         made.append(harness)
         return harness
@@ -828,3 +829,146 @@ async def test_close_during_the_reconnect_backoff_stops_reconnecting(
     await no_client_tasks_left()
     assert harness.log == [("disconnected",)]
     assert scripted.peers.empty()
+
+
+# --------------------------------------------------------------------------- several URLs
+
+
+@pytest.fixture
+async def scripted_b() -> AsyncIterator[ScriptedServer]:
+    """A second scripted server (another node of a cluster)."""
+    server = ScriptedServer()
+    async with serve(server._handle, "127.0.0.1", 0, compression=None) as ws_server:
+        server.server = ws_server
+        yield server
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # released again: nothing listens there
+    return f"ws://127.0.0.1:{port}"
+
+
+async def test_login_goes_on_to_the_next_url_when_one_is_unreachable(
+    scripted: ScriptedServer, make: MakeHarness
+) -> None:
+    """URLs ``[dead, live]``: the login lands on the live one, which is then :attr:`url`."""
+    dead = _dead_url()
+    harness = make(url=[dead, scripted.url])
+    assert harness.client.urls == (dead, scripted.url) and harness.client.url == dead
+    await logged_in(scripted, harness)
+    assert harness.client.connected and harness.client.url == scripted.url
+
+
+async def test_a_login_no_url_accepts_names_every_url() -> None:
+    """No URL answers: ConnectionClosedError (-1406) naming each URL and its reason."""
+    urls = [_dead_url(), _dead_url()]
+    client = SignalingClient(urls, lambda e: None, lambda r: None)
+    with pytest.raises(ConnectionClosedError) as caught:
+        await client.login(CREDS)
+    assert caught.value.code == ErrorCode.SIGNALING_SEND_FAIL
+    assert "no signaling server accepted" in caught.value.message
+    assert all(f"{url}: cannot reach" in caught.value.message for url in urls)
+    await client.close()
+    with pytest.raises(InvalidParameterError, match="non-empty"):
+        SignalingClient([], lambda e: None, lambda r: None)
+
+
+async def test_a_cluster_unavailable_login_is_retried_until_the_server_accepts(
+    scripted: ScriptedServer, make: MakeHarness
+) -> None:
+    """Login refused with 4505 (the cluster elects its call owner): the client closes that
+    connection and tries again on a new one, with the same credentials, until one accepts."""
+    harness = make()
+    login = asyncio.create_task(harness.client.login(CREDS))
+    requests = []
+    for _ in range(3):
+        peer = await scripted.accept()
+        requests.append(await peer.request("login"))
+        await peer.refuse(requests[-1], ErrorCode.CLUSTER_UNAVAILABLE, "no call owner")
+        await peer.closed()
+    assert not login.done()
+    peer = await scripted.accept()
+    requests.append(await peer.request("login"))
+    await peer.reply(requests[-1], {"userID": "alice"})
+    assert await asyncio.wait_for(login, T) == {"userID": "alice"}
+    assert [r["data"] for r in requests] == [requests[0]["data"]] * 4
+    assert harness.client.connected
+
+
+async def test_cluster_unavailable_past_the_request_timeout_raises_it(
+    scripted: ScriptedServer, make: MakeHarness
+) -> None:
+    """A 4505 that lasts beyond the request timeout: ClusterUnavailableError (code 4505)."""
+    harness = make(request_timeout=0.5)
+    login = asyncio.create_task(harness.client.login(CREDS))
+
+    async def refuse_all() -> None:
+        while True:
+            peer = await scripted.peers.get()
+            await peer.refuse(await peer.request("login"), ErrorCode.CLUSTER_UNAVAILABLE,
+                              "no call owner")
+
+    refusing = asyncio.create_task(refuse_all())
+    try:
+        with pytest.raises(ClusterUnavailableError, match="no call owner") as caught:
+            await asyncio.wait_for(login, T)
+        assert caught.value.code == ErrorCode.CLUSTER_UNAVAILABLE == 4505
+    finally:
+        refusing.cancel()
+    assert not harness.client.connected
+
+
+async def test_reconnect_attempts_rotate_through_the_urls(
+    scripted: ScriptedServer, scripted_b: ScriptedServer, make: MakeHarness
+) -> None:
+    """Logged in on A, A drops: the next attempt goes to B; B refuses with 4505 and the one
+    after goes to A again, which accepts. Each attempt is a fresh login."""
+    harness = make(url=[scripted.url, scripted_b.url])
+    peer = await logged_in(scripted, harness)
+    peer.drop()
+    on_b = await scripted_b.accept()
+    await on_b.refuse(await on_b.request("login"), ErrorCode.CLUSTER_UNAVAILABLE, "electing")
+    back_on_a = await scripted.accept()
+    await back_on_a.reply(await back_on_a.request("login"), {"userID": "alice", "node": "a"})
+    await harness.wait(lambda: bool(harness.entries("reconnected")), "on_reconnected")
+    assert harness.client.url == scripted.url
+    assert harness.log == [("disconnected",), ("reconnected", {"userID": "alice", "node": "a"})]
+    peer = back_on_a
+    peer.drop()
+    on_b = await scripted_b.accept()
+    await on_b.reply(await on_b.request("login"), {"userID": "alice", "node": "b"})
+    await harness.wait(lambda: len(harness.entries("reconnected")) == 2, "on_reconnected")
+    assert harness.client.url == scripted_b.url and harness.client.connected
+
+
+async def test_a_service_restart_close_reconnects_without_the_backoff(
+    scripted: ScriptedServer, make: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed with 1012 (the cluster's call owner changed): the first attempt skips the
+    backoff. With the backoff made an hour long, the client is back well within the wait."""
+    monkeypatch.setattr("callclient.signaling._FIRST_DELAY", 3600.0)
+    harness = make()
+    peer = await logged_in(scripted, harness)
+    await peer.ws.close(CloseCode.SERVICE_RESTART, "call owner changed")
+    again = await scripted.accept()
+    await again.reply(await again.request("login"), {"userID": "alice"})
+    await harness.wait(lambda: bool(harness.entries("reconnected")), "on_reconnected")
+    assert harness.client.connected
+    assert CloseCode.SERVICE_RESTART == 1012
+
+
+async def test_a_login_on_a_connection_already_closed_is_connection_closed(
+    scripted: ScriptedServer, make: MakeHarness
+) -> None:
+    """A node that closes a new connection at once (1012) before the login goes out: the
+    failed send is a ConnectionClosedError (one more failed attempt to retry), not a crash of
+    the reconnect loop."""
+    harness = make()
+    ws = await harness.client._open()
+    server_side = await scripted.accept()
+    await server_side.ws.close(CloseCode.SERVICE_RESTART, "call owner changed")
+    await asyncio.wait_for(ws.wait_closed(), T)
+    with pytest.raises(ConnectionClosedError, match="login: connection lost before the reply"):
+        await harness.client._login_on(ws, CREDS)

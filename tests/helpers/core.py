@@ -1,8 +1,9 @@
 """Drive :class:`signaling_server.core.CallCore` like the server does, with no sockets.
 
-A :class:`CoreHarness` owns a core, a fake clock and one inbox of parsed frames per
-connection. Inputs go through the same entry points the websocket layer uses (``open``,
-``receive``, ``closed``, ``tick`` at every deadline, ``shutdown``); every output is checked
+A :class:`CoreHarness` owns a core (a :class:`CallCore`, or a subclass that checks more), a
+fake clock and one inbox of parsed frames per connection. Inputs go through the same entry
+points the websocket layer uses (``open``, ``receive``, ``closed``, ``tick`` at every
+deadline, ``shutdown``); every output is checked
 (frames parse as server frames, nothing is sent to a closed connection) and filed:
 
 * ``Send``: the parsed frame goes to the connection's inbox;
@@ -78,12 +79,13 @@ class CoreHarness:
         *,
         sdk_app_id: int = APP_ID,
         groups: GroupDirectory | None = None,
+        core_class: type[CallCore] = CallCore,
     ) -> None:
         self.now = START
         self.sdk_app_id = sdk_app_id
         self.sig_lifetime: dict[str, float] = {}
         """Per-user userSig lifetime in seconds (default one day)."""
-        self.core = CallCore(sdk_app_id, self._verify, config, groups)
+        self.core = core_class(sdk_app_id, self._verify, config, groups)
         self._conn_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
         self.inbox: dict[int, list[Frame]] = {}

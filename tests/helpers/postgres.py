@@ -1,9 +1,10 @@
-"""A real PostgreSQL for the tests: started from the Debian package's binaries, stopped at exit.
+"""A real PostgreSQL for the tests, stopped at exit: the fixtures over
+:class:`~signaling_server.devservices.LocalPostgres`.
 
-:class:`PostgresServer` runs ``initdb`` and ``postgres`` in a temporary directory, listening on
-a unix socket there only (no TCP port to collide on), as an unprivileged user when the tests
-run as root (PostgreSQL refuses root): the ``postgres`` user of the Debian package, else
-``nobody``. :meth:`PostgresServer.new_database` makes an empty database per test.
+:class:`PostgresServer` (that class) runs ``initdb`` and ``postgres`` in a temporary directory,
+listening on a unix socket there only (no TCP port to collide on), as an unprivileged user when
+the tests run as root (PostgreSQL refuses root). :meth:`PostgresServer.new_database` makes an
+empty database per test. A test that stops the server (an outage) takes ``own_postgres``.
 
 Fixtures (re-exported by ``tests/conftest.py``): ``postgres`` (one server per test session)
 and ``db`` (parametrized: an SQLite file in the test's temporary directory, then a fresh
@@ -13,146 +14,44 @@ PostgreSQL database URL), so a test taking ``db`` runs against both back ends;
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import itertools
-import os
-import pwd
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-__all__ = ["PG_BIN", "PostgresServer", "db", "db_rows", "postgres"]
+from signaling_server.devservices import LocalPostgres, default_pg_bin
 
-PG_BIN = Path(os.environ.get("CALLSERVER_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
-"""Where initdb and postgres are (Debian's postgresql-15)."""
+__all__ = ["PG_BIN", "PostgresServer", "db", "db_rows", "own_postgres", "postgres"]
 
+PG_BIN = default_pg_bin()
+"""Where initdb and postgres are (Debian's postgresql-N; ``$CALLSERVER_TEST_PG_BIN``)."""
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGINT (PostgreSQL's fast shutdown) when the test process
-    dies, so a killed test run leaves no server behind (Linux; elsewhere nothing)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
-
-
-def _run_as() -> dict[str, Any]:
-    """``subprocess`` arguments running a child as an unprivileged user when we are root."""
-    if os.geteuid() != 0:
-        return {}
-    for name in ("postgres", "nobody"):
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-    raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists "
-                       "to run PostgreSQL as; create one (useradd --system postgres)")
-
-
-class PostgresServer:
-    """One PostgreSQL server in a temporary directory; :meth:`stop` removes it."""
-
-    def __init__(self, bin_dir: Path = PG_BIN) -> None:
-        for tool in ("initdb", "postgres"):
-            if not (bin_dir / tool).exists():
-                raise RuntimeError(
-                    f"{bin_dir / tool} not found: install the Debian package postgresql "
-                    "(make setup does), or point CALLSERVER_TEST_PG_BIN at its bin directory"
-                )
-        self.bin_dir = bin_dir
-        self.root = Path(tempfile.mkdtemp(prefix="callserver-pg-"))
-        self.data = self.root / "data"
-        self.socket_dir = self.root
-        self.port = 5432  # only names the socket file: no TCP listener
-        self.user = "postgres"
-        self._as = _run_as()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._names = itertools.count(1)
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        """initdb, then start ``postgres`` and wait until it accepts connections."""
-        if self._as:
-            os.chown(self.root, self._as["user"], self._as["group"])
-        log = self.root / "initdb.log"
-        with log.open("wb") as out:
-            done = subprocess.run(
-                [str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.user,
-                 "--auth=trust", "--locale=C", "--encoding=UTF8", "--no-sync"],
-                stdout=out, stderr=subprocess.STDOUT, check=False, **self._as,
-            )
-        if done.returncode != 0:
-            raise RuntimeError(f"initdb failed ({done.returncode}): {log.read_text()[-2000:]}")
-        self._log = (self.root / "postgres.log").open("wb")
-        self._proc = subprocess.Popen(
-            [str(self.bin_dir / "postgres"), "-D", str(self.data), "-k", str(self.socket_dir),
-             "-p", str(self.port), "-c", "listen_addresses=", "-c", "max_connections=200",
-             "-c", "shared_buffers=32MB"],
-            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-            **self._as,
-        )
-        deadline = time.monotonic() + timeout_s
-        while not self._ready():
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self._proc.returncode}: "
-                                   f"{(self.root / 'postgres.log').read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"postgres not ready within {timeout_s:g} s")
-            time.sleep(0.05)
-
-    def _ready(self) -> bool:
-        import psycopg
-
-        try:
-            psycopg.connect(self.url("postgres"), connect_timeout=2).close()
-        except psycopg.OperationalError:
-            return False
-        return True
-
-    def url(self, dbname: str) -> str:
-        """The connection URL of database ``dbname`` (over the unix socket)."""
-        return f"postgresql://{self.user}@/{dbname}?host={self.socket_dir}&port={self.port}"
-
-    def new_database(self) -> str:
-        """Create an empty database; its URL."""
-        import psycopg
-
-        name = f"test_{os.getpid()}_{next(self._names)}"
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        return self.url(name)
-
-    def stop(self) -> None:
-        """Stop the server (fast shutdown) and remove its directory."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # "fast" shutdown: SIGTERM would wait for clients
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+PostgresServer = LocalPostgres
+"""The tests' name for :class:`~signaling_server.devservices.LocalPostgres`."""
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole test session."""
-    server = PostgresServer()
+    server = PostgresServer(PG_BIN)
     try:
         server.start()
         yield server
     finally:
-        server.stop()
+        server.close()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for this test alone, to :meth:`~PostgresServer.stop` (its data
+    kept) and :meth:`~PostgresServer.start` again: an outage."""
+    server = PostgresServer(PG_BIN)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -13,7 +13,8 @@ from pathlib import Path
 import aiohttp
 
 from callwire.dev import DEV_SDK_APP_ID
-from signaling_server.pgstore import PG_SCHEMA_VERSION, redact_url
+from signaling_server.pgstore import PG_SCHEMA_VERSION
+from signaling_server.urls import redact_url
 from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.wsclient import WsClient
 

@@ -10,21 +10,32 @@ import pytest
 
 from signaling_server.core import CoreConfig, Notice
 from signaling_server.server import ServerConfig, SignalingServer
+from tests.helpers.cluster import Cluster, running_cluster
+from tests.helpers.postgres import PostgresServer
 from tests.helpers.servers import APP, KEY, new_server, sig
 from tests.helpers.wsclient import WsClient
 
 Login = Callable[..., Awaitable[WsClient]]
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[SignalingServer]:
-    """A server with an in-memory record store."""
-    async with new_server(core=CoreConfig(reconnect_grace_s=0.5)) as srv:
-        yield srv
+@pytest.fixture(params=["single", "cluster"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[SignalingServer | Cluster]:
+    """A server with an in-memory record store; then a three-node cluster (Redis and
+    PostgreSQL) whose ``url`` hands out its nodes round-robin, so each user of a test is on
+    another node."""
+    core = CoreConfig(reconnect_grace_s=0.5)
+    if request.param == "single":
+        async with new_server(core=core) as srv:
+            yield srv
+        return
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    redis_url: str = request.getfixturevalue("cluster_redis")
+    async with running_cluster(redis_url, postgres.new_database(), core=core) as cluster:
+        yield cluster
 
 
 @pytest.fixture
-async def login(server: SignalingServer) -> AsyncIterator[Login]:
+async def login(server: SignalingServer | Cluster) -> AsyncIterator[Login]:
     """Connect and log in users; every client is closed afterwards."""
     made: list[WsClient] = []
 
@@ -278,7 +289,7 @@ async def test_switch_media_type(login: Login) -> None:
     assert not again.ok and again.code == -1204
 
 
-async def test_second_login_kicks_the_first(server: SignalingServer, login: Login) -> None:
+async def test_second_login_kicks_the_first(login: Login) -> None:
     """A second login of alice: the first connection gets KICKED_OUT, then close 4001."""
     first = await login("alice")
     second = await login("alice")
@@ -299,7 +310,7 @@ async def test_invitee_logging_in_while_ringing_gets_the_invitation(login: Login
     assert (await alice.expect("USER_ACCEPT"))["userID"] == "bob"
 
 
-async def test_user_sig_expiry_ends_the_session(server: SignalingServer) -> None:
+async def test_user_sig_expiry_ends_the_session(server: SignalingServer | Cluster) -> None:
     """A userSig valid 2 s: USER_SIG_EXPIRED arrives during the session, then close 4003."""
     async with await WsClient.connect(server.url, "alice") as alice:
         reply = await alice.login("alice", user_sig=sig("alice", expire_s=2))

@@ -397,7 +397,7 @@ async def test_writer_reconnects_when_postgresql_drops_the_connection(
 ) -> None:
     """PostgreSQL ends the store's connections (a restart, a failover): the next write fails
     as transient, is retried on a new connection and committed. A query on the lost read
-    connection fails once; the next one reconnects."""
+    connection runs once more, on a new connection."""
     url = postgres.new_database()
     store = open_store(url)
     writer = RecordWriter(store, retry_initial_s=0.01)
@@ -417,8 +417,6 @@ async def test_writer_reconnects_when_postgresql_drops_the_connection(
         await asyncio.wrap_future(unit.committed)
         stats = writer.stats()
         assert stats.failed_attempts >= 1 and stats.lost == 0 and stats.committed == 2
-        with pytest.raises(psycopg.OperationalError):
-            await writer.run_read(store.get_call, APP, "after")
         assert await writer.run_read(store.get_call, APP, "after") is not None
     finally:
         await writer.close()

@@ -16,6 +16,8 @@ interfaces like the other engine tests, with no STUN server and nothing leaving 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
 
 from callclient.apps.bot import Bot, BotConfig
 from callclient.media.analysis import dominant_frequency
 from callclient.types import CallMediaType
+from callwire import protocol
+from callwire.codes import CloseCode, ErrorCode
 from signaling_server.server import SignalingServer
 from signaling_server.tls import TlsFiles
 from tests.helpers.browser import MIC_HZ, Browser, CaptureFiles, make_capture_files, spki_hash
@@ -313,6 +321,74 @@ async def test_server_restart_mid_call(
         for server in (second, first):
             if server is not None:
                 await server.stop()
+
+
+class LoginRefuser:
+    """A websocket proxy in front of a server that closes its connections on demand and
+    answers the next ``refuse`` login requests itself with 4505 (a cluster electing its
+    call owner), as a cluster node does."""
+
+    def __init__(self) -> None:
+        self.upstream = ""
+        self.refuse = 0
+        self.refused = 0
+        self.clients: set[ServerConnection] = set()
+        self.url = ""
+
+    async def handle(self, client: ServerConnection) -> None:
+        self.clients.add(client)
+        try:
+            async with ws_connect(self.upstream, compression=None) as server:
+                async def down() -> None:
+                    async for frame in server:
+                        await client.send(frame)
+
+                pump = asyncio.create_task(down())
+                try:
+                    async for raw in client:
+                        frame = json.loads(raw)
+                        if frame.get("type") == "login" and self.refuse > 0:
+                            self.refuse -= 1
+                            self.refused += 1
+                            await client.send(protocol.encode_reply_error(
+                                frame["id"], ErrorCode.CLUSTER_UNAVAILABLE, "no call owner"))
+                            continue
+                        await server.send(raw)
+                finally:
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                        await pump
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.discard(client)
+
+
+async def test_the_page_retries_a_cluster_unavailable_login_after_a_service_restart(
+    browser: Browser,
+) -> None:
+    """The node closes the page's websocket with 1012 and refuses its next two logins with
+    4505: the page keeps reconnecting (4505 is retryable) and is back online, logged in."""
+    refuser = LoginRefuser()
+    async with ws_serve(refuser.handle, "127.0.0.1", 0, compression=None) as proxy:
+        port = next(iter(proxy.sockets)).getsockname()[1]
+        refuser.url = f"ws://127.0.0.1:{port}/"
+        async with new_server(http_port=0, public_ws_url=refuser.url) as server:
+            refuser.upstream = server.url
+            alice = await WebUser.open(browser, server.http_url, "alice")
+            assert len(refuser.clients) == 1
+            refuser.refuse = 2
+            await asyncio.gather(*(c.close(CloseCode.SERVICE_RESTART, "call owner changed")
+                                   for c in list(refuser.clients)))
+            await eventually(lambda: refuser.refused == 2, "two logins refused with 4505",
+                             timeout=3 * T)
+            snap = await alice.wait(lambda s: s["connection"] == "online"
+                                    and any(e["event"] == "RECONNECTED" for e in s["log"]),
+                                    "alice logged in again")
+            log = [(e["source"], e["event"]) for e in snap["log"]]
+            assert in_order(log, [("client", "CONNECTION_LOST"), ("client", "RECONNECTED")]), log
+            assert server.connection_count == 1
+            await browser.reset()
 
 
 async def test_tls_page_websocket_and_bot_with_a_self_signed_certificate(

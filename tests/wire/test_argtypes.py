@@ -26,3 +26,13 @@ def test_integer_flags_refuse_anything_around_the_digits(
             parse(text)
     assert argtypes.positive_int(str(number)) == number
     assert argtypes.port(str(number)) == number
+
+
+def test_websocket_urls_take_one_or_several_comma_separated() -> None:
+    """``--server``: one ws:// or wss:// URL or several (a cluster's nodes); each is checked."""
+    assert argtypes.websocket_urls("ws://a:1") == ("ws://a:1",)
+    assert argtypes.websocket_urls(" ws://a:1, wss://b:2 ,") == ("ws://a:1", "wss://b:2")
+    with pytest.raises(argparse.ArgumentTypeError, match="ws:// or wss://: 'http://b'"):
+        argtypes.websocket_urls("ws://a:1,http://b")
+    with pytest.raises(argparse.ArgumentTypeError, match="names no server URL"):
+        argtypes.websocket_urls(" , ")

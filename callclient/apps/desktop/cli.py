@@ -20,6 +20,7 @@ from callclient.assets import RINGBACK, RINGTONE, asset_path
 from callclient.media.deviceset import DeviceSet
 from callclient.media.processing import AudioProcessing
 from callclient.types import CallMediaType
+from callwire.argtypes import websocket_urls
 
 __all__ = ["main"]
 
@@ -45,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Keys: " + KeyBindings().summary(),
     )
     parser.add_argument("--user", required=True, help="the user id to log in as")
-    parser.add_argument("--server", required=True, help="signaling server URL (ws://host:port)")
+    parser.add_argument("--server", required=True, type=websocket_urls, metavar="URL[,URL...]",
+                        help="signaling server URL (ws://host:port); several, comma-separated, "
+                        "for a cluster's nodes")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--call", metavar="ID", help="call this user at start (and with 'd')")
     target.add_argument("--group", metavar="ID,ID", help="call these users as a group call")

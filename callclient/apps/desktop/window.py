@@ -18,7 +18,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 class Login:
     """Where and as whom the app logs in."""
 
-    server_url: str
+    server_url: str | Sequence[str]
+    """One URL, or several (a cluster's nodes, tried in turn)."""
     sdk_app_id: int
     user_sig: str
 
@@ -146,7 +147,7 @@ async def _serve(config: AppConfig, login: Login, devices: DeviceSet, bridge: Br
             print(f"callclient app: login failed: {exc}", file=sys.stderr)
             await app.close()
             return 1
-        app.set_message(f"logged in to {login.server_url}")
+        app.set_message(f"logged in to {engine.server_url}")
         try:
             if not app.quit_requested:
                 await app.start()

@@ -18,6 +18,10 @@ const REQUEST_TIMEOUT_MS = 10000;
 const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 3000];
 // Closes after which logging in again is pointless: kicked out, userSig expired.
 const FINAL_CLOSE_CODES = new Set([4001, 4003]);
+// A cluster node closing because its call owner changed: reconnect at once (within 200 ms).
+const SERVICE_RESTART = 1012;
+// A refused login worth retrying: the cluster is electing its call owner (CLUSTER_UNAVAILABLE).
+const RETRYABLE_LOGIN_CODES = new Set([4505]);
 
 /**
  * Handlers: onEvent(name, data), onRelay(relay), onLoggedIn(reply, {reconnected}),
@@ -135,11 +139,11 @@ export class SignalingSession {
     if (this.reconnecting) return; // relogin() is in progress and retries on failure
     this.reconnecting = true;
     this.handlers.onDisconnected?.(code, reason);
-    this.scheduleRetry();
+    this.scheduleRetry(code === SERVICE_RESTART ? Math.random() * 200 : undefined);
   }
 
-  scheduleRetry() {
-    const delay = RETRY_DELAYS_MS[Math.min(this.attempt, RETRY_DELAYS_MS.length - 1)];
+  scheduleRetry(at) {
+    const delay = at ?? RETRY_DELAYS_MS[Math.min(this.attempt, RETRY_DELAYS_MS.length - 1)];
     this.attempt += 1;
     this.retryTimer = setTimeout(() => this.relogin(), delay);
   }
@@ -154,7 +158,7 @@ export class SignalingSession {
       this.reconnecting = false;
       this.handlers.onLoggedIn?.(reply, { reconnected: true });
     } catch (err) {
-      if (err instanceof CallError && err.code > 0) {
+      if (err instanceof CallError && err.code > 0 && !RETRYABLE_LOGIN_CODES.has(err.code)) {
         // Refused (a sig that expired meanwhile, ...): logging in again will not help.
         this.loggedIn = false;
         this.ws?.close();
