@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib
 import json
 import math
 import os
@@ -235,21 +236,41 @@ class Services:
 def start_services(root: Path) -> Iterator[Services]:
     """Start Redis and PostgreSQL for the bench; stop both afterwards.
 
-    The one place that knows how they are started (the lead switches it to
-    ``signaling_server.devservices`` once that lands).
+    The one place that knows how they are started: ``signaling_server.devservices``
+    (``LocalRedis``, ``LocalPostgres``) where the checkout has it, else the tests' PostgreSQL
+    helper and a redis-server launched here.
     """
+    try:
+        dev = importlib.import_module("signaling_server.devservices")
+    except ImportError:
+        dev = None
+    if dev is not None:
+        with contextlib.ExitStack() as stack:
+            redis_dev = dev.LocalRedis()
+            stack.callback(redis_dev.close)
+            redis_dev.start()
+            pg_dev = dev.LocalPostgres()
+            stack.callback(pg_dev.close)
+            pg_dev.start()
+            conn = _RedisConn(redis_dev.port)
+            stack.callback(conn.close)
+            services = Services(redis_dev.url, redis_dev.port, redis_dev.pid, conn, pg_dev,
+                                Path(pg_dev.bin_dir))
+            stack.callback(services.close)
+            yield services
+        return
     from tests.helpers.postgres import PG_BIN, PostgresServer
 
     redis = _Redis(root)
     postgres = PostgresServer()
-    services: Services | None = None
+    fallback: Services | None = None
     try:
         postgres.start()
-        services = Services(redis.url, redis.port, redis.proc.pid, redis.conn, postgres, PG_BIN)
-        yield services
+        fallback = Services(redis.url, redis.port, redis.proc.pid, redis.conn, postgres, PG_BIN)
+        yield fallback
     finally:
-        if services is not None:
-            services.close()
+        if fallback is not None:
+            fallback.close()
         postgres.stop()
         redis.stop()
 
@@ -740,8 +761,8 @@ def render_md(results: dict[str, Any]) -> str:
     row("  leader's CPU ms / cycle", "leader_cpu_ms_per_cycle", cyc)
     row("  an edge's CPU ms / cycle (mean of the edges)", "edge_cpu_ms_per_cycle", cyc)
     row("server CPU (cores)", "server_cpu_cores", cyc)
-    row("  idle server CPU (cores, no load, before the window)", "idle_server_cpu_cores", cyc,
-        ".3f")
+    row("  idle server CPU (cores, no client connected, before the window)",
+        "idle_server_cpu_cores", cyc, ".3f")
     row("  marginal server CPU ms / cycle (less the idle CPU)",
         "server_cpu_marginal_ms_per_cycle", cyc)
     row("  marginal leader's CPU ms / cycle", "leader_cpu_marginal_ms_per_cycle", cyc)
