@@ -37,6 +37,8 @@ class WsClient:
         self.ws = ws
         self.name = name
         self.user_id: str | None = None
+        self.login_reply: dict[str, Any] = {}
+        """The data of the last successful :meth:`login`."""
         self._ids = itertools.count(1)
         self._pending: dict[int | str, asyncio.Future[Reply]] = {}
         self.events: asyncio.Queue[Event] = asyncio.Queue()
@@ -137,6 +139,7 @@ class WsClient:
         }
         reply = await self.call("login", data)
         await self.expect("SDK_READY")
+        self.login_reply = reply
         self.user_id = user_id
         self.name = self.name or user_id
         return reply

@@ -299,6 +299,37 @@ async def test_second_login_kicks_the_first(login: Login) -> None:
     assert "serverTime" in await second.call("ping")
 
 
+async def test_multi_device_rings_every_device_and_answering_cancels_the_other(
+    login: Login,
+) -> None:
+    """bob on two devices (two nodes in the cluster): a second multi-device login kicks
+    nobody, both ring, answering on one cancels the other as answered_elsewhere."""
+    alice = await login("alice")
+    phone = await login("bob", multiDevice=True)
+    laptop = await login("bob", multiDevice=True)
+    call_id = await start_call(alice, ["bob"])
+    for device in (phone, laptop):
+        assert (await device.expect("ON_CALL_RECEIVED"))["callId"] == call_id
+    await phone.call("accept", {"callId": call_id})
+    canceled = await laptop.expect("ON_CALL_CANCELED")
+    assert canceled["reason"] == "answered_elsewhere"
+    assert (await alice.expect("USER_ACCEPT"))["userID"] == "bob"
+
+
+async def test_a_dropped_member_comes_back_on_another_connection(login: Login) -> None:
+    """bob's connection drops mid-call; he logs in again within the grace (on another node
+    in the cluster) and resumes: the login reply names the call, relays reach him, alice saw
+    nobody leave."""
+    alice, bob, call_id = await connected_pair(login)
+    bob.abort()
+    again = await login("bob")
+    assert again.login_reply["activeCall"]["callId"] == call_id
+    await alice.call("relay", {"callId": call_id, "to": "bob", "kind": "offer",
+                               "payload": {"sdp": "again"}})
+    assert (await again.expect_relay()).payload == {"sdp": "again"}
+    await alice.no_more_events()
+
+
 async def test_invitee_logging_in_while_ringing_gets_the_invitation(login: Login) -> None:
     """bob is offline when called; logging in while it rings delivers ON_CALL_RECEIVED."""
     alice = await login("alice")
