@@ -161,17 +161,11 @@ return 0
 """
 _SNAPSHOT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local n = tonumber(ARGV[2])
-local i = 3
+if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
+local n = tonumber(ARGV[3])
+local i = 4
 for k = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 while i <= #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]); i = i + 1 end
-return 1
-"""
-_REPLACE_SNAPSHOT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-local i = 2
-while i < #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 return 1
 """
 _FLOOR = """
@@ -284,7 +278,7 @@ class ClusterLink:
         self._scripts = {
             name: self._redis.register_script(src)
             for name, src in (("acquire", _ACQUIRE), ("renew", _RENEW), ("release", _RELEASE),
-                              ("snapshot", _SNAPSHOT), ("replace", _REPLACE_SNAPSHOT),
+                              ("snapshot", _SNAPSHOT),
                               ("floor", _FLOOR))
         }
         exceptions = require("redis.exceptions", extra="cluster", feature="--cluster")
@@ -405,45 +399,24 @@ class ClusterLink:
                     for call_id, snap in part.items():
                         ended.discard(call_id)
                         changed[call_id] = snap
-                if replace:
-                    await self._replace_snapshots(changed)
-                else:
-                    await self._store_snapshots(changed, sorted(ended))
+                await self._store_snapshots(changed, sorted(ended), replace)
                 for _, _, done, _ in queue:
                     done()
         finally:
             self._snap_task = None
 
-    async def _store_snapshots(self, changed: dict[str, dict[str, Any]],
-                               ended: list[str]) -> None:
+    async def _store_snapshots(self, changed: Mapping[str, dict[str, Any]], ended: list[str],
+                               replace: bool) -> None:
+        """One fenced script: store ``changed`` (all of them with ``replace``), drop
+        ``ended``; a lost lease steps down, a failure asks for a full rewrite."""
         if not self.epoch:
             return
-        args: list[Any] = [self._lease_value(), len(changed)]
+        args: list[Any] = [self._lease_value(), int(replace), len(changed)]
         for call_id, snap in changed.items():
             args += [call_id, json.dumps(snap, separators=(",", ":"))]
         args += ended
         try:
             ok = await self._scripts["snapshot"](
-                keys=[self.key("leader"), self.key("calls")], args=args)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._full_snapshot_needed = True
-            self._bus_failed(f"snapshot: {exc!r}")
-            return
-        self.stats["snapshots"] += 1
-        if not ok:
-            logger.warning("cluster lease lost while storing call snapshots")
-            self._step_down()
-
-    async def _replace_snapshots(self, calls: Mapping[str, dict[str, Any]]) -> None:
-        if not self.epoch:
-            return
-        args: list[Any] = [self._lease_value()]
-        for call_id, snap in calls.items():
-            args += [call_id, json.dumps(snap, separators=(",", ":"))]
-        try:
-            ok = await self._scripts["replace"](
                 keys=[self.key("leader"), self.key("calls")], args=args)
         except asyncio.CancelledError:
             raise
@@ -634,7 +607,7 @@ class ClusterLink:
             if not epoch:
                 self._step_down()
                 return
-            await self._redis.eval(_FLOOR, 1, self.key("node_seq"), self.index)
+            await self._scripts["floor"](keys=[self.key("node_seq")], args=[self.index])
             self.epoch = self._max_epoch = epoch
             self.leader = LeaderView(self.index, epoch, self.name)
             self._full_snapshot_needed = True

@@ -15,6 +15,7 @@ import pytest
 
 from callclient.types import CallMediaType
 from signaling_server.devservices import LocalRedis
+from tests.helpers.cluster import fresh_redis_db
 from tests.helpers.engine import MakeParty, connect, frames_advance
 from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.serverproc import ServerProcess
@@ -40,12 +41,7 @@ class NodeProcesses:
 async def server(postgres: PostgresServer, redis_server: LocalRedis,
                  request: pytest.FixtureRequest) -> AsyncIterator[NodeProcesses]:
     """Overrides the single server of tests/conftest.py: ``make_party`` uses this one."""
-    import redis as redis_sync
-
-    redis_url = redis_server.url.rsplit("/", 1)[0] + "/12"
-    client = redis_sync.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
+    redis_url = fresh_redis_db(redis_server, 12)
     db = postgres.new_database()
     nodes = [ServerProcess(db, "--cluster", redis_url, "--node-name", f"n{i + 1}")
              for i in range(3)]

@@ -22,7 +22,7 @@ from signaling_server.devservices import LocalRedis
 from signaling_server.server import SignalingServer
 from tests.helpers.servers import server_config
 
-__all__ = ["FAST", "Cluster", "cluster_redis", "running_cluster"]
+__all__ = ["FAST", "Cluster", "cluster_redis", "fresh_redis_db", "running_cluster"]
 
 FAST = ClusterSettings(lease_s=1.0, renew_s=0.2, heartbeat_s=0.25, node_timeout_s=1.0,
                        rejoin_wait_s=1.5)
@@ -100,15 +100,20 @@ async def running_cluster(
 _dbs = itertools.count(1)
 
 
-@pytest.fixture
-def cluster_redis(redis_server: LocalRedis) -> str:
-    """A Redis database of the session's server for one test (1..15 in turn, flushed)."""
+def fresh_redis_db(server: LocalRedis, number: int) -> str:
+    """The URL of database ``number`` of ``server``, emptied."""
     import redis as redis_sync
 
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{next(_dbs) % 15 + 1}"
+    url = server.url.rsplit("/", 1)[0] + f"/{number}"
     client = redis_sync.Redis.from_url(url)
     try:
         client.flushdb()
     finally:
         client.close()
     return url
+
+
+@pytest.fixture
+def cluster_redis(redis_server: LocalRedis) -> str:
+    """A Redis database of the session's server for one test (1..15 in turn, flushed)."""
+    return fresh_redis_db(redis_server, next(_dbs) % 15 + 1)

@@ -8,15 +8,17 @@ their own sigs with :func:`sig`'s ``app``/``key`` arguments.
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 from callwire.dev import DEV_SDK_APP_ID, DEV_SECRET_KEY
 from callwire.usersig import generate_user_sig
 from signaling_server.core import CoreConfig
 from signaling_server.server import ServerConfig, SignalingServer
-from signaling_server.webhooks import WebhookSettings
+from signaling_server.webhooks import EVENTS, WebhookSettings
 
-__all__ = ["APP", "KEY", "new_server", "server_config", "sig"]
+__all__ = ["APP", "KEY", "insert_callback_config", "new_server", "server_config", "sig"]
 
 APP = DEV_SDK_APP_ID
 KEY = DEV_SECRET_KEY
@@ -44,3 +46,13 @@ def new_server(
 ) -> SignalingServer:
     """A server for the test app, not started: ``async with new_server() as server:``."""
     return SignalingServer(server_config(db, core, **overrides))
+
+
+def insert_callback_config(conn: Any, url: str) -> None:
+    """On a store connection in a transaction: every callback event of the test app to
+    ``url``, as the REST API's ``set_config`` stores it."""
+    conn.execute(
+        "INSERT INTO callback_config (sdk_app_id, url, events, created_ts, updated_ts) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (APP, url, json.dumps(EVENTS), time.time(), time.time()),
+    )

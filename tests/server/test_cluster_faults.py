@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,27 +21,14 @@ from callwire import protocol
 from callwire.codes import CloseCode, ErrorCode
 from signaling_server.devservices import LocalRedis
 from signaling_server.storage import open_store
-from signaling_server.webhooks import EVENTS
+from tests.helpers.cluster import fresh_redis_db
 from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.serverproc import ServerProcess
-from tests.helpers.servers import APP, sig
+from tests.helpers.servers import APP, insert_callback_config, sig
 from tests.helpers.waits import eventually
 from tests.helpers.wsclient import WsClient
 
 RECONNECT_WITHIN_S = 5.0
-
-
-def fresh_redis_db(server: LocalRedis, number: int) -> str:
-    """The URL of an emptied database of the session's Redis."""
-    import redis as redis_sync
-
-    url = server.url.rsplit("/", 1)[0] + f"/{number}"
-    client = redis_sync.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return url
 
 
 def configure_callbacks(db: str) -> None:
@@ -50,11 +36,7 @@ def configure_callbacks(db: str) -> None:
     store = open_store(db)
     try:
         with store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO callback_config (sdk_app_id, url, events, created_ts, updated_ts) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (APP, "http://127.0.0.1:9/cb", json.dumps(EVENTS), time.time(), time.time()),
-            )
+            insert_callback_config(conn, "http://127.0.0.1:9/cb")
     finally:
         store.close()
 

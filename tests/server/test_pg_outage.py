@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,11 @@ from signaling_server.records import OutboxRow
 from signaling_server.spool import Spool, SpoolError, drain
 from signaling_server.storage import open_store
 from signaling_server.store import RecordWriter, StoreUnavailable
-from signaling_server.webhooks import EVENTS
 from tests.helpers.core import CoreHarness
 from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.rest import rest
 from tests.helpers.serverproc import ServerProcess
-from tests.helpers.servers import APP, new_server
+from tests.helpers.servers import APP, insert_callback_config, new_server
 from tests.helpers.waits import eventually
 from tests.helpers.webhook_receiver import Receiver
 from tests.helpers.wsclient import WsClient
@@ -219,11 +217,7 @@ def configure_callbacks(db: str, url: str) -> None:
     store = open_store(db)
     try:
         with store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO callback_config (sdk_app_id, url, events, created_ts, updated_ts) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (APP, url, json.dumps(EVENTS), time.time(), time.time()),
-            )
+            insert_callback_config(conn, url)
     finally:
         store.close()
 

@@ -12,18 +12,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import time
 
 from callwire import protocol
 from callwire.codes import ErrorCode
 from signaling_server.pgstore import is_postgres_url
 from signaling_server.records import ParticipantOutcome, StoredCall
 from signaling_server.storage import open_store
-from signaling_server.webhooks import EVENTS
 from tests.helpers.rest import rest
-from tests.helpers.servers import APP, new_server
+from tests.helpers.servers import APP, insert_callback_config, new_server
 from tests.helpers.wsclient import WsClient
 
 UNREACHABLE_URL = "http://127.0.0.1:9/callbacks"
@@ -53,11 +50,7 @@ def prepare(db: str, *statements: str, open_call: bool = False) -> None:
     store = open_store(db)
     try:
         with store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO callback_config (sdk_app_id, url, events, created_ts, updated_ts) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (APP, UNREACHABLE_URL, json.dumps(EVENTS), time.time(), time.time()),
-            )
+            insert_callback_config(conn, UNREACHABLE_URL)
         if open_call:
             store.save_calls([StoredCall(
                 call_id="crashed", sdk_app_id=APP, caller="alice", callees=["bob"], scene=2,

@@ -16,10 +16,10 @@ import time
 
 from signaling_server.records import OutboxRow
 from signaling_server.storage import open_store
-from signaling_server.webhooks import EVENTS, WebhookService, WebhookSettings
+from signaling_server.webhooks import WebhookService, WebhookSettings
 from tests.helpers.postgres import PostgresServer, db_rows
 from tests.helpers.serverproc import ServerProcess
-from tests.helpers.servers import APP
+from tests.helpers.servers import APP, insert_callback_config
 from tests.helpers.waits import eventually
 from tests.helpers.webhook_receiver import Receiver
 from tests.helpers.wsclient import WsClient
@@ -36,11 +36,7 @@ def prepare(db: str, url: str) -> list[int]:
     store = open_store(db)
     try:
         with store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO callback_config (sdk_app_id, url, events, created_ts, updated_ts) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (APP, url, json.dumps(EVENTS), time.time(), time.time()),
-            )
+            insert_callback_config(conn, url)
         now = time.time()
         rows = [
             OutboxRow(APP, f"backlog-{c}", "caller_call_end",
