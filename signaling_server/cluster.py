@@ -631,7 +631,7 @@ class ClusterLink:
             args=[self._max_epoch, self.index, self.name, lease_ms]))
         if not epoch:
             return
-        await self._redis.eval(_FLOOR, 1, self.key("node_seq"), self.index)
+        await self._scripts["floor"](keys=[self.key("node_seq")], args=[self.index])
         self.epoch = self._max_epoch = epoch
         self.leader = LeaderView(self.index, epoch, self.name)
         self._renewed()
