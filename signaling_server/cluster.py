@@ -124,9 +124,9 @@ class ClusterHandler(Protocol):
     def cluster_node_dead(self, node: int) -> None:
         """On the leader: ``node`` stopped its heartbeats."""
 
-    def cluster_resync(self, node: int | None) -> None:
-        """Close connections of ``node`` (None: this node's) with 1012: what they were sent
-        may have been lost."""
+    def cluster_resync(self) -> None:
+        """Close this node's connections with 1012: what they were sent may have been lost
+        (its subscription broke)."""
 
     def cluster_groups_changed(self, group_ids: list[str]) -> None:
         """Groups changed through some node's REST API: reload them."""
@@ -451,7 +451,7 @@ class ClusterLink:
             self._listener_lost = False
             # What this node was sent while it was not subscribed is lost: its clients
             # resynchronise (only then: a failed command loses nothing sent to this node).
-            self._handler.cluster_resync(None)
+            self._handler.cluster_resync()
 
     async def _listen(self) -> None:
         """Receive this node's channel and the control channel, reconnecting after errors."""

@@ -311,7 +311,7 @@ class ClusterRole:
         for conn in sorted(self.remote_conns.pop(node, ())):
             self.server._core_input(["c", conn])
 
-    def cluster_resync(self, node: int | None) -> None:
+    def cluster_resync(self) -> None:
         for conn, bound in list(self.bound.items()):
             if bound != self.core_epoch:
                 self._restart(conn)
@@ -327,6 +327,3 @@ class ClusterRole:
 
     def cluster_snapshot_all(self) -> None:
         self.server._snapshot_all()
-
-    def now(self) -> float:
-        return time.time()

@@ -48,7 +48,7 @@ from callwire.enums import CallResultType, CallRole
 from callwire.usersig import verify_user_sig
 from callwire.version import product_token
 from signaling_server import profiles, web
-from signaling_server.cluster import ClusterError, ClusterSettings
+from signaling_server.cluster import CONN_SHIFT, ClusterError, ClusterSettings
 from signaling_server.cluster_role import ClusterRole
 from signaling_server.core import (
     CallCore,
@@ -695,7 +695,7 @@ class SignalingServer:
                            cfg.cluster_settings)
         await role.start()
         self.cluster = role
-        self._conn_base = role.link.index << 32
+        self._conn_base = role.link.index << CONN_SHIFT
 
     def _core_input(self, op: list[Any]) -> None:
         """One connection operation (local or forwarded by another node) into the core."""

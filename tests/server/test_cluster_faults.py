@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 
 from callwire import protocol
@@ -143,11 +144,14 @@ def stored_once(db: str, call_id: str) -> None:
     assert len(events) >= 4 and max(events.values()) == 1, events
 
 
-async def test_a_follower_killed_mid_call(postgres: PostgresServer,
-                                          redis_server: LocalRedis) -> None:
-    """alice's node (not the leader) is SIGKILLed: she logs in on another node within 5 s and
-    resumes the call (the login reply's activeCall); bob never notices; relays flow; hangup
-    ends it once."""
+@pytest.mark.parametrize("victim", ["follower", "leader"])
+async def test_a_node_killed_mid_call(postgres: PostgresServer, redis_server: LocalRedis,
+                                      victim: str) -> None:
+    """alice on node 2, bob on node 3, node 1 leads. ``follower``: alice's node is SIGKILLed;
+    her socket breaks, bob notices nothing. ``leader``: node 1 is SIGKILLed; another node
+    takes the lease, adopts the call from its snapshot, and both clients are closed with 1012.
+    Whoever lost the connection logs in again on another node within 5 s of the kill and
+    resumes the call (the login reply's activeCall); relays flow; hangup ends it once."""
     db = postgres.new_database()
     configure_callbacks(db)
     redis_url = fresh_redis_db(redis_server, 14)
@@ -157,43 +161,24 @@ async def test_a_follower_killed_mid_call(postgres: PostgresServer,
         assert alice is not None and bob is not None
         call_id = await call_between(alice, bob)
         killed_at = time.monotonic()
-        await nodes[1].kill()
-        assert (await alice.closed()).code == 1006
+        clients = {"alice": alice, "bob": bob}
+        if victim == "follower":
+            await nodes[1].kill()
+            assert (await alice.closed()).code == 1006
+            lost = {"alice": [nodes[2].url, nodes[0].url]}
+        else:
+            await nodes[0].kill()
+            closes = await asyncio.gather(alice.closed(timeout=10), bob.closed(timeout=10))
+            assert [c.code for c in closes] == [CloseCode.SERVICE_RESTART] * 2
+            lost = {"alice": [nodes[2].url, nodes[1].url],
+                    "bob": [nodes[1].url, nodes[2].url]}
         refusals: list[int] = []
-        alice, data = await reconnect("alice", [nodes[2].url, nodes[0].url], refusals)
-        assert time.monotonic() - killed_at <= RECONNECT_WITHIN_S
-        assert data["activeCall"]["callId"] == call_id  # type: ignore[index]
-        await relay_both_ways(alice, bob, call_id)
-        await hang_up(alice, bob, call_id)
-        await bob.close()
-        await alice.close()
-    stored_once(db, call_id)
-
-
-async def test_the_leader_killed_mid_call(postgres: PostgresServer,
-                                          redis_server: LocalRedis) -> None:
-    """The leader (no client on it) is SIGKILLed: another node takes its lease, adopts the
-    call from its snapshot and closes its clients' connections with 1012; both log in again
-    within 5 s of the kill and resume the call; relays flow; hangup ends it once."""
-    db = postgres.new_database()
-    configure_callbacks(db)
-    redis_url = fresh_redis_db(redis_server, 13)
-    async with cluster_processes(db, redis_url) as nodes:
-        alice, _ = await log_in(nodes[1].url, "alice")
-        bob, _ = await log_in(nodes[2].url, "bob")
-        assert alice is not None and bob is not None
-        call_id = await call_between(alice, bob)
-        killed_at = time.monotonic()
-        await nodes[0].kill()
-        closes = await asyncio.gather(alice.closed(timeout=10), bob.closed(timeout=10))
-        assert [c.code for c in closes] == [CloseCode.SERVICE_RESTART] * 2
-        refusals: list[int] = []
-        alice, data_a = await reconnect("alice", [nodes[2].url, nodes[1].url], refusals)
-        bob, data_b = await reconnect("bob", [nodes[1].url, nodes[2].url], refusals)
-        assert time.monotonic() - killed_at <= RECONNECT_WITHIN_S
-        for data in (data_a, data_b):
+        for user, urls in lost.items():
+            clients[user], data = await reconnect(user, urls, refusals)
             assert data["activeCall"]["callId"] == call_id  # type: ignore[index]
+        assert time.monotonic() - killed_at <= RECONNECT_WITHIN_S
         assert set(refusals) <= {-1, ErrorCode.CLUSTER_UNAVAILABLE, CloseCode.SERVICE_RESTART}
+        alice, bob = clients["alice"], clients["bob"]
         await relay_both_ways(alice, bob, call_id)
         await hang_up(alice, bob, call_id)
         await bob.close()
