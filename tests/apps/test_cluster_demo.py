@@ -76,12 +76,19 @@ async def test_a_node_that_fails_to_start_stops_the_demo_and_everything(
     assert (tmp_path / "out" / "cluster-logs" / "node1.log").exists()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
     """SIGINT while the nodes start: exit 130, and every process the demo started (Redis,
     PostgreSQL and its workers, the nodes) has ended."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "callclient", "demo", "--cluster", "--out", str(tmp_path / "o"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        # As from a terminal: a test run started in the background (SIGINT ignored, which
+        # children inherit) must not make the demo deaf to the signal under test.
+        preexec_fn=_default_sigint,
     )
     started: set[int] = set()
     try:

@@ -27,9 +27,11 @@ class ServerProcess:
         self.extra_args = extra_args
         self.port = 0
         self.process: asyncio.subprocess.Process | None = None
+        self._killed = False
 
     async def start(self) -> None:
         """Start on ``self.port`` (0 the first time: any free port, read back)."""
+        self._killed = False
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "signaling_server", "--port", str(self.port),
             "--db", str(self.db), "--sdkappid", str(APP), "--secret-key", KEY,
@@ -48,9 +50,16 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def kill_now(self) -> None:
-        """Send SIGKILL at once (no await between the caller's last step and the kill)."""
+        """Send SIGKILL at once (no await between the caller's last step and the kill).
+
+        Once per process: a second ``kill()`` makes ``Popen.send_signal`` poll the pid first
+        (its guard against recycled pids), and that ``waitpid`` can reap the dead process
+        before asyncio's child watcher does, which then reports status 255 instead of -9.
+        """
         assert self.process is not None
-        self.process.kill()
+        if not self._killed:
+            self._killed = True
+            self.process.kill()
 
     async def kill(self) -> None:
         """SIGKILL, as a crash or an OOM killer would, and reap the process."""
@@ -61,6 +70,9 @@ class ServerProcess:
     async def stop(self) -> None:
         """SIGTERM (a graceful stop) if still running."""
         if self.process is not None and self.process.returncode is None:
+            if self._killed:  # dying already: another signal would race the reaping
+                await self.process.wait()
+                return
             self.process.terminate()
             try:
                 await asyncio.wait_for(self.process.wait(), 10)
